@@ -1,1 +1,269 @@
-//! herald-broker
+//! The broker: topics, partitions, consumer groups and producer ids, behind one async
+//! API that every protocol front end calls. It knows nothing of sockets or wire formats;
+//! it knows the log through `herald-log` and metadata through `herald-meta`.
+
+pub mod config;
+pub mod error;
+pub mod group;
+pub mod partition;
+pub mod producer;
+pub mod records;
+pub mod topic;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald_meta::{MetaStore, TopicRecord};
+use tokio::sync::watch;
+
+pub use config::{BrokerConfig, FlushPolicy};
+pub use error::{BrokerError, Result};
+pub use group::{GroupCoordinator, GroupError};
+pub use partition::{Partition, PendingAppend, ReadResult};
+pub use topic::Topic;
+
+/// Producer ids are reserved from the meta store in blocks so that InitProducerId does
+/// not cost a database commit each time.
+const PRODUCER_ID_BLOCK: i64 = 1_000;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub cluster_id: String,
+    meta: Arc<MetaStore>,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    topics_by_id: RwLock<HashMap<uuid::Uuid, Arc<Topic>>>,
+    /// Serialises topic creation and deletion (each touches disk and the meta store).
+    topic_admin: std::sync::Mutex<()>,
+    pub groups: Arc<GroupCoordinator>,
+    data_changed: Arc<watch::Sender<u64>>,
+    producer_ids: std::sync::Mutex<(i64, i64)>,
+}
+
+impl Broker {
+    /// Open the data directory, recover every partition and start background tasks.
+    /// Must run inside a tokio runtime.
+    pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
+        std::fs::create_dir_all(config.data_dir.join("log"))
+            .map_err(|e| BrokerError::Storage(format!("cannot create {}: {e}", config.data_dir.display())))?;
+        let meta = Arc::new(MetaStore::open(&config.data_dir.join("meta.redb"))?);
+        let cluster_id = meta.cluster_id(|| {
+            // Kafka cluster ids are 22-character URL-safe base64 of 16 random bytes.
+            let id = uuid::Uuid::new_v4();
+            id.simple().to_string()[..22].to_string()
+        })?;
+        let groups = Arc::new(GroupCoordinator::new(&config, meta.clone()).map_err(|e| BrokerError::Storage(e.to_string()))?);
+        let data_changed = Arc::new(watch::Sender::new(0u64));
+        let broker = Arc::new(Broker {
+            config,
+            cluster_id,
+            meta,
+            topics: RwLock::new(BTreeMap::new()),
+            topics_by_id: RwLock::new(HashMap::new()),
+            topic_admin: std::sync::Mutex::new(()),
+            groups,
+            data_changed,
+            producer_ids: std::sync::Mutex::new((0, 0)),
+        });
+        let started = std::time::Instant::now();
+        let records = broker.meta.topics()?;
+        let count = records.len();
+        for record in records {
+            let topic = broker.open_topic(&record)?;
+            broker.insert_topic(topic);
+        }
+        tracing::info!(topics = count, elapsed_ms = started.elapsed().as_millis() as u64, "recovered topics");
+        let weak = Arc::downgrade(&broker.groups);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(group::GROUP_TICK_MS));
+            loop {
+                tick.tick().await;
+                let Some(groups) = weak.upgrade() else { return };
+                groups.tick();
+            }
+        });
+        Ok(broker)
+    }
+
+    fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        self.config.data_dir.join("log").join(format!("{topic}-{partition}"))
+    }
+
+    fn open_topic(&self, record: &TopicRecord) -> Result<Arc<Topic>> {
+        let name: Arc<str> = Arc::from(record.name.as_str());
+        let mut log_config = self.config.log.clone();
+        if let Some(v) = record.configs.get("segment.bytes").and_then(|v| v.parse().ok()) {
+            log_config.segment_bytes_max = v;
+        }
+        if let Some(v) = record.configs.get("segment.ms").and_then(|v| v.parse().ok()) {
+            log_config.segment_ms_max = v;
+        }
+        let mut partitions = Vec::with_capacity(record.partitions as usize);
+        for index in 0..record.partitions {
+            partitions.push(Partition::open(
+                name.clone(),
+                index as i32,
+                &self.partition_dir(&record.name, index),
+                log_config.clone(),
+                self.config.flush,
+                self.data_changed.clone(),
+            )?);
+        }
+        Ok(Arc::new(Topic {
+            name,
+            id: uuid::Uuid::from_bytes(record.id),
+            partitions,
+            configs: record.configs.clone(),
+        }))
+    }
+
+    fn insert_topic(&self, topic: Arc<Topic>) {
+        if let Ok(mut by_id) = self.topics_by_id.write() {
+            by_id.insert(topic.id, topic.clone());
+        }
+        if let Ok(mut topics) = self.topics.write() {
+            topics.insert(topic.name.to_string(), topic);
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().ok()?.get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: &uuid::Uuid) -> Option<Arc<Topic>> {
+        self.topics_by_id.read().ok()?.get(id).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Create a topic; `partitions` of None means the broker default.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<i64>,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>> {
+        topic::validate_topic_name(name)?;
+        let count = partitions.unwrap_or(i64::from(self.config.default_partitions));
+        if count < 1 || count > i64::from(self.config.partitions_per_topic_max) {
+            return Err(BrokerError::InvalidPartitions(count));
+        }
+        topic::validate_configs(&configs)?;
+        let _admin = self.topic_admin.lock().map_err(|_| BrokerError::Storage("topic lock poisoned".into()))?;
+        if let Some(existing) = self.topic(name) {
+            if validate_only {
+                return Err(BrokerError::TopicExists(name.to_string()));
+            }
+            return Err(BrokerError::TopicExists(existing.name.to_string()));
+        }
+        let record = TopicRecord {
+            name: name.to_string(),
+            id: *uuid::Uuid::new_v4().as_bytes(),
+            partitions: count as u32,
+            configs,
+            created_ms: now_ms(),
+        };
+        if validate_only {
+            return Ok(Arc::new(Topic {
+                name: Arc::from(name),
+                id: uuid::Uuid::from_bytes(record.id),
+                partitions: Vec::new(),
+                configs: record.configs,
+            }));
+        }
+        // Leftovers of a topic deleted before a crash must not leak into the new one.
+        for index in 0..record.partitions {
+            let dir = self.partition_dir(name, index);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| BrokerError::Storage(format!("cannot clear {}: {e}", dir.display())))?;
+            }
+        }
+        let topic = self.open_topic(&record)?;
+        self.meta.put_topic(&record)?;
+        self.insert_topic(topic.clone());
+        tracing::info!(topic = name, partitions = count, "created topic");
+        Ok(topic)
+    }
+
+    /// Create the topic if auto-creation is on and it does not exist.
+    pub fn topic_or_auto_create(&self, name: &str, allow: bool) -> Result<Arc<Topic>> {
+        if let Some(t) = self.topic(name) {
+            return Ok(t);
+        }
+        if !(allow && self.config.auto_create_topics) {
+            return Err(BrokerError::UnknownTopic(name.to_string()));
+        }
+        match self.create_topic(name, None, BTreeMap::new(), false) {
+            Err(BrokerError::TopicExists(_)) => self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string())),
+            other => other,
+        }
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let _admin = self.topic_admin.lock().map_err(|_| BrokerError::Storage("topic lock poisoned".into()))?;
+        let topic = self
+            .topics
+            .write()
+            .map_err(|_| BrokerError::Storage("topic lock poisoned".into()))?
+            .remove(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        if let Ok(mut by_id) = self.topics_by_id.write() {
+            by_id.remove(&topic.id);
+        }
+        self.meta.delete_topic(name)?;
+        self.groups.forget_topic(name);
+        for partition in &topic.partitions {
+            if let Err(e) = partition.close() {
+                tracing::warn!(topic = name, partition = partition.index, error = %e, "closing deleted partition");
+            }
+            let dir = self.partition_dir(name, partition.index as u32);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "removing deleted partition");
+            }
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// A watch that changes whenever new data becomes visible in any partition.
+    pub fn data_changes(&self) -> watch::Receiver<u64> {
+        self.data_changed.subscribe()
+    }
+
+    /// A new idempotent producer id (epoch 0).
+    pub fn allocate_producer_id(&self) -> Result<i64> {
+        let mut ids = self.producer_ids.lock().map_err(|_| BrokerError::Storage("producer id lock poisoned".into()))?;
+        if ids.0 >= ids.1 {
+            let first = self.meta.allocate_producer_ids(PRODUCER_ID_BLOCK)?;
+            *ids = (first, first + PRODUCER_ID_BLOCK);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    /// Flush every partition and mark it cleanly closed.
+    pub fn shutdown(&self) {
+        for topic in self.topics() {
+            for partition in &topic.partitions {
+                if let Err(e) = partition.close() {
+                    tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "closing partition");
+                }
+            }
+        }
+    }
+}

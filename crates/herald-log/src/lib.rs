@@ -1,1 +1,24 @@
-//! herald-log
+//! herald-log: the storage layer. A per-partition, segmented, append-only log of Kafka
+//! RecordBatch v2 bytes, stored exactly as the client sent them with the
+//! broker-assigned base offset written in, so a fetch serves stored bytes without
+//! re-encoding.
+//!
+//! It knows bytes, offsets and segments; it never sees a socket or a topic name.
+//!
+//! - `batch`: the RecordBatch v2 header, validation, the in-place edits.
+//! - `log`: [`PartitionLog`], the only type the broker holds.
+//! - `segment`, `index`, `scan`: one segment's files, its sparse indexes, and the
+//!   checked walk over batches on disk that recovery and lookups share.
+
+mod batch;
+mod error;
+mod index;
+mod log;
+mod scan;
+mod segment;
+#[cfg(test)]
+mod test_util;
+
+pub use batch::*;
+pub use error::LogError;
+pub use log::*;

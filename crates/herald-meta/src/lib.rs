@@ -1,1 +1,317 @@
-//! herald-meta
+//! The meta store: Herald's durable metadata (topics, committed consumer offsets, the
+//! producer-id counter, the cluster id) in one embedded transactional database.
+//!
+//! Why a database and not hand-written files: every write here is small, must be atomic
+//! (a commit of many partition offsets lands whole or not at all) and must survive a
+//! crash mid-write. redb gives ACID transactions with fsync on commit, crash recovery and
+//! MVCC readers; see ARCHITECTURE.md for why redb over fjall. Values are JSON so that a
+//! field added later is read by old code and an old record by new code.
+//!
+//! The store knows nothing of Kafka or of the log: it keeps records the broker hands it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Topic name -> [`TopicRecord`] as JSON.
+const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
+/// (group, topic, partition) -> [`OffsetRecord`] as JSON.
+const OFFSETS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("offsets");
+/// Small named values: the cluster id and the producer-id counter.
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+
+const CLUSTER_ID_KEY: &str = "cluster_id";
+const NEXT_PRODUCER_ID_KEY: &str = "next_producer_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("meta store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("meta store: record {key:?} is not valid: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+macro_rules! db_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MetaError {
+            fn from(e: $t) -> Self {
+                MetaError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_error_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// A topic as the broker created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    /// Stable topic id (a UUID), returned to clients that address topics by id.
+    pub id: [u8; 16],
+    pub partitions: u32,
+    /// Per-topic overrides of broker defaults, by Kafka config name.
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub created_ms: i64,
+}
+
+/// A consumer group's committed position in one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRecord {
+    pub offset: i64,
+    #[serde(default = "no_leader_epoch")]
+    pub leader_epoch: i32,
+    #[serde(default)]
+    pub metadata: Option<String>,
+    #[serde(default)]
+    pub commit_ms: i64,
+}
+
+fn no_leader_epoch() -> i32 {
+    -1
+}
+
+/// One committed offset, keyed by where it belongs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    pub record: OffsetRecord,
+}
+
+pub struct MetaStore {
+    db: Database,
+}
+
+impl MetaStore {
+    /// Open (or create) the store at `path`, creating its tables so reads never miss one.
+    pub fn open(path: &Path) -> Result<MetaStore> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(TOPICS)?;
+        txn.open_table(OFFSETS)?;
+        txn.open_table(SETTINGS)?;
+        txn.commit()?;
+        Ok(MetaStore { db })
+    }
+
+    /// The cluster id, made once and kept forever.
+    pub fn cluster_id(&self, make: impl FnOnce() -> String) -> Result<String> {
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut table = txn.open_table(SETTINGS)?;
+            let existing = table
+                .get(CLUSTER_ID_KEY)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            match existing {
+                Some(id) => id,
+                None => {
+                    let id = make();
+                    table.insert(CLUSTER_ID_KEY, id.as_bytes())?;
+                    id
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// Reserve `count` producer ids and return the first. Ids are never handed out twice,
+    /// even across restarts, because the counter moves in the same transaction.
+    pub fn allocate_producer_ids(&self, count: i64) -> Result<i64> {
+        let txn = self.db.begin_write()?;
+        let first = {
+            let mut table = txn.open_table(SETTINGS)?;
+            let first = table
+                .get(NEXT_PRODUCER_ID_KEY)?
+                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                .map(i64::from_be_bytes)
+                .unwrap_or(0);
+            let next = first.saturating_add(count.max(1));
+            table.insert(NEXT_PRODUCER_ID_KEY, next.to_be_bytes().as_slice())?;
+            first
+        };
+        txn.commit()?;
+        Ok(first)
+    }
+
+    pub fn put_topic(&self, topic: &TopicRecord) -> Result<()> {
+        let value = encode(topic);
+        let txn = self.db.begin_write()?;
+        txn.open_table(TOPICS)?
+            .insert(topic.name.as_str(), value.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Delete a topic and every offset any group committed for it, in one transaction.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(TOPICS)?.remove(name)?;
+        {
+            let mut offsets = txn.open_table(OFFSETS)?;
+            offsets.retain(|(_, topic, _), _| topic != name)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn topics(&self) -> Result<Vec<TopicRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOPICS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Store a group's offsets for many partitions atomically.
+    pub fn commit_offsets(&self, group: &str, offsets: &[(String, u32, OffsetRecord)]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(OFFSETS)?;
+            for (topic, partition, record) in offsets {
+                let value = encode(record);
+                table.insert((group, topic.as_str(), *partition), value.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Forget every offset of a group (DeleteGroups).
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(OFFSETS)?.retain(|(g, _, _), _| g != group)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every committed offset of every group, for loading into memory at start-up.
+    pub fn all_committed_offsets(&self) -> Result<Vec<CommittedOffset>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OFFSETS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (group, topic, partition) = key.value();
+            let record = decode(&format!("{group}/{topic}/{partition}"), value.value())?;
+            out.push(CommittedOffset {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                partition,
+                record,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and integers to JSON cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| MetaError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str) -> TopicRecord {
+        TopicRecord {
+            name: name.to_string(),
+            id: [7; 16],
+            partitions: 3,
+            configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
+            created_ms: 1,
+        }
+    }
+
+    fn offset(offset: i64) -> OffsetRecord {
+        OffsetRecord {
+            offset,
+            leader_epoch: -1,
+            metadata: Some("m".into()),
+            commit_ms: 5,
+        }
+    }
+
+    #[test]
+    fn topics_and_offsets_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let store = MetaStore::open(&path).unwrap();
+            store.put_topic(&topic("orders")).unwrap();
+            store.put_topic(&topic("payments")).unwrap();
+            store
+                .commit_offsets("g1", &[("orders".into(), 0, offset(10)), ("orders".into(), 2, offset(3))])
+                .unwrap();
+            store.commit_offsets("g2", &[("payments".into(), 1, offset(4))]).unwrap();
+        }
+        let store = MetaStore::open(&path).unwrap();
+        let names: Vec<_> = store.topics().unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, vec!["orders", "payments"]);
+        assert_eq!(store.topics().unwrap()[0], topic("orders"));
+        let offsets = store.all_committed_offsets().unwrap();
+        assert_eq!(offsets.len(), 3);
+        assert_eq!(offsets[1].partition, 2);
+        assert_eq!(offsets[1].record.offset, 3);
+    }
+
+    #[test]
+    fn deleting_a_topic_deletes_its_offsets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("m")).unwrap();
+        store.put_topic(&topic("orders")).unwrap();
+        store.put_topic(&topic("payments")).unwrap();
+        store
+            .commit_offsets("g", &[("orders".into(), 0, offset(1)), ("payments".into(), 0, offset(2))])
+            .unwrap();
+        store.delete_topic("orders").unwrap();
+        assert_eq!(store.topics().unwrap().len(), 1);
+        let left = store.all_committed_offsets().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].topic, "payments");
+        store.delete_group("g").unwrap();
+        assert!(store.all_committed_offsets().unwrap().is_empty());
+    }
+
+    #[test]
+    fn producer_ids_and_cluster_id_are_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        {
+            let store = MetaStore::open(&path).unwrap();
+            assert_eq!(store.allocate_producer_ids(1).unwrap(), 0);
+            assert_eq!(store.allocate_producer_ids(10).unwrap(), 1);
+            assert_eq!(store.cluster_id(|| "abc".into()).unwrap(), "abc");
+        }
+        let store = MetaStore::open(&path).unwrap();
+        assert_eq!(store.allocate_producer_ids(1).unwrap(), 11);
+        assert_eq!(store.cluster_id(|| "other".into()).unwrap(), "abc");
+    }
+}

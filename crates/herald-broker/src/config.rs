@@ -1,0 +1,97 @@
+//! Broker settings. Every limit is named and has a unit in its name; the binary fills
+//! these from flags, the TOML file and `HERALD_*` variables.
+
+use std::path::PathBuf;
+
+use herald_log::LogConfig;
+
+/// When appended bytes are forced to disk, and so what an acknowledgement promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// fsync before acknowledging acks=1/all and before consumers may read the data.
+    /// Concurrent appends share one fsync (group commit). Nothing acknowledged is lost
+    /// on a crash or power loss.
+    Always,
+    /// fsync every `interval_ms`; acknowledge and serve after the OS write. A crash of
+    /// the machine (not of the process) can lose up to `interval_ms` of acknowledged data.
+    Interval { interval_ms: u64 },
+    /// Never fsync explicitly; the OS writes back when it likes (Kafka's default).
+    Os,
+}
+
+impl FlushPolicy {
+    /// Parse `always`, `os`, or `interval:<ms>` / a bare number of milliseconds.
+    pub fn parse(text: &str) -> Result<FlushPolicy, String> {
+        let text = text.trim();
+        match text {
+            "always" | "every-write" => return Ok(FlushPolicy::Always),
+            "os" | "never" => return Ok(FlushPolicy::Os),
+            _ => {}
+        }
+        let ms = text.strip_prefix("interval:").unwrap_or(text);
+        match ms.parse::<u64>() {
+            Ok(interval_ms) if interval_ms > 0 => Ok(FlushPolicy::Interval { interval_ms }),
+            _ => Err(format!(
+                "flush policy {text:?} is not one of: always, os, interval:<ms>"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    /// Create a topic when a client names one that does not exist (Metadata, Produce).
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    /// Upper bound on partitions in one topic, so a typo cannot create a million directories.
+    pub partitions_per_topic_max: u32,
+    pub log: LogConfig,
+    pub flush: FlushPolicy,
+    /// How long a new group waits for more members before its first rebalance completes.
+    pub group_initial_rebalance_delay_ms: u64,
+    pub group_session_timeout_min_ms: i32,
+    pub group_session_timeout_max_ms: i32,
+    /// Upper bound on members in one consumer group.
+    pub group_members_max: usize,
+}
+
+impl BrokerConfig {
+    pub fn new(data_dir: PathBuf) -> BrokerConfig {
+        BrokerConfig {
+            data_dir,
+            node_id: 1,
+            auto_create_topics: true,
+            default_partitions: 1,
+            partitions_per_topic_max: 10_000,
+            log: LogConfig::default(),
+            flush: FlushPolicy::Always,
+            group_initial_rebalance_delay_ms: 3_000,
+            group_session_timeout_min_ms: 6_000,
+            group_session_timeout_max_ms: 1_800_000,
+            group_members_max: 1_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_policy_parses() {
+        assert_eq!(FlushPolicy::parse("always"), Ok(FlushPolicy::Always));
+        assert_eq!(FlushPolicy::parse("os"), Ok(FlushPolicy::Os));
+        assert_eq!(
+            FlushPolicy::parse("interval:250"),
+            Ok(FlushPolicy::Interval { interval_ms: 250 })
+        );
+        assert_eq!(
+            FlushPolicy::parse("100"),
+            Ok(FlushPolicy::Interval { interval_ms: 100 })
+        );
+        assert!(FlushPolicy::parse("interval:0").is_err());
+        assert!(FlushPolicy::parse("sometimes").is_err());
+    }
+}

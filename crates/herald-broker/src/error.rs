@@ -1,0 +1,76 @@
+//! Broker errors: values with a clear message. Each front end maps them onto its own
+//! protocol's codes (Kafka error codes, HTTP statuses) in one place.
+
+use herald_log::{BatchError, LogError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error("topic id {0} does not exist")]
+    UnknownTopicId(uuid::Uuid),
+    #[error("partition {partition} of topic {topic:?} does not exist")]
+    UnknownPartition { topic: String, partition: i32 },
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopic { name: String, reason: String },
+    #[error("invalid partition count {0}")]
+    InvalidPartitions(i64),
+    #[error("invalid config {name}={value:?}: {reason}")]
+    InvalidConfig {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("offset {offset} is out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
+    #[error("corrupt record batch: {0}")]
+    CorruptBatch(#[from] BatchError),
+    #[error("record batch rejected: {0}")]
+    InvalidRecord(String),
+    #[error("out of order sequence number for producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    #[error("producer {producer_id} epoch {epoch} is older than the current epoch {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    #[error("transactions are not supported yet")]
+    TransactionsUnsupported,
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("meta store error: {0}")]
+    Meta(#[from] herald_meta::MetaError),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+impl From<LogError> for BrokerError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            } => BrokerError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            },
+            LogError::Batch(b) => BrokerError::CorruptBatch(b),
+            other => BrokerError::Storage(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BrokerError>;

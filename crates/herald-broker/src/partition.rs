@@ -1,0 +1,450 @@
+//! One partition: its log, its idempotent-producer state, and what consumers may see.
+//!
+//! Appends take the write lock only for the page-cache write; the fsync that makes them
+//! durable runs outside any lock in this partition's flusher task, so many concurrent
+//! produce requests share one fsync (group commit). Under the `always` flush policy the
+//! high watermark (what fetches return and acknowledgements promise) only moves after
+//! that fsync, so a consumer never sees a record that a crash could take back.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_log::{BatchHeader, LogConfig, PartitionLog, validate_batches};
+use tokio::sync::{Notify, watch};
+
+use crate::config::FlushPolicy;
+use crate::error::{BrokerError, Result};
+use crate::producer::{ProducerStates, SequenceCheck};
+
+struct PartitionState {
+    log: PartitionLog,
+    producers: ProducerStates,
+}
+
+/// How far the partition is on disk, and how many fsyncs have failed so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Durable {
+    next_offset: i64,
+    failures: u64,
+}
+
+pub struct Partition {
+    pub topic: Arc<str>,
+    pub index: i32,
+    state: RwLock<PartitionState>,
+    flush: FlushPolicy,
+    /// Offsets below this are visible to consumers.
+    high_watermark: AtomicI64,
+    durable: watch::Sender<Durable>,
+    flush_wanted: Arc<Notify>,
+    /// Set at shutdown: appends fail, the flusher stops.
+    closed: AtomicBool,
+    /// Bumped whenever any partition's high watermark moves; long-polling fetches wait on it.
+    data_changed: Arc<watch::Sender<u64>>,
+    appended_bytes: AtomicU64,
+}
+
+/// The outcome of an append, before it is durable.
+pub struct PendingAppend {
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+    wait: Option<DurableWait>,
+}
+
+struct DurableWait {
+    receiver: watch::Receiver<Durable>,
+    target: i64,
+    failures_before: u64,
+}
+
+impl PendingAppend {
+    fn settled(base_offset: i64, log_append_time_ms: i64, log_start_offset: i64) -> Self {
+        PendingAppend {
+            base_offset,
+            log_append_time_ms,
+            log_start_offset,
+            wait: None,
+        }
+    }
+
+    /// Wait until the appended batches are durable as the flush policy promises.
+    pub async fn durable(self) -> Result<PendingAppend> {
+        if let Some(mut wait) = self.wait {
+            loop {
+                {
+                    let d = *wait.receiver.borrow_and_update();
+                    if d.next_offset >= wait.target {
+                        break;
+                    }
+                    if d.failures > wait.failures_before {
+                        return Err(BrokerError::Storage(
+                            "fsync failed; the write may not be durable".into(),
+                        ));
+                    }
+                }
+                if wait.receiver.changed().await.is_err() {
+                    return Err(BrokerError::ShuttingDown);
+                }
+            }
+        }
+        Ok(PendingAppend { wait: None, ..self })
+    }
+}
+
+/// What a fetch got from one partition.
+pub struct ReadResult {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+impl Partition {
+    pub fn open(
+        topic: Arc<str>,
+        index: i32,
+        dir: &Path,
+        log_config: LogConfig,
+        flush: FlushPolicy,
+        data_changed: Arc<watch::Sender<u64>>,
+    ) -> Result<Arc<Partition>> {
+        let mut log = PartitionLog::open(dir, log_config)?;
+        // Whatever recovery found may sit only in the page cache (the process died, not the
+        // machine): make it durable before anyone can read it.
+        log.flush()?;
+        let mut producers = ProducerStates::default();
+        for header in log.batch_headers()? {
+            producers.record(&header, header.base_offset);
+        }
+        let next_offset = log.next_offset();
+        let partition = Arc::new(Partition {
+            topic,
+            index,
+            state: RwLock::new(PartitionState { log, producers }),
+            flush,
+            high_watermark: AtomicI64::new(next_offset),
+            durable: watch::Sender::new(Durable {
+                next_offset,
+                failures: 0,
+            }),
+            flush_wanted: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
+            data_changed,
+            appended_bytes: AtomicU64::new(0),
+        });
+        if flush != FlushPolicy::Os {
+            tokio::spawn(flusher(
+                Arc::downgrade(&partition),
+                partition.flush_wanted.clone(),
+                flush,
+            ));
+        }
+        Ok(partition)
+    }
+
+    /// Validate and append `records` (one or more RecordBatch v2, as a producer sent them).
+    /// Returns once the batches are in the OS; `PendingAppend::durable` waits for the disk.
+    pub fn append(
+        &self,
+        records: &[u8],
+        log_append_time: bool,
+        max_message_bytes: usize,
+        now_ms: i64,
+    ) -> Result<PendingAppend> {
+        if records.len() > max_message_bytes {
+            return Err(BrokerError::InvalidRecord(format!(
+                "record batch of {} bytes is larger than max.message.bytes {max_message_bytes}",
+                records.len()
+            )));
+        }
+        let headers = validate_batches(records)?;
+        if headers.is_empty() {
+            return Err(BrokerError::InvalidRecord("no record batch in the request".into()));
+        }
+        if headers.iter().any(|h| h.is_transactional() || h.is_control()) {
+            return Err(BrokerError::TransactionsUnsupported);
+        }
+        let mut batches = records.to_vec();
+        if log_append_time {
+            let mut position = 0;
+            for header in &headers {
+                let end = position + header.total_bytes();
+                herald_log::set_log_append_time(&mut batches[position..end], now_ms);
+                position = end;
+            }
+        }
+
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        match check_sequences(&state.producers, &headers)? {
+            SequenceCheck::Duplicate { base_offset } => {
+                let log_start = state.log.log_start_offset();
+                drop(state);
+                // The original append may not be durable yet: the retry waits for it too.
+                return Ok(self.pending(base_offset, -1, log_start, base_offset + 1));
+            }
+            SequenceCheck::Append => {}
+        }
+        let info = state.log.append(&mut batches, now_ms)?;
+        let mut base = info.base_offset;
+        for header in &headers {
+            state.producers.record(header, base);
+            base += i64::from(header.last_offset_delta) + 1;
+        }
+        let log_start = state.log.log_start_offset();
+        drop(state);
+
+        self.appended_bytes
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let append_time = if log_append_time { now_ms } else { -1 };
+        match self.flush {
+            FlushPolicy::Always => {
+                self.flush_wanted.notify_one();
+                Ok(self.pending(info.base_offset, append_time, log_start, info.last_offset + 1))
+            }
+            FlushPolicy::Interval { .. } | FlushPolicy::Os => {
+                self.advance_high_watermark(info.last_offset + 1);
+                Ok(PendingAppend::settled(info.base_offset, append_time, log_start))
+            }
+        }
+    }
+
+    fn pending(&self, base_offset: i64, append_time: i64, log_start: i64, target: i64) -> PendingAppend {
+        let receiver = self.durable.subscribe();
+        let failures_before = receiver.borrow().failures;
+        PendingAppend {
+            base_offset,
+            log_append_time_ms: append_time,
+            log_start_offset: log_start,
+            wait: Some(DurableWait {
+                receiver,
+                target,
+                failures_before,
+            }),
+        }
+    }
+
+    fn advance_high_watermark(&self, next_offset: i64) {
+        let previous = self.high_watermark.fetch_max(next_offset, Ordering::AcqRel);
+        if next_offset > previous {
+            self.data_changed.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+
+    /// Whole batches from the one containing `offset`, at most `max_bytes` after the first,
+    /// and never past the high watermark.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        let state = self.state.read().map_err(|_| poisoned())?;
+        let high_watermark = self.high_watermark();
+        let log_start_offset = state.log.log_start_offset();
+        let log_end = state.log.next_offset();
+        if offset < log_start_offset || offset > log_end {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset,
+                log_start: log_start_offset,
+                log_end,
+            });
+        }
+        if offset >= high_watermark {
+            return Ok(ReadResult {
+                records: Bytes::new(),
+                high_watermark,
+                log_start_offset,
+            });
+        }
+        let mut bytes = state.log.read(offset, max_bytes)?;
+        drop(state);
+        truncate_at_offset(&mut bytes, high_watermark);
+        Ok(ReadResult {
+            records: Bytes::from(bytes),
+            high_watermark,
+            log_start_offset,
+        })
+    }
+
+    /// The first offset whose record timestamp is >= `timestamp_ms`, with that timestamp.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+        let found = {
+            let state = self.state.read().map_err(|_| poisoned())?;
+            state.log.batch_for_timestamp(timestamp_ms)?
+        };
+        let Some((base_offset, batch)) = found else {
+            return Ok(None);
+        };
+        if base_offset >= self.high_watermark() {
+            return Ok(None);
+        }
+        Ok(crate::records::first_record_at_or_after(&batch, timestamp_ms)?
+            .or(Some((base_offset, timestamp_ms))))
+    }
+
+    /// The offset and timestamp of the record with the largest timestamp (ListOffsets -3).
+    /// Reads every batch header: meant for the rare admin call, not a hot path.
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
+        let high_watermark = self.high_watermark();
+        let state = self.state.read().map_err(|_| poisoned())?;
+        let best = state
+            .log
+            .batch_headers()?
+            .into_iter()
+            .filter(|h| h.base_offset < high_watermark)
+            .fold(None::<BatchHeader>, |best, h| match best {
+                Some(b) if b.max_timestamp >= h.max_timestamp => Some(b),
+                _ => Some(h),
+            });
+        let Some(best) = best else { return Ok(None) };
+        let batch = state.log.read(best.base_offset, 1)?;
+        drop(state);
+        Ok(crate::records::first_record_at_or_after(&batch, best.max_timestamp)?
+            .or(Some((best.last_offset(), best.max_timestamp))))
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.state
+            .read()
+            .map(|s| s.log.log_start_offset())
+            .unwrap_or(0)
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.state.read().map(|s| s.log.size_bytes()).unwrap_or(0)
+    }
+
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Flush, mark the log cleanly closed and refuse further appends (shutdown, delete).
+    pub fn close(&self) -> Result<()> {
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        state.log.close()?;
+        drop(state);
+        // Wake the flusher so it sees `closed` and ends.
+        self.flush_wanted.notify_one();
+        Ok(())
+    }
+}
+
+fn poisoned() -> BrokerError {
+    BrokerError::Storage("partition lock poisoned by an earlier panic".into())
+}
+
+/// Sequence-check every batch of one request; all must agree (several batches from one
+/// idempotent producer are checked in order, and a duplicate must stand alone).
+fn check_sequences(producers: &ProducerStates, headers: &[BatchHeader]) -> Result<SequenceCheck> {
+    let first = producers.check(&headers[0])?;
+    if headers.len() == 1 || headers[0].producer_id < 0 {
+        return Ok(first);
+    }
+    if matches!(first, SequenceCheck::Duplicate { .. }) {
+        return Err(BrokerError::InvalidRecord(
+            "a retried batch must be sent alone".into(),
+        ));
+    }
+    for pair in headers.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let expected = a.base_sequence.wrapping_add(a.last_offset_delta + 1);
+        if b.producer_id != a.producer_id || b.producer_epoch != a.producer_epoch || b.base_sequence != expected {
+            return Err(BrokerError::OutOfOrderSequence {
+                producer_id: b.producer_id,
+                expected,
+                got: b.base_sequence,
+            });
+        }
+    }
+    Ok(SequenceCheck::Append)
+}
+
+/// Drop whole batches at or past `limit` (not yet visible).
+fn truncate_at_offset(bytes: &mut Vec<u8>, limit: i64) {
+    let mut position = 0;
+    while position + herald_log::BATCH_HEADER_BYTES <= bytes.len() {
+        let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
+            break;
+        };
+        if header.base_offset >= limit {
+            break;
+        }
+        position += header.total_bytes();
+    }
+    bytes.truncate(position.min(bytes.len()));
+}
+
+/// Makes appended data durable: one fsync for everything appended since the last one.
+/// Holds only a weak reference so a deleted or closed partition's task ends by itself.
+async fn flusher(partition: std::sync::Weak<Partition>, wanted: Arc<Notify>, policy: FlushPolicy) {
+    loop {
+        match policy {
+            FlushPolicy::Interval { interval_ms } => {
+                tokio::time::sleep(Duration::from_millis(interval_ms)).await
+            }
+            FlushPolicy::Always => wanted.notified().await,
+            FlushPolicy::Os => return,
+        }
+        let Some(p) = partition.upgrade() else { return };
+        if p.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let sync_point = match p.state.read() {
+            Ok(state) => state.log.sync_point(),
+            Err(_) => return,
+        };
+        let next = sync_point.next_offset();
+        if next <= p.durable.borrow().next_offset {
+            continue;
+        }
+        match tokio::task::spawn_blocking(move || sync_point.sync()).await {
+            Ok(Ok(())) => {
+                p.durable.send_modify(|d| d.next_offset = d.next_offset.max(next));
+                if policy == FlushPolicy::Always {
+                    p.advance_high_watermark(next);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed");
+                p.durable.send_modify(|d| d.failures += 1);
+            }
+            Err(e) => {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync task failed");
+                p.durable.send_modify(|d| d.failures += 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_keeps_whole_batches_below_the_limit() {
+        let mut bytes = Vec::new();
+        for base in [0i64, 3, 6] {
+            let mut batch = vec![0u8; 70];
+            batch[..8].copy_from_slice(&base.to_be_bytes());
+            batch[8..12].copy_from_slice(&58i32.to_be_bytes());
+            batch[16] = 2;
+            bytes.extend_from_slice(&batch);
+        }
+        let mut copy = bytes.clone();
+        truncate_at_offset(&mut copy, 6);
+        assert_eq!(copy.len(), 140);
+        let mut copy = bytes.clone();
+        truncate_at_offset(&mut copy, 100);
+        assert_eq!(copy.len(), 210);
+        truncate_at_offset(&mut bytes, 0);
+        assert!(bytes.is_empty());
+    }
+}

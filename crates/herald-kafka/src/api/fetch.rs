@@ -1,0 +1,125 @@
+//! Fetch: stored batches, served as they are on disk. Long-polls until `min_bytes` are
+//! available or `max_wait_ms` passes; never answers early with less than `min_bytes`
+//! unless a partition has an error. Fetch sessions are not kept (session id 0), so every
+//! response lists every requested partition.
+
+use std::time::{Duration, Instant};
+
+use herald_broker::BrokerError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, RequestHeader};
+
+use crate::dispatch::Context;
+use crate::errors::broker_code;
+
+pub async fn handle(ctx: &Context, header: &RequestHeader, request: FetchRequest) -> FetchResponse {
+    let version = header.request_api_version;
+    let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0).min(ctx.config.fetch_wait_ms_max));
+    let deadline = Instant::now() + wait;
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let max_bytes = if version >= 3 {
+        usize::try_from(request.max_bytes).unwrap_or(0)
+    } else {
+        usize::MAX
+    }
+    .min(ctx.config.fetch_bytes_max);
+    let mut changes = ctx.broker.data_changes();
+    loop {
+        changes.borrow_and_update();
+        let (responses, bytes, any_error) = read_all(ctx, version, &request, max_bytes);
+        let now = Instant::now();
+        if bytes >= min_bytes.max(1) || any_error || now >= deadline || (min_bytes == 0) {
+            return FetchResponse::default().with_responses(responses);
+        }
+        // Wait for new data anywhere, then read again.
+        let _ = tokio::time::timeout(deadline - now, changes.changed()).await;
+        if Instant::now() >= deadline {
+            let (responses, _, _) = read_all(ctx, version, &request, max_bytes);
+            return FetchResponse::default().with_responses(responses);
+        }
+    }
+}
+
+fn read_all(ctx: &Context, version: i16, request: &FetchRequest, max_bytes: usize) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut responses = Vec::with_capacity(request.topics.len());
+    for wanted in &request.topics {
+        let topic = if version >= 13 {
+            ctx.broker
+                .topic_by_id(&wanted.topic_id)
+                .ok_or(BrokerError::UnknownTopicId(wanted.topic_id))
+        } else {
+            ctx.broker
+                .topic(wanted.topic.0.as_str())
+                .ok_or_else(|| BrokerError::UnknownTopic(wanted.topic.0.to_string()))
+        };
+        let mut partitions = Vec::with_capacity(wanted.partitions.len());
+        for p in &wanted.partitions {
+            let mut data = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_aborted_transactions(Some(Vec::new()))
+                .with_records(Some(bytes::Bytes::new()));
+            let result = topic.as_ref().map_err(|e| broker_code(e)).and_then(|t| t.partition(p.partition).map_err(|e| broker_code(&e)));
+            match result {
+                Err(code) => {
+                    any_error = true;
+                    data = data.with_error_code(code);
+                }
+                Ok(partition) => {
+                    // The first batch is always sent whole; after that stay within budget.
+                    let budget = usize::try_from(p.partition_max_bytes).unwrap_or(0).min(max_bytes.saturating_sub(total));
+                    let read = if budget == 0 && total > 0 {
+                        Ok(None)
+                    } else {
+                        partition.read(p.fetch_offset, budget.max(1)).map(Some)
+                    };
+                    match read {
+                        Ok(Some(r)) => {
+                            total += r.records.len();
+                            data = data
+                                .with_high_watermark(r.high_watermark)
+                                .with_last_stable_offset(r.high_watermark)
+                                .with_log_start_offset(r.log_start_offset)
+                                .with_records(Some(r.records));
+                        }
+                        Ok(None) => {
+                            let hw = partition.high_watermark();
+                            data = data
+                                .with_high_watermark(hw)
+                                .with_last_stable_offset(hw)
+                                .with_log_start_offset(partition.log_start_offset());
+                        }
+                        Err(e) => {
+                            any_error = true;
+                            let hw = partition.high_watermark();
+                            data = data
+                                .with_error_code(broker_code(&e))
+                                .with_high_watermark(hw)
+                                .with_last_stable_offset(hw)
+                                .with_log_start_offset(partition.log_start_offset());
+                        }
+                    }
+                }
+            }
+            if version < 5 {
+                data = data.with_log_start_offset(-1);
+            }
+            if version >= 11 {
+                data = data.with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1));
+            }
+            partitions.push(data);
+        }
+        let mut response = FetchableTopicResponse::default().with_partitions(partitions);
+        if version >= 13 {
+            response = response.with_topic_id(wanted.topic_id);
+        } else {
+            response = response.with_topic(wanted.topic.clone());
+        }
+        responses.push(response);
+    }
+    (responses, total, any_error)
+}

@@ -1,0 +1,41 @@
+//! One file per Kafka API: decode-side types in, broker calls, response out.
+
+pub mod api_versions;
+pub mod create_topics;
+pub mod delete_groups;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod describe_groups;
+pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
+pub mod list_offsets;
+pub mod metadata;
+pub mod offset_commit;
+pub mod offset_fetch;
+pub mod produce;
+pub mod sync_group;
+
+use kafka_protocol::messages::{BrokerId, GroupId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+pub(crate) fn str(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+pub(crate) fn topic_name(s: &str) -> TopicName {
+    TopicName(str(s))
+}
+
+pub(crate) fn group_id(s: &str) -> GroupId {
+    GroupId(str(s))
+}
+
+pub(crate) fn node(ctx: &crate::dispatch::Context) -> BrokerId {
+    BrokerId(ctx.broker.config.node_id)
+}

@@ -1,0 +1,118 @@
+//! Framing over one socket: a 4-byte big-endian length, then the request. Requests are
+//! read and handled in order; each produces an `Outgoing` that the writer task sends in
+//! that same order. A produce request appends before the next request is read (so an
+//! idempotent producer's batches keep their order) but waits for its fsync in the
+//! writer's queue, so a pipelining producer's requests share fsyncs.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use herald_broker::Broker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::KafkaConfig;
+use crate::dispatch::{self, Context};
+
+/// Smallest valid request: api key, api version, correlation id.
+const REQUEST_HEADER_BYTES_MIN: usize = 8;
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// A response in the making, in request order.
+pub enum Outgoing {
+    Ready(Bytes),
+    /// Resolves to the response, or to None when none is sent (acks=0).
+    Later(Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>),
+    /// Close the connection after everything before it is written.
+    Close,
+}
+
+pub struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: Arc<KafkaConfig>,
+}
+
+impl Connection {
+    pub fn new(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>, config: Arc<KafkaConfig>) -> Connection {
+        Connection {
+            socket,
+            peer,
+            broker,
+            config,
+        }
+    }
+
+    pub async fn run(self) {
+        let peer = self.peer;
+        let (mut reader, writer) = self.socket.into_split();
+        let (tx, rx) = mpsc::channel::<Outgoing>(self.config.in_flight_requests_max.max(1));
+        let writer_task = tokio::spawn(write_responses(writer, rx, peer));
+        let context = Context {
+            broker: self.broker,
+            config: self.config.clone(),
+            peer,
+        };
+        loop {
+            let mut length = [0u8; 4];
+            if let Err(e) = reader.read_exact(&mut length).await {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(%peer, error = %e, "read failed");
+                }
+                break;
+            }
+            let length = i32::from_be_bytes(length);
+            let Ok(length) = usize::try_from(length) else {
+                tracing::warn!(%peer, length, "closing connection: negative request length");
+                break;
+            };
+            if length < REQUEST_HEADER_BYTES_MIN || length > self.config.request_bytes_max {
+                tracing::warn!(%peer, length, max = self.config.request_bytes_max, "closing connection: request length out of bounds");
+                break;
+            }
+            let mut frame = BytesMut::zeroed(length);
+            if let Err(e) = reader.read_exact(&mut frame).await {
+                tracing::warn!(%peer, length, error = %e, "closing connection: truncated request");
+                break;
+            }
+            let outgoing = dispatch::handle_frame(&context, frame.freeze()).await;
+            let close = matches!(outgoing, Outgoing::Close);
+            if tx.send(outgoing).await.is_err() || close {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = writer_task.await;
+    }
+}
+
+async fn write_responses(writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+    while let Some(outgoing) = rx.recv().await {
+        let bytes = match outgoing {
+            Outgoing::Ready(bytes) => Some(bytes),
+            Outgoing::Later(future) => future.await,
+            Outgoing::Close => break,
+        };
+        if let Some(bytes) = bytes
+            && let Err(e) = writer.write_all(&bytes).await
+        {
+            tracing::debug!(%peer, error = %e, "write failed");
+            return;
+        }
+        // Batch small responses into one write; flush when nothing else is queued.
+        if rx.is_empty()
+            && let Err(e) = writer.flush().await
+        {
+            tracing::debug!(%peer, error = %e, "flush failed");
+            return;
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,48 @@
+//! The one place where broker errors become Kafka error codes.
+
+use herald_broker::{BrokerError, GroupError};
+use kafka_protocol::ResponseError as E;
+
+pub const NONE: i16 = 0;
+
+pub fn broker_code(error: &BrokerError) -> i16 {
+    match error {
+        BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
+            E::UnknownTopicOrPartition.code()
+        }
+        BrokerError::UnknownTopicId(_) => E::UnknownTopicId.code(),
+        BrokerError::TopicExists(_) => E::TopicAlreadyExists.code(),
+        BrokerError::InvalidTopic { .. } => E::InvalidTopicException.code(),
+        BrokerError::InvalidPartitions(_) => E::InvalidPartitions.code(),
+        BrokerError::InvalidConfig { .. } => E::InvalidConfig.code(),
+        BrokerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
+        BrokerError::CorruptBatch(_) => E::CorruptMessage.code(),
+        BrokerError::InvalidRecord(reason) if reason.contains("max.message.bytes") => {
+            E::MessageTooLarge.code()
+        }
+        BrokerError::InvalidRecord(_) => E::InvalidRecord.code(),
+        BrokerError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),
+        BrokerError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),
+        BrokerError::TransactionsUnsupported => E::UnsupportedForMessageFormat.code(),
+        BrokerError::Storage(_) | BrokerError::Meta(_) => E::KafkaStorageError.code(),
+        BrokerError::ShuttingDown => E::NotLeaderOrFollower.code(),
+    }
+}
+
+pub fn group_code(error: &GroupError) -> i16 {
+    match error {
+        GroupError::UnknownMemberId => E::UnknownMemberId.code(),
+        GroupError::IllegalGeneration => E::IllegalGeneration.code(),
+        GroupError::RebalanceInProgress => E::RebalanceInProgress.code(),
+        GroupError::InconsistentGroupProtocol => E::InconsistentGroupProtocol.code(),
+        GroupError::MemberIdRequired(_) => E::MemberIdRequired.code(),
+        GroupError::InvalidSessionTimeout(_) => E::InvalidSessionTimeout.code(),
+        GroupError::GroupMaxSizeReached => E::GroupMaxSizeReached.code(),
+        GroupError::InvalidGroupId => E::InvalidGroupId.code(),
+        GroupError::NonEmptyGroup => E::NonEmptyGroup.code(),
+        GroupError::GroupIdNotFound => E::GroupIdNotFound.code(),
+        GroupError::FencedInstanceId => E::FencedInstanceId.code(),
+        GroupError::CoordinatorNotAvailable => E::CoordinatorNotAvailable.code(),
+        GroupError::Storage(_) => E::CoordinatorNotAvailable.code(),
+    }
+}

@@ -1,0 +1,68 @@
+//! Accept loop: one task per connection, bounded by `connections_max`.
+
+use std::sync::Arc;
+
+use herald_broker::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::KafkaConfig;
+use crate::connection::Connection;
+
+pub struct KafkaServer {
+    listener: TcpListener,
+    pub config: Arc<KafkaConfig>,
+    broker: Arc<Broker>,
+}
+
+impl KafkaServer {
+    /// Bind the listener. A listen port of 0 picks a free port; the advertised port then
+    /// follows the bound one unless it was set explicitly (never advertise port 0).
+    pub async fn bind(mut config: KafkaConfig, broker: Arc<Broker>) -> std::io::Result<KafkaServer> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let bound = listener.local_addr()?;
+        if config.advertised_port == 0 {
+            config.advertised_port = i32::from(bound.port());
+        }
+        if config.advertised_host.is_empty() || config.advertised_host == "0.0.0.0" || config.advertised_host == "::" {
+            config.advertised_host = "127.0.0.1".to_string();
+        }
+        config.listen = bound;
+        Ok(KafkaServer {
+            listener,
+            config: Arc::new(config),
+            broker,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.config.listen
+    }
+
+    /// Serve until the task is dropped or aborted.
+    pub async fn run(self) {
+        let permits = Arc::new(Semaphore::new(self.config.connections_max));
+        loop {
+            let (socket, peer) = match self.listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = self.config.connections_max, "connection refused: connections_max reached");
+                drop(socket);
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let connection = Connection::new(socket, peer, self.broker.clone(), self.config.clone());
+            tokio::spawn(async move {
+                connection.run().await;
+                drop(permit);
+            });
+        }
+    }
+}

@@ -1,0 +1,648 @@
+//! One segment: a `.log` file of whole batches plus its two sparse indexes, named by
+//! the segment's base offset.
+//!
+//! Why segments: retention and compaction work by dropping or rewriting whole files,
+//! and the u32 positions and relative offsets in the indexes stay small because a
+//! segment never grows past `segment_bytes_max` (<= u32::MAX) bytes or u32::MAX
+//! offsets.
+//!
+//! A segment is *sealed* once a newer one exists: its data and indexes were fsynced
+//! when it was rolled, so on open only its tail is re-checked. The last segment is
+//! *active*: it takes appends, and after an unclean shutdown it is rescanned batch by
+//! batch and truncated at the first torn or corrupt batch.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::batch::{BATCH_HEADER_BYTES, BatchError, BatchHeader};
+use crate::error::{IoContext, LogError};
+use crate::index::{IndexFile, OffsetEntry, TimeEntry};
+use crate::log::RecoveryInfo;
+use crate::scan::{BatchCursor, Step};
+
+pub(crate) const LOG_SUFFIX: &str = "log";
+const OFFSET_INDEX_SUFFIX: &str = "index";
+const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// Digits in a segment file name: enough for any non-negative i64.
+const FILE_NAME_DIGITS: usize = 20;
+
+/// `00000000000000000042.log` for base offset 42.
+pub(crate) fn file_name(base_offset: i64, suffix: &str) -> String {
+    format!("{base_offset:0FILE_NAME_DIGITS$}.{suffix}")
+}
+
+/// The base offset of a segment log file name, or None for any other file.
+pub(crate) fn parse_log_file_name(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(LOG_SUFFIX)?.strip_suffix('.')?;
+    if digits.len() != FILE_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+const ZERO_ENTRY: OffsetEntry = OffsetEntry {
+    relative_offset: 0,
+    position: 0,
+};
+
+pub(crate) struct Segment {
+    base_offset: i64,
+    log_path: PathBuf,
+    log: Arc<File>,
+    /// Bytes of whole batches; the file is exactly this long except during a failed write.
+    size_bytes: u64,
+    /// One past the last offset stored here (== base_offset when empty).
+    next_offset: i64,
+    offset_index: IndexFile<OffsetEntry>,
+    time_index: IndexFile<TimeEntry>,
+    index_interval_bytes: u64,
+    // Indexing state of the active segment: what the next index entry depends on.
+    max_timestamp_ms: Option<i64>,
+    last_batch_offset: Option<i64>,
+    bytes_since_index_entry: u64,
+    /// When the segment took its first batch, for rolling by age. After a reopen this is
+    /// the first batch's max timestamp (the wall-clock time was not kept).
+    first_append_ms: Option<i64>,
+    /// Written since the last fsync.
+    dirty: bool,
+}
+
+impl Segment {
+    /// Create the files of a new, empty segment and make their names durable.
+    pub fn create(dir: &Path, base_offset: i64, index_interval_bytes: u64) -> Result<Segment, LogError> {
+        let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&log_path)
+            .at("create segment", &log_path)?;
+        let index_path = dir.join(file_name(base_offset, OFFSET_INDEX_SUFFIX));
+        let offset_index = IndexFile::create(&index_path).at("create index", &index_path)?;
+        let time_path = dir.join(file_name(base_offset, TIME_INDEX_SUFFIX));
+        let time_index = IndexFile::create(&time_path).at("create time index", &time_path)?;
+        sync_dir(dir)?;
+        Ok(Segment {
+            base_offset,
+            log_path,
+            log: Arc::new(log),
+            size_bytes: 0,
+            next_offset: base_offset,
+            offset_index,
+            time_index,
+            index_interval_bytes,
+            max_timestamp_ms: None,
+            last_batch_offset: None,
+            bytes_since_index_entry: 0,
+            first_append_ms: None,
+            dirty: false,
+        })
+    }
+
+    /// Open a segment that has a successor starting at `next_base_offset`. Its tail is
+    /// checked (from the last index entry, with CRCs); a bad index is rebuilt; bad
+    /// *data* is an error, because sealed segments were fsynced and are not expected
+    /// to tear, and cutting one would leave a gap in the offsets.
+    pub fn open_sealed(
+        dir: &Path,
+        base_offset: i64,
+        next_base_offset: i64,
+        index_interval_bytes: u64,
+        info: &mut RecoveryInfo,
+    ) -> Result<Segment, LogError> {
+        let (mut segment, problem) = Segment::open_files(dir, base_offset, index_interval_bytes)?;
+        let problem = match problem {
+            Some(p) => Some(p),
+            None => match segment.walk_tail(false, info)? {
+                Some(p) => Some(p),
+                None if segment.next_offset != next_base_offset => Some(format!(
+                    "segment ends before offset {} but the next segment starts at {next_base_offset}",
+                    segment.next_offset
+                )),
+                None => None,
+            },
+        };
+        if let Some(problem) = problem {
+            warn!(segment = %segment.log_path.display(), %problem, "rebuilding the indexes of a sealed segment");
+            segment.rebuild_sealed(next_base_offset, info)?;
+        }
+        Ok(segment)
+    }
+
+    /// Open the last segment. After a clean shutdown its indexes are trusted and only
+    /// the bytes after the last index entry are walked; otherwise (or if that walk or
+    /// the indexes look wrong) the whole segment is rescanned and truncated at the
+    /// first unsound batch.
+    pub fn open_active(
+        dir: &Path,
+        base_offset: i64,
+        clean_shutdown: bool,
+        index_interval_bytes: u64,
+        info: &mut RecoveryInfo,
+    ) -> Result<Segment, LogError> {
+        let (mut segment, problem) = Segment::open_files(dir, base_offset, index_interval_bytes)?;
+        if clean_shutdown {
+            let problem = match problem {
+                Some(p) => Some(p),
+                None => segment.walk_tail(true, info)?,
+            };
+            match problem {
+                None => {
+                    segment.first_append_ms = segment.time_index.entries().first().map(|t| t.timestamp_ms);
+                    return Ok(segment);
+                }
+                Some(problem) => {
+                    warn!(segment = %segment.log_path.display(), %problem, "active segment is unsound despite a clean shutdown; rescanning it");
+                }
+            }
+        }
+        segment.recover(info)?;
+        Ok(segment)
+    }
+
+    /// Open the files of an existing segment and load its indexes; the second value
+    /// says why the indexes cannot be trusted, if they cannot.
+    fn open_files(dir: &Path, base_offset: i64, index_interval_bytes: u64) -> Result<(Segment, Option<String>), LogError> {
+        let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .at("open segment", &log_path)?;
+        let size_bytes = log.metadata().at("stat", &log_path)?.len();
+        if size_bytes > u64::from(u32::MAX) {
+            return Err(LogError::Corrupt {
+                path: log_path,
+                position: u64::from(u32::MAX),
+                reason: "segment is larger than u32::MAX bytes, which index positions cannot address".to_string(),
+            });
+        }
+        // No segment holds more batches than whole headers fit in it.
+        let entries_max = (size_bytes / BATCH_HEADER_BYTES as u64) as usize;
+        let index_path = dir.join(file_name(base_offset, OFFSET_INDEX_SUFFIX));
+        let offsets = IndexFile::load(&index_path, entries_max).at("load index", &index_path)?;
+        let time_path = dir.join(file_name(base_offset, TIME_INDEX_SUFFIX));
+        let times = IndexFile::load(&time_path, entries_max).at("load time index", &time_path)?;
+        let load_problem = offsets
+            .problem
+            .map(|p| format!("{}: {p}", index_path.display()))
+            .or_else(|| times.problem.map(|p| format!("{}: {p}", time_path.display())));
+        let segment = Segment {
+            base_offset,
+            log_path,
+            log: Arc::new(log),
+            size_bytes,
+            next_offset: base_offset,
+            offset_index: offsets.index,
+            time_index: times.index,
+            index_interval_bytes,
+            max_timestamp_ms: None,
+            last_batch_offset: None,
+            bytes_since_index_entry: 0,
+            first_append_ms: None,
+            dirty: false,
+        };
+        let problem = load_problem.or_else(|| segment.index_bounds_problem());
+        Ok((segment, problem))
+    }
+
+    /// Checks of the loaded indexes against the segment size. Entries past the last
+    /// index entry are checked by the tail walk, which must find a batch with the
+    /// right offset exactly where the last entry points.
+    fn index_bounds_problem(&self) -> Option<String> {
+        let offsets = self.offset_index.entries();
+        let times = self.time_index.entries();
+        if self.size_bytes == 0 {
+            return (!offsets.is_empty() || !times.is_empty()).then(|| "index has entries but the segment is empty".to_string());
+        }
+        if offsets.first() != Some(&ZERO_ENTRY) {
+            return Some("offset index does not start at the first batch".to_string());
+        }
+        if offsets.last().is_some_and(|e| u64::from(e.position) >= self.size_bytes) {
+            return Some("offset index points past the end of the segment".to_string());
+        }
+        if times.first().is_none_or(|t| t.relative_offset != 0) {
+            return Some("time index does not start at the first batch".to_string());
+        }
+        None
+    }
+
+    /// Walk (with CRCs) from the last offset-index entry to the end of the file,
+    /// setting `next_offset` and the indexing state. With `replay`, batches after the
+    /// entry go through the indexing policy as appends would. Returns a problem if
+    /// the tail is unsound or an index points past the last batch.
+    fn walk_tail(&mut self, replay: bool, info: &mut RecoveryInfo) -> Result<Option<String>, LogError> {
+        let start = self.offset_index.last().copied().unwrap_or(ZERO_ENTRY);
+        let start_position = u64::from(start.position);
+        let log = Arc::clone(&self.log);
+        let mut cursor = BatchCursor::new(
+            &log,
+            self.base_offset,
+            start_position,
+            self.offset_of(start.relative_offset),
+            self.size_bytes,
+            true,
+        );
+        self.max_timestamp_ms = self.time_index.last().map(|t| t.timestamp_ms);
+        self.last_batch_offset = None;
+        self.bytes_since_index_entry = 0;
+        loop {
+            match cursor.step().at("read", &self.log_path)? {
+                Step::Batch { position, header } => {
+                    // The batch the last entry points at was indexed already.
+                    if replay && position != start_position {
+                        self.observe(position, &header);
+                    } else {
+                        self.note_batch(&header);
+                    }
+                }
+                Step::End => break,
+                Step::Bad(reason) => return Ok(Some(format!("byte {}: {reason}", cursor.position()))),
+            }
+        }
+        info.scanned_bytes += self.size_bytes - start_position;
+        self.next_offset = cursor.next_offset();
+        let last_time = self.time_index.last().map(|t| self.offset_of(t.relative_offset));
+        if let (Some(time_offset), Some(last_batch)) = (last_time, self.last_batch_offset)
+            && time_offset > last_batch
+        {
+            return Ok(Some("time index points past the last batch".to_string()));
+        }
+        Ok(None)
+    }
+
+    /// Rescan the whole active segment, truncate it at the first unsound batch and
+    /// rebuild both indexes.
+    fn recover(&mut self, info: &mut RecoveryInfo) -> Result<(), LogError> {
+        self.clear_indexes()?;
+        let log = Arc::clone(&self.log);
+        let end = self.size_bytes;
+        let mut cursor = BatchCursor::new(&log, self.base_offset, 0, self.base_offset, end, true);
+        loop {
+            match cursor.step().at("read", &self.log_path)? {
+                Step::Batch { position, header } => self.observe(position, &header),
+                Step::End => break,
+                Step::Bad(reason) => {
+                    let position = cursor.position();
+                    let dropped_bytes = end - position;
+                    warn!(
+                        segment = %self.log_path.display(),
+                        position,
+                        dropped_bytes,
+                        %reason,
+                        "truncating a torn or corrupt tail of the active segment"
+                    );
+                    log.set_len(position).at("truncate", &self.log_path)?;
+                    log.sync_all().at("fsync", &self.log_path)?;
+                    info.truncated_bytes += dropped_bytes;
+                    break;
+                }
+            }
+        }
+        info.scanned_bytes += end;
+        info.rebuilt_indexes += 1;
+        self.size_bytes = cursor.position();
+        self.next_offset = cursor.next_offset();
+        self.first_append_ms = self.time_index.entries().first().map(|t| t.timestamp_ms);
+        self.flush()
+    }
+
+    /// Rebuild a sealed segment's indexes from its batches, which must all be sound
+    /// and end exactly where the next segment begins.
+    fn rebuild_sealed(&mut self, next_base_offset: i64, info: &mut RecoveryInfo) -> Result<(), LogError> {
+        self.clear_indexes()?;
+        let log = Arc::clone(&self.log);
+        let mut cursor = BatchCursor::new(&log, self.base_offset, 0, self.base_offset, self.size_bytes, true);
+        loop {
+            match cursor.step().at("read", &self.log_path)? {
+                Step::Batch { position, header } => self.observe(position, &header),
+                Step::End => break,
+                Step::Bad(reason) => return Err(self.corrupt(cursor.position(), reason)),
+            }
+        }
+        info.scanned_bytes += self.size_bytes;
+        info.rebuilt_indexes += 1;
+        self.next_offset = cursor.next_offset();
+        if self.next_offset != next_base_offset {
+            return Err(self.corrupt(
+                self.size_bytes,
+                format!(
+                    "segment ends before offset {} but the next segment starts at {next_base_offset}",
+                    self.next_offset
+                ),
+            ));
+        }
+        self.seal()
+    }
+
+    fn clear_indexes(&mut self) -> Result<(), LogError> {
+        self.offset_index.clear().at("truncate", self.offset_index.path())?;
+        self.time_index.clear().at("truncate", self.time_index.path())?;
+        self.max_timestamp_ms = None;
+        self.last_batch_offset = None;
+        self.bytes_since_index_entry = 0;
+        Ok(())
+    }
+
+    /// The indexing policy, shared by appends and rebuilds so both produce the same
+    /// kind of index: an offset entry for the first batch and then after every
+    /// `index_interval_bytes`; with it, a time entry if the running max timestamp grew.
+    fn observe(&mut self, position: u64, header: &BatchHeader) {
+        let max_timestamp_ms = self.max_timestamp_ms.map_or(header.max_timestamp, |m| m.max(header.max_timestamp));
+        self.max_timestamp_ms = Some(max_timestamp_ms);
+        if self.offset_index.last().is_none() || self.bytes_since_index_entry >= self.index_interval_bytes {
+            let relative_offset = self.relative(header.base_offset);
+            debug_assert!(position <= u64::from(u32::MAX));
+            self.offset_index.push(OffsetEntry {
+                relative_offset,
+                position: position as u32,
+            });
+            if self.time_index.last().is_none_or(|t| max_timestamp_ms > t.timestamp_ms) {
+                self.time_index.push(TimeEntry {
+                    timestamp_ms: max_timestamp_ms,
+                    relative_offset,
+                });
+            }
+            self.bytes_since_index_entry = 0;
+        }
+        self.note_batch(header);
+    }
+
+    /// Indexing state for a batch that gets no index entry of its own.
+    fn note_batch(&mut self, header: &BatchHeader) {
+        self.max_timestamp_ms = Some(self.max_timestamp_ms.map_or(header.max_timestamp, |m| m.max(header.max_timestamp)));
+        self.bytes_since_index_entry += header.total_bytes() as u64;
+        self.last_batch_offset = Some(header.base_offset);
+    }
+
+    /// Write `bytes` (whole batches, offsets already assigned; `batches` gives each
+    /// one's position within `bytes` and its header) with one positioned write.
+    pub fn append(&mut self, bytes: &[u8], batches: &[(u64, BatchHeader)], now_ms: i64) -> Result<(), LogError> {
+        let start = self.size_bytes;
+        if let Err(source) = self.log.write_all_at(bytes, start) {
+            // Drop whatever part landed so the file stays whole batches.
+            if let Err(e) = self.log.set_len(start) {
+                warn!(segment = %self.log_path.display(), error = %e, "cannot cut a failed append back off the segment");
+            }
+            return Err(LogError::File {
+                op: "append to",
+                path: self.log_path.clone(),
+                source,
+            });
+        }
+        for (at, header) in batches {
+            debug_assert_eq!(header.base_offset, self.next_offset);
+            self.observe(start + at, header);
+            self.next_offset = header.last_offset() + 1;
+        }
+        self.size_bytes += bytes.len() as u64;
+        self.first_append_ms.get_or_insert(now_ms);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Finish the segment: a last time-index entry so its final entry holds the
+    /// segment's max timestamp, then write and fsync everything.
+    pub fn seal(&mut self) -> Result<(), LogError> {
+        if let (Some(max_timestamp_ms), Some(last_batch)) = (self.max_timestamp_ms, self.last_batch_offset) {
+            let relative_offset = self.relative(last_batch);
+            if self
+                .time_index
+                .last()
+                .is_none_or(|t| max_timestamp_ms > t.timestamp_ms && relative_offset > t.relative_offset)
+            {
+                self.time_index.push(TimeEntry {
+                    timestamp_ms: max_timestamp_ms,
+                    relative_offset,
+                });
+            }
+        }
+        self.flush()
+    }
+
+    /// Write pending index entries and fsync the log and both indexes.
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        self.offset_index.persist().at("write", self.offset_index.path())?;
+        self.time_index.persist().at("write", self.time_index.path())?;
+        self.log.sync_data().at("fsync", &self.log_path)?;
+        self.offset_index.sync().at("fsync", self.offset_index.path())?;
+        self.time_index.sync().at("fsync", self.time_index.path())?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size_bytes == 0
+    }
+
+    pub fn first_append_ms(&self) -> Option<i64> {
+        self.first_append_ms
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    pub fn log_file(&self) -> &Arc<File> {
+        &self.log
+    }
+
+    /// Position of the batch that contains `offset` (which this segment holds).
+    pub fn locate(&self, offset: i64) -> Result<u64, LogError> {
+        debug_assert!(self.base_offset <= offset && offset < self.next_offset);
+        let start = self.offset_index.floor(self.relative(offset)).unwrap_or(ZERO_ENTRY);
+        let mut cursor = self.header_cursor(start);
+        loop {
+            match cursor.step().at("read", &self.log_path)? {
+                Step::Batch { position, header } if header.last_offset() >= offset => return Ok(position),
+                Step::Batch { .. } => {}
+                Step::End => {
+                    return Err(self.corrupt(
+                        self.size_bytes,
+                        format!("offset {offset} is below next offset {} but no batch holds it", self.next_offset),
+                    ));
+                }
+                Step::Bad(reason) => return Err(self.corrupt(cursor.position(), reason)),
+            }
+        }
+    }
+
+    /// Append to `out` the whole batches from `position` on, stopping before the first
+    /// that would take `out` past `max_bytes`; with `first_whole` the first batch is
+    /// taken even so. Costs one positioned read for the window (plus one for the first
+    /// header). Returns whether it stopped at the end of the segment.
+    pub fn read_into(&self, position: u64, out: &mut Vec<u8>, max_bytes: usize, first_whole: bool) -> Result<bool, LogError> {
+        let available = self.size_bytes - position;
+        let room = max_bytes.saturating_sub(out.len()) as u64;
+        let mut window = room.min(available);
+        if first_whole && available > 0 {
+            if available < BATCH_HEADER_BYTES as u64 {
+                return Err(self.corrupt(position, BatchError::Truncated.to_string()));
+            }
+            let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
+            self.log
+                .read_exact_at(&mut header_bytes, position)
+                .at("read", &self.log_path)?;
+            let header = BatchHeader::parse(&header_bytes).map_err(|e| self.corrupt(position, e.to_string()))?;
+            let total = header
+                .check_length(usize::try_from(available).unwrap_or(usize::MAX))
+                .map_err(|e| self.corrupt(position, e.to_string()))?;
+            window = window.max(total as u64);
+        }
+        let start = out.len();
+        out.resize(start + window as usize, 0);
+        if let Err(e) = self.log.read_exact_at(&mut out[start..], position) {
+            out.truncate(start);
+            return Err(LogError::File {
+                op: "read",
+                path: self.log_path.clone(),
+                source: e,
+            });
+        }
+        let kept = self.whole_batches(&out[start..], position, window == available);
+        out.truncate(start + kept.as_ref().copied().unwrap_or(0));
+        let kept = kept?;
+        Ok(position + kept as u64 == self.size_bytes)
+    }
+
+    /// Length of the prefix of `window` (read from `position`) made of whole batches.
+    /// `to_end` says the window reaches the segment end, where a partial batch is
+    /// corruption rather than a batch that did not fit.
+    fn whole_batches(&self, window: &[u8], position: u64, to_end: bool) -> Result<usize, LogError> {
+        let mut kept = 0usize;
+        let mut next_offset = None;
+        while kept < window.len() {
+            let rest = &window[kept..];
+            let at = position + kept as u64;
+            let header = match BatchHeader::parse(rest) {
+                Ok(h) => h,
+                Err(BatchError::Truncated) if !to_end => break,
+                Err(e) => return Err(self.corrupt(at, e.to_string())),
+            };
+            let total = match header.check_length(rest.len()) {
+                Ok(t) => t,
+                Err(BatchError::LengthPastEnd { .. }) if !to_end => break,
+                Err(e) => return Err(self.corrupt(at, e.to_string())),
+            };
+            if next_offset.is_some_and(|n| n != header.base_offset) {
+                return Err(self.corrupt(at, format!("batch base offset {} breaks the offset sequence", header.base_offset)));
+            }
+            next_offset = Some(header.last_offset().saturating_add(1));
+            kept += total;
+        }
+        Ok(kept)
+    }
+
+    /// The first batch whose max timestamp is >= `timestamp_ms`, with its position.
+    pub fn find_timestamp(&self, timestamp_ms: i64) -> Result<Option<(u64, BatchHeader)>, LogError> {
+        let start = self
+            .time_index
+            .last_before(timestamp_ms)
+            .and_then(|t| self.offset_index.floor(t.relative_offset))
+            .unwrap_or(ZERO_ENTRY);
+        let mut cursor = self.header_cursor(start);
+        loop {
+            match cursor.step().at("read", &self.log_path)? {
+                Step::Batch { position, header } if header.max_timestamp >= timestamp_ms => {
+                    return Ok(Some((position, header)));
+                }
+                Step::Batch { .. } => {}
+                Step::End => return Ok(None),
+                Step::Bad(reason) => return Err(self.corrupt(cursor.position(), reason)),
+            }
+        }
+    }
+
+    /// The bytes of one batch the cursor already found whole at `position`.
+    pub fn read_batch(&self, position: u64, header: &BatchHeader) -> Result<Vec<u8>, LogError> {
+        let total = header.total_bytes();
+        if position + total as u64 > self.size_bytes {
+            return Err(self.corrupt(position, "batch runs past the end of the segment".to_string()));
+        }
+        let mut bytes = vec![0u8; total];
+        self.log.read_exact_at(&mut bytes, position).at("read", &self.log_path)?;
+        Ok(bytes)
+    }
+
+    /// Push the header of every batch, oldest first.
+    pub fn headers(&self, out: &mut Vec<BatchHeader>) -> Result<(), LogError> {
+        let mut cursor = self.header_cursor(ZERO_ENTRY);
+        loop {
+            match cursor.step().at("read", &self.log_path)? {
+                Step::Batch { header, .. } => out.push(header),
+                Step::End => return Ok(()),
+                Step::Bad(reason) => return Err(self.corrupt(cursor.position(), reason)),
+            }
+        }
+    }
+
+    /// A header-only walk from an index entry to the end of the segment.
+    fn header_cursor(&self, start: OffsetEntry) -> BatchCursor<'_> {
+        BatchCursor::new(
+            &self.log,
+            self.base_offset,
+            u64::from(start.position),
+            self.offset_of(start.relative_offset),
+            self.size_bytes,
+            false,
+        )
+    }
+
+    fn relative(&self, offset: i64) -> u32 {
+        let relative = offset - self.base_offset;
+        debug_assert!((0..=i64::from(u32::MAX)).contains(&relative));
+        relative as u32
+    }
+
+    fn offset_of(&self, relative_offset: u32) -> i64 {
+        self.base_offset + i64::from(relative_offset)
+    }
+
+    fn corrupt(&self, position: u64, reason: String) -> LogError {
+        LogError::Corrupt {
+            path: self.log_path.clone(),
+            position,
+            reason,
+        }
+    }
+}
+
+/// fsync a directory so that file creations, removals and renames in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("fsync directory", dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        assert_eq!(file_name(42, LOG_SUFFIX), "00000000000000000042.log");
+        assert_eq!(parse_log_file_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_log_file_name(&file_name(i64::MAX, LOG_SUFFIX)), Some(i64::MAX));
+        assert_eq!(parse_log_file_name("00000000000000000042.index"), None);
+        assert_eq!(parse_log_file_name("0000000000000000042.log"), None);
+        assert_eq!(parse_log_file_name("99999999999999999999.log"), None);
+        assert_eq!(parse_log_file_name("0000000000000000004x.log"), None);
+    }
+}

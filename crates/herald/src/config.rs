@@ -1,0 +1,263 @@
+//! `herald serve` settings: flags, then `HERALD_*` environment variables, then the TOML
+//! file given with `--config`, then defaults. One struct serves all three sources so a
+//! setting cannot exist in one and be missing from another.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use herald_broker::{BrokerConfig, FlushPolicy};
+use herald_kafka::KafkaConfig;
+use serde::Deserialize;
+
+/// Every `HERALD_*` variable Herald reads; others get a warning at start-up.
+pub const KNOWN_ENV_VARS: &[&str] = &[
+    "HERALD_CONFIG",
+    "HERALD_DATA_DIR",
+    "HERALD_KAFKA_LISTEN",
+    "HERALD_KAFKA_ADVERTISED",
+    "HERALD_NODE_ID",
+    "HERALD_AUTO_CREATE_TOPICS",
+    "HERALD_DEFAULT_PARTITIONS",
+    "HERALD_FLUSH",
+    "HERALD_SEGMENT_BYTES",
+    "HERALD_SEGMENT_MS",
+    "HERALD_REQUEST_BYTES_MAX",
+    "HERALD_CONNECTIONS_MAX",
+    "HERALD_FETCH_BYTES_MAX",
+    "HERALD_PARTITIONS_PER_TOPIC_MAX",
+    "HERALD_GROUP_INITIAL_REBALANCE_DELAY_MS",
+    "HERALD_GROUP_SESSION_TIMEOUT_MIN_MS",
+    "HERALD_GROUP_SESSION_TIMEOUT_MAX_MS",
+    "HERALD_LOG",
+    "HERALD_BOOTSTRAP",
+];
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// TOML file with any of these settings (keys as the long flag names with '_').
+    #[arg(long, env = "HERALD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Where topics, offsets and metadata live [default: ./herald-data]
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Kafka listener host:port [default: 127.0.0.1:9092]
+    #[arg(long, env = "HERALD_KAFKA_LISTEN")]
+    pub kafka_listen: Option<String>,
+    /// host:port clients are told to connect to [default: the listen address]
+    #[arg(long, env = "HERALD_KAFKA_ADVERTISED")]
+    pub kafka_advertised: Option<String>,
+    /// This broker's id [default: 1]
+    #[arg(long, env = "HERALD_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Create topics on first use by Metadata or Produce [default: true]
+    #[arg(long, env = "HERALD_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of a topic created without a count [default: 1]
+    #[arg(long, env = "HERALD_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<u32>,
+    /// always | interval:<ms> | os  [default: always]
+    #[arg(long, env = "HERALD_FLUSH")]
+    pub flush: Option<String>,
+    /// Segment size before rolling [default: 1073741824]
+    #[arg(long, env = "HERALD_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Segment age before rolling [default: 604800000]
+    #[arg(long, env = "HERALD_SEGMENT_MS")]
+    pub segment_ms: Option<i64>,
+    /// Largest request frame accepted [default: 104857600]
+    #[arg(long, env = "HERALD_REQUEST_BYTES_MAX")]
+    pub request_bytes_max: Option<usize>,
+    /// Most client connections at once [default: 10000]
+    #[arg(long, env = "HERALD_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+    /// Largest fetch response [default: 57671680]
+    #[arg(long, env = "HERALD_FETCH_BYTES_MAX")]
+    pub fetch_bytes_max: Option<usize>,
+    /// Most partitions in one topic [default: 10000]
+    #[arg(long, env = "HERALD_PARTITIONS_PER_TOPIC_MAX")]
+    pub partitions_per_topic_max: Option<u32>,
+    /// How long a new group waits for more members before its first rebalance [default: 3000]
+    #[arg(long, env = "HERALD_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Smallest session timeout a consumer may ask for [default: 6000]
+    #[arg(long, env = "HERALD_GROUP_SESSION_TIMEOUT_MIN_MS")]
+    pub group_session_timeout_min_ms: Option<i32>,
+    /// Largest session timeout a consumer may ask for [default: 1800000]
+    #[arg(long, env = "HERALD_GROUP_SESSION_TIMEOUT_MAX_MS")]
+    pub group_session_timeout_max_ms: Option<i32>,
+}
+
+macro_rules! fill_from {
+    ($to:ident, $from:ident, $($field:ident),* $(,)?) => {
+        $( if $to.$field.is_none() { $to.$field = $from.$field; } )*
+    };
+}
+
+impl ServeSettings {
+    /// Fill what flags and env left unset from the TOML file, if one was given.
+    pub fn with_file(mut self) -> anyhow::Result<ServeSettings> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let file = read_file(&path)?;
+        fill_from!(
+            self,
+            file,
+            data_dir,
+            kafka_listen,
+            kafka_advertised,
+            node_id,
+            auto_create_topics,
+            default_partitions,
+            flush,
+            segment_bytes,
+            segment_ms,
+            request_bytes_max,
+            connections_max,
+            fetch_bytes_max,
+            partitions_per_topic_max,
+            group_initial_rebalance_delay_ms,
+            group_session_timeout_min_ms,
+            group_session_timeout_max_ms,
+        );
+        Ok(self)
+    }
+
+    pub fn broker_config(&self) -> anyhow::Result<BrokerConfig> {
+        let mut c = BrokerConfig::new(self.data_dir.clone().unwrap_or_else(|| PathBuf::from("herald-data")));
+        if let Some(v) = self.node_id {
+            c.node_id = v;
+        }
+        if let Some(v) = self.auto_create_topics {
+            c.auto_create_topics = v;
+        }
+        if let Some(v) = self.default_partitions {
+            if v == 0 {
+                bail!("default_partitions must be at least 1");
+            }
+            c.default_partitions = v;
+        }
+        if let Some(v) = &self.flush {
+            c.flush = FlushPolicy::parse(v).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(v) = self.segment_bytes {
+            if !(1024..=u64::from(u32::MAX)).contains(&v) {
+                bail!("segment_bytes must be between 1024 and 4294967295, not {v}");
+            }
+            c.log.segment_bytes_max = v;
+        }
+        if let Some(v) = self.segment_ms {
+            c.log.segment_ms_max = v;
+        }
+        if let Some(v) = self.partitions_per_topic_max {
+            c.partitions_per_topic_max = v;
+        }
+        if let Some(v) = self.group_initial_rebalance_delay_ms {
+            c.group_initial_rebalance_delay_ms = v;
+        }
+        if let Some(v) = self.group_session_timeout_min_ms {
+            c.group_session_timeout_min_ms = v;
+        }
+        if let Some(v) = self.group_session_timeout_max_ms {
+            c.group_session_timeout_max_ms = v;
+        }
+        if c.group_session_timeout_min_ms > c.group_session_timeout_max_ms {
+            bail!("group_session_timeout_min_ms is larger than group_session_timeout_max_ms");
+        }
+        Ok(c)
+    }
+
+    pub fn kafka_config(&self) -> anyhow::Result<KafkaConfig> {
+        let listen_text = self.kafka_listen.as_deref().unwrap_or("127.0.0.1:9092");
+        let listen: SocketAddr = listen_text
+            .parse()
+            .with_context(|| format!("kafka_listen {listen_text:?} is not a host:port address such as 127.0.0.1:9092"))?;
+        let mut c = KafkaConfig::new(listen);
+        if let Some(advertised) = &self.kafka_advertised {
+            let (host, port) = advertised
+                .rsplit_once(':')
+                .with_context(|| format!("kafka_advertised {advertised:?} must be host:port"))?;
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("kafka_advertised {advertised:?} has an invalid port"))?;
+            if port == 0 {
+                bail!("kafka_advertised must not use port 0");
+            }
+            c.advertised_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            c.advertised_port = i32::from(port);
+        }
+        if let Some(v) = self.request_bytes_max {
+            c.request_bytes_max = v;
+        }
+        if let Some(v) = self.connections_max {
+            c.connections_max = v;
+        }
+        if let Some(v) = self.fetch_bytes_max {
+            c.fetch_bytes_max = v;
+        }
+        Ok(c)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ServeSettings> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+/// Names of set `HERALD_*` variables that Herald does not know.
+pub fn unknown_env_vars() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("HERALD_") && !KNOWN_ENV_VARS.contains(&k.as_str()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_fills_only_what_is_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, "data_dir = \"/from/file\"\nflush = \"interval:50\"\ndefault_partitions = 3\n").unwrap();
+        let settings = ServeSettings {
+            config: Some(path),
+            data_dir: Some("/from/flag".into()),
+            ..Default::default()
+        }
+        .with_file()
+        .unwrap();
+        let broker = settings.broker_config().unwrap();
+        assert_eq!(broker.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(broker.flush, FlushPolicy::Interval { interval_ms: 50 });
+        assert_eq!(broker.default_partitions, 3);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "data_dirr = \"x\"\n").unwrap();
+        let err = ServeSettings { config: Some(path), ..Default::default() }.with_file().unwrap_err();
+        assert!(format!("{err:#}").contains("data_dirr"), "{err:#}");
+        let bad = ServeSettings { kafka_listen: Some("localhost".into()), ..Default::default() };
+        assert!(bad.kafka_config().is_err());
+        let zero = ServeSettings { kafka_advertised: Some("127.0.0.1:0".into()), ..Default::default() };
+        assert!(zero.kafka_config().is_err());
+        let flush = ServeSettings { flush: Some("sometimes".into()), ..Default::default() };
+        assert!(flush.broker_config().is_err());
+    }
+
+    #[test]
+    fn advertised_defaults_to_listen_address() {
+        let s = ServeSettings { kafka_listen: Some("127.0.0.1:19092".into()), ..Default::default() };
+        let k = s.kafka_config().unwrap();
+        assert_eq!(k.advertised_host, "127.0.0.1");
+        assert_eq!(k.advertised_port, 19092);
+    }
+}
