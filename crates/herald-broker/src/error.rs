@@ -33,7 +33,9 @@ pub enum BrokerError {
     CorruptBatch(#[from] BatchError),
     #[error("record batch rejected: {0}")]
     InvalidRecord(String),
-    #[error("out of order sequence number for producer {producer_id}: expected {expected}, got {got}")]
+    #[error(
+        "out of order sequence number for producer {producer_id}: expected {expected}, got {got}"
+    )]
     OutOfOrderSequence {
         producer_id: i64,
         expected: i32,

@@ -244,7 +244,11 @@ impl Group {
             .unwrap_or(Duration::ZERO);
         self.state = GroupState::PreparingRebalance;
         self.rebalance_deadline = now + timeout;
-        self.join_not_before = if was_empty { now + initial_delay.min(timeout) } else { now };
+        self.join_not_before = if was_empty {
+            now + initial_delay.min(timeout)
+        } else {
+            now
+        };
     }
 
     fn all_members_joined(&self) -> bool {
@@ -303,7 +307,11 @@ impl Group {
                     protocol_name: self.protocol_name.clone(),
                     leader: leader.clone(),
                     member_id: id.clone(),
-                    members: if *id == leader { all.clone() } else { Vec::new() },
+                    members: if *id == leader {
+                        all.clone()
+                    } else {
+                        Vec::new()
+                    },
                 }));
             }
         }
@@ -322,7 +330,10 @@ impl Group {
             .collect();
         let mut votes: Vec<(usize, &String)> = candidates.iter().map(|c| (0, *c)).collect();
         for member in self.members.values() {
-            if let Some((name, _)) = member.protocols.iter().find(|(n, _)| candidates.contains(&n))
+            if let Some((name, _)) = member
+                .protocols
+                .iter()
+                .find(|(n, _)| candidates.contains(&n))
                 && let Some(v) = votes.iter_mut().find(|(_, c)| *c == name)
             {
                 v.0 += 1;
@@ -389,7 +400,10 @@ pub struct OffsetCommit {
 }
 
 impl GroupCoordinator {
-    pub fn new(config: &BrokerConfig, meta: Arc<MetaStore>) -> Result<GroupCoordinator, GroupError> {
+    pub fn new(
+        config: &BrokerConfig,
+        meta: Arc<MetaStore>,
+    ) -> Result<GroupCoordinator, GroupError> {
         let now = Instant::now();
         let mut groups: HashMap<String, Group> = HashMap::new();
         let stored = meta
@@ -473,7 +487,11 @@ impl GroupCoordinator {
             if group.members.len() >= self.members_max {
                 return Err(GroupError::GroupMaxSizeReached);
             }
-            let client = if req.client_id.is_empty() { "consumer" } else { &req.client_id };
+            let client = if req.client_id.is_empty() {
+                "consumer"
+            } else {
+                &req.client_id
+            };
             member_id = format!("{client}-{}", uuid::Uuid::new_v4());
             if req.require_known_member_id && req.group_instance_id.is_none() {
                 group.pending_members.insert(member_id.clone(), now);
@@ -491,12 +509,18 @@ impl GroupCoordinator {
         let (tx, rx) = oneshot::channel();
         let session_timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
         let rebalance_timeout = Duration::from_millis(
-            if req.rebalance_timeout_ms > 0 { req.rebalance_timeout_ms } else { req.session_timeout_ms }
-                .max(0) as u64,
+            if req.rebalance_timeout_ms > 0 {
+                req.rebalance_timeout_ms
+            } else {
+                req.session_timeout_ms
+            }
+            .max(0) as u64,
         );
         let is_new = !group.members.contains_key(&member_id);
         if is_new {
-            let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let seq = self
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             group.members.insert(
                 member_id.clone(),
                 Member {
@@ -551,7 +575,8 @@ impl GroupCoordinator {
             GroupState::PreparingRebalance => {
                 if is_new && now < group.join_not_before {
                     // Still gathering the first members: give the next one a moment too.
-                    group.join_not_before = (now + self.initial_delay).min(group.rebalance_deadline);
+                    group.join_not_before =
+                        (now + self.initial_delay).min(group.rebalance_deadline);
                 }
                 let timeout = rebalance_timeout;
                 if now + timeout > group.rebalance_deadline && is_new {
@@ -574,7 +599,9 @@ impl GroupCoordinator {
         let rx = {
             let now = Instant::now();
             let mut groups = self.lock();
-            let group = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
+            let group = groups
+                .get_mut(group_id)
+                .ok_or(GroupError::UnknownMemberId)?;
             if !group.members.contains_key(member_id) {
                 return Err(GroupError::UnknownMemberId);
             }
@@ -585,7 +612,10 @@ impl GroupCoordinator {
                 GroupState::PreparingRebalance => return Err(GroupError::RebalanceInProgress),
                 GroupState::Empty | GroupState::Dead => return Err(GroupError::UnknownMemberId),
                 GroupState::Stable => {
-                    let member = group.members.get_mut(member_id).ok_or(GroupError::UnknownMemberId)?;
+                    let member = group
+                        .members
+                        .get_mut(member_id)
+                        .ok_or(GroupError::UnknownMemberId)?;
                     member.last_heartbeat = now;
                     return Ok(SyncResponse {
                         protocol_type: group.protocol_type.clone(),
@@ -623,12 +653,22 @@ impl GroupCoordinator {
         rx.await.unwrap_or(Err(GroupError::RebalanceInProgress))
     }
 
-    pub fn heartbeat(&self, group_id: &str, generation_id: i32, member_id: &str) -> Result<(), GroupError> {
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+    ) -> Result<(), GroupError> {
         let mut groups = self.lock();
-        let group = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
+        let group = groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownMemberId)?;
         let state = group.state;
         let generation = group.generation;
-        let member = group.members.get_mut(member_id).ok_or(GroupError::UnknownMemberId)?;
+        let member = group
+            .members
+            .get_mut(member_id)
+            .ok_or(GroupError::UnknownMemberId)?;
         member.last_heartbeat = Instant::now();
         if generation_id != generation {
             return Err(GroupError::IllegalGeneration);
@@ -649,7 +689,9 @@ impl GroupCoordinator {
     ) -> Result<Vec<Result<String, GroupError>>, GroupError> {
         let now = Instant::now();
         let mut groups = self.lock();
-        let group = groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
+        let group = groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownMemberId)?;
         let mut out = Vec::with_capacity(members.len());
         for (member_id, instance) in members {
             let id = if member_id.is_empty() {
@@ -680,8 +722,13 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         for group in groups.values_mut() {
             group.maybe_complete_join(now);
-            group.pending_members.retain(|_, since| now.duration_since(*since) < Duration::from_secs(300));
-            if matches!(group.state, GroupState::Stable | GroupState::CompletingRebalance) {
+            group
+                .pending_members
+                .retain(|_, since| now.duration_since(*since) < Duration::from_secs(300));
+            if matches!(
+                group.state,
+                GroupState::Stable | GroupState::CompletingRebalance
+            ) {
                 let expired: Vec<String> = group
                     .members
                     .iter()
@@ -697,13 +744,20 @@ impl GroupCoordinator {
     }
 
     /// Check that a commit comes from a current member (or is a standalone commit).
-    fn check_commit(&self, group_id: &str, generation_id: i32, member_id: &str) -> Result<(), GroupError> {
+    fn check_commit(
+        &self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+    ) -> Result<(), GroupError> {
         if group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
         let now = Instant::now();
         let mut groups = self.lock();
-        let group = groups.entry(group_id.to_string()).or_insert_with(|| Group::new(now));
+        let group = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(now));
         if generation_id < 0 && member_id.is_empty() {
             return if group.members.is_empty() {
                 Ok(())
@@ -713,7 +767,10 @@ impl GroupCoordinator {
         }
         let generation = group.generation;
         let state = group.state;
-        let member = group.members.get_mut(member_id).ok_or(GroupError::UnknownMemberId)?;
+        let member = group
+            .members
+            .get_mut(member_id)
+            .ok_or(GroupError::UnknownMemberId)?;
         if generation_id != generation {
             return Err(GroupError::IllegalGeneration);
         }
@@ -739,7 +796,13 @@ impl GroupCoordinator {
         let _serial = self.commit_lock.lock().await;
         let rows: Vec<(String, u32, OffsetRecord)> = commits
             .iter()
-            .map(|c| (c.topic.clone(), u32::try_from(c.partition).unwrap_or(0), c.record.clone()))
+            .map(|c| {
+                (
+                    c.topic.clone(),
+                    u32::try_from(c.partition).unwrap_or(0),
+                    c.record.clone(),
+                )
+            })
             .collect();
         let meta = self.meta.clone();
         let group = group_id.to_string();
@@ -749,7 +812,9 @@ impl GroupCoordinator {
             .map_err(|e| GroupError::Storage(e.to_string()))?;
         let now = Instant::now();
         let mut groups = self.lock();
-        let group = groups.entry(group_id.to_string()).or_insert_with(|| Group::new(now));
+        let group = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(now));
         for c in commits {
             group.offsets.insert((c.topic, c.partition), c.record);
         }
@@ -770,7 +835,11 @@ impl GroupCoordinator {
                 .map(|key| (key.clone(), offsets.and_then(|o| o.get(key)).cloned()))
                 .collect(),
             None => offsets
-                .map(|o| o.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone())))
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -896,18 +965,30 @@ mod tests {
             (leader.member_id.clone(), Bytes::from_static(b"L")),
             (follower.member_id.clone(), Bytes::from_static(b"F")),
         ];
-        let ls = c.sync("g", 1, &leader.member_id, assignments).await.unwrap();
+        let ls = c
+            .sync("g", 1, &leader.member_id, assignments)
+            .await
+            .unwrap();
         assert_eq!(&ls.assignment[..], b"L");
         assert_eq!(&fsync.await.unwrap().unwrap().assignment[..], b"F");
         assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
         assert!(c.heartbeat("g", 1, &leader.member_id).is_ok());
-        assert_eq!(c.heartbeat("g", 0, &leader.member_id), Err(GroupError::IllegalGeneration));
-        assert_eq!(c.heartbeat("g", 1, "nobody"), Err(GroupError::UnknownMemberId));
+        assert_eq!(
+            c.heartbeat("g", 0, &leader.member_id),
+            Err(GroupError::IllegalGeneration)
+        );
+        assert_eq!(
+            c.heartbeat("g", 1, "nobody"),
+            Err(GroupError::UnknownMemberId)
+        );
 
         // One leaves: the other is told to rejoin.
         let left = c.leave("g", &[(follower.member_id.clone(), None)]).unwrap();
         assert!(left[0].is_ok());
-        assert_eq!(c.heartbeat("g", 1, &leader.member_id), Err(GroupError::RebalanceInProgress));
+        assert_eq!(
+            c.heartbeat("g", 1, &leader.member_id),
+            Err(GroupError::RebalanceInProgress)
+        );
         let r = c.join(join_req(&leader.member_id)).await.unwrap();
         assert_eq!(r.generation_id, 2);
         assert_eq!(r.members.len(), 1);
@@ -922,9 +1003,16 @@ mod tests {
         let commit = |offset| OffsetCommit {
             topic: "orders".into(),
             partition: 0,
-            record: OffsetRecord { offset, leader_epoch: -1, metadata: None, commit_ms: 0 },
+            record: OffsetRecord {
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: 0,
+            },
         };
-        c.commit_offsets("g", -1, "", vec![commit(42)]).await.unwrap();
+        c.commit_offsets("g", -1, "", vec![commit(42)])
+            .await
+            .unwrap();
         assert_eq!(
             c.commit_offsets("g", 3, "ghost", vec![commit(1)]).await,
             Err(GroupError::UnknownMemberId)
@@ -952,7 +1040,14 @@ mod tests {
             Ok(r) => r,
             Err(e) => panic!("{e:?}"),
         };
-        c.sync("g", r.generation_id, &a, vec![(a.clone(), Bytes::from_static(b"x"))]).await.unwrap();
+        c.sync(
+            "g",
+            r.generation_id,
+            &a,
+            vec![(a.clone(), Bytes::from_static(b"x"))],
+        )
+        .await
+        .unwrap();
         {
             let mut groups = c.lock();
             let m = groups.get_mut("g").unwrap().members.get_mut(&a).unwrap();
@@ -973,6 +1068,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let mut other = join_req("");
         other.protocols = vec![("roundrobin".into(), Bytes::new())];
-        assert_eq!(c.join(other).await.unwrap_err(), GroupError::InconsistentGroupProtocol);
+        assert_eq!(
+            c.join(other).await.unwrap_err(),
+            GroupError::InconsistentGroupProtocol
+        );
     }
 }

@@ -52,15 +52,19 @@ impl Broker {
     /// Open the data directory, recover every partition and start background tasks.
     /// Must run inside a tokio runtime.
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
-        std::fs::create_dir_all(config.data_dir.join("log"))
-            .map_err(|e| BrokerError::Storage(format!("cannot create {}: {e}", config.data_dir.display())))?;
+        std::fs::create_dir_all(config.data_dir.join("log")).map_err(|e| {
+            BrokerError::Storage(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
         let meta = Arc::new(MetaStore::open(&config.data_dir.join("meta.redb"))?);
         let cluster_id = meta.cluster_id(|| {
             // Kafka cluster ids are 22-character URL-safe base64 of 16 random bytes.
             let id = uuid::Uuid::new_v4();
             id.simple().to_string()[..22].to_string()
         })?;
-        let groups = Arc::new(GroupCoordinator::new(&config, meta.clone()).map_err(|e| BrokerError::Storage(e.to_string()))?);
+        let groups = Arc::new(
+            GroupCoordinator::new(&config, meta.clone())
+                .map_err(|e| BrokerError::Storage(e.to_string()))?,
+        );
         let data_changed = Arc::new(watch::Sender::new(0u64));
         let broker = Arc::new(Broker {
             config,
@@ -80,7 +84,11 @@ impl Broker {
             let topic = broker.open_topic(&record)?;
             broker.insert_topic(topic);
         }
-        tracing::info!(topics = count, elapsed_ms = started.elapsed().as_millis() as u64, "recovered topics");
+        tracing::info!(
+            topics = count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered topics"
+        );
         let weak = Arc::downgrade(&broker.groups);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(group::GROUP_TICK_MS));
@@ -94,16 +102,27 @@ impl Broker {
     }
 
     fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
-        self.config.data_dir.join("log").join(format!("{topic}-{partition}"))
+        self.config
+            .data_dir
+            .join("log")
+            .join(format!("{topic}-{partition}"))
     }
 
     fn open_topic(&self, record: &TopicRecord) -> Result<Arc<Topic>> {
         let name: Arc<str> = Arc::from(record.name.as_str());
         let mut log_config = self.config.log.clone();
-        if let Some(v) = record.configs.get("segment.bytes").and_then(|v| v.parse().ok()) {
+        if let Some(v) = record
+            .configs
+            .get("segment.bytes")
+            .and_then(|v| v.parse().ok())
+        {
             log_config.segment_bytes_max = v;
         }
-        if let Some(v) = record.configs.get("segment.ms").and_then(|v| v.parse().ok()) {
+        if let Some(v) = record
+            .configs
+            .get("segment.ms")
+            .and_then(|v| v.parse().ok())
+        {
             log_config.segment_ms_max = v;
         }
         let mut partitions = Vec::with_capacity(record.partitions as usize);
@@ -163,7 +182,10 @@ impl Broker {
             return Err(BrokerError::InvalidPartitions(count));
         }
         topic::validate_configs(&configs)?;
-        let _admin = self.topic_admin.lock().map_err(|_| BrokerError::Storage("topic lock poisoned".into()))?;
+        let _admin = self
+            .topic_admin
+            .lock()
+            .map_err(|_| BrokerError::Storage("topic lock poisoned".into()))?;
         if let Some(existing) = self.topic(name) {
             if validate_only {
                 return Err(BrokerError::TopicExists(name.to_string()));
@@ -189,7 +211,9 @@ impl Broker {
         for index in 0..record.partitions {
             let dir = self.partition_dir(name, index);
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| BrokerError::Storage(format!("cannot clear {}: {e}", dir.display())))?;
+                std::fs::remove_dir_all(&dir).map_err(|e| {
+                    BrokerError::Storage(format!("cannot clear {}: {e}", dir.display()))
+                })?;
             }
         }
         let topic = self.open_topic(&record)?;
@@ -208,13 +232,18 @@ impl Broker {
             return Err(BrokerError::UnknownTopic(name.to_string()));
         }
         match self.create_topic(name, None, BTreeMap::new(), false) {
-            Err(BrokerError::TopicExists(_)) => self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string())),
+            Err(BrokerError::TopicExists(_)) => self
+                .topic(name)
+                .ok_or_else(|| BrokerError::UnknownTopic(name.to_string())),
             other => other,
         }
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        let _admin = self.topic_admin.lock().map_err(|_| BrokerError::Storage("topic lock poisoned".into()))?;
+        let _admin = self
+            .topic_admin
+            .lock()
+            .map_err(|_| BrokerError::Storage("topic lock poisoned".into()))?;
         let topic = self
             .topics
             .write()
@@ -246,7 +275,10 @@ impl Broker {
 
     /// A new idempotent producer id (epoch 0).
     pub fn allocate_producer_id(&self) -> Result<i64> {
-        let mut ids = self.producer_ids.lock().map_err(|_| BrokerError::Storage("producer id lock poisoned".into()))?;
+        let mut ids = self
+            .producer_ids
+            .lock()
+            .map_err(|_| BrokerError::Storage("producer id lock poisoned".into()))?;
         if ids.0 >= ids.1 {
             let first = self.meta.allocate_producer_ids(PRODUCER_ID_BLOCK)?;
             *ids = (first, first + PRODUCER_ID_BLOCK);

@@ -162,9 +162,14 @@ impl Partition {
         }
         let headers = validate_batches(records)?;
         if headers.is_empty() {
-            return Err(BrokerError::InvalidRecord("no record batch in the request".into()));
+            return Err(BrokerError::InvalidRecord(
+                "no record batch in the request".into(),
+            ));
         }
-        if headers.iter().any(|h| h.is_transactional() || h.is_control()) {
+        if headers
+            .iter()
+            .any(|h| h.is_transactional() || h.is_control())
+        {
             return Err(BrokerError::TransactionsUnsupported);
         }
         let mut batches = records.to_vec();
@@ -205,16 +210,31 @@ impl Partition {
         match self.flush {
             FlushPolicy::Always => {
                 self.flush_wanted.notify_one();
-                Ok(self.pending(info.base_offset, append_time, log_start, info.last_offset + 1))
+                Ok(self.pending(
+                    info.base_offset,
+                    append_time,
+                    log_start,
+                    info.last_offset + 1,
+                ))
             }
             FlushPolicy::Interval { .. } | FlushPolicy::Os => {
                 self.advance_high_watermark(info.last_offset + 1);
-                Ok(PendingAppend::settled(info.base_offset, append_time, log_start))
+                Ok(PendingAppend::settled(
+                    info.base_offset,
+                    append_time,
+                    log_start,
+                ))
             }
         }
     }
 
-    fn pending(&self, base_offset: i64, append_time: i64, log_start: i64, target: i64) -> PendingAppend {
+    fn pending(
+        &self,
+        base_offset: i64,
+        append_time: i64,
+        log_start: i64,
+        target: i64,
+    ) -> PendingAppend {
         let receiver = self.durable.subscribe();
         let failures_before = receiver.borrow().failures;
         PendingAppend {
@@ -279,8 +299,10 @@ impl Partition {
         if base_offset >= self.high_watermark() {
             return Ok(None);
         }
-        Ok(crate::records::first_record_at_or_after(&batch, timestamp_ms)?
-            .or(Some((base_offset, timestamp_ms))))
+        Ok(
+            crate::records::first_record_at_or_after(&batch, timestamp_ms)?
+                .or(Some((base_offset, timestamp_ms))),
+        )
     }
 
     /// The offset and timestamp of the record with the largest timestamp (ListOffsets -3).
@@ -300,8 +322,10 @@ impl Partition {
         let Some(best) = best else { return Ok(None) };
         let batch = state.log.read(best.base_offset, 1)?;
         drop(state);
-        Ok(crate::records::first_record_at_or_after(&batch, best.max_timestamp)?
-            .or(Some((best.last_offset(), best.max_timestamp))))
+        Ok(
+            crate::records::first_record_at_or_after(&batch, best.max_timestamp)?
+                .or(Some((best.last_offset(), best.max_timestamp))),
+        )
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -356,7 +380,10 @@ fn check_sequences(producers: &ProducerStates, headers: &[BatchHeader]) -> Resul
     for pair in headers.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         let expected = a.base_sequence.wrapping_add(a.last_offset_delta + 1);
-        if b.producer_id != a.producer_id || b.producer_epoch != a.producer_epoch || b.base_sequence != expected {
+        if b.producer_id != a.producer_id
+            || b.producer_epoch != a.producer_epoch
+            || b.base_sequence != expected
+        {
             return Err(BrokerError::OutOfOrderSequence {
                 producer_id: b.producer_id,
                 expected,
@@ -407,7 +434,8 @@ async fn flusher(partition: std::sync::Weak<Partition>, wanted: Arc<Notify>, pol
         }
         match tokio::task::spawn_blocking(move || sync_point.sync()).await {
             Ok(Ok(())) => {
-                p.durable.send_modify(|d| d.next_offset = d.next_offset.max(next));
+                p.durable
+                    .send_modify(|d| d.next_offset = d.next_offset.max(next));
                 if policy == FlushPolicy::Always {
                     p.advance_high_watermark(next);
                 }

@@ -47,7 +47,11 @@ pub struct ProducerStates {
 /// Sequences wrap to 0 after i32::MAX, as in the Kafka client.
 fn seq_add(seq: i32, delta: i32) -> i32 {
     let room = i32::MAX - seq;
-    if delta > room { delta - room - 1 } else { seq + delta }
+    if delta > room {
+        delta - room - 1
+    } else {
+        seq + delta
+    }
 }
 
 fn last_seq(header: &BatchHeader) -> i32 {
@@ -204,7 +208,10 @@ mod tests {
             states.check(&header(7, 1, 1, 1)),
             Err(BrokerError::InvalidProducerEpoch { .. })
         ));
-        assert_eq!(states.check(&header(7, 3, 0, 1)).unwrap(), SequenceCheck::Append);
+        assert_eq!(
+            states.check(&header(7, 3, 0, 1)).unwrap(),
+            SequenceCheck::Append
+        );
         assert!(states.check(&header(7, 3, 4, 1)).is_err());
     }
 
@@ -213,7 +220,10 @@ mod tests {
         let mut states = ProducerStates::default();
         let near_end = header(1, 0, i32::MAX - 1, 2);
         states.record(&near_end, 0);
-        assert_eq!(states.check(&header(1, 0, 0, 1)).unwrap(), SequenceCheck::Append);
+        assert_eq!(
+            states.check(&header(1, 0, 0, 1)).unwrap(),
+            SequenceCheck::Append
+        );
         assert_eq!(seq_add(i32::MAX, 1), 0);
         assert_eq!(seq_add(5, 3), 8);
     }
@@ -224,7 +234,10 @@ mod tests {
         for i in 0..7 {
             states.record(&header(1, 0, i, 1), i as i64);
         }
-        assert_eq!(states.check(&header(1, 0, 6, 1)).unwrap(), SequenceCheck::Duplicate { base_offset: 6 });
+        assert_eq!(
+            states.check(&header(1, 0, 6, 1)).unwrap(),
+            SequenceCheck::Duplicate { base_offset: 6 }
+        );
         // Sequence 0 fell out of the window: no longer recognised as a duplicate.
         assert!(states.check(&header(1, 0, 0, 1)).is_err());
         assert_eq!(states.len(), 1);
@@ -233,6 +246,9 @@ mod tests {
     #[test]
     fn non_idempotent_batches_always_append() {
         let states = ProducerStates::default();
-        assert_eq!(states.check(&header(-1, -1, -1, 5)).unwrap(), SequenceCheck::Append);
+        assert_eq!(
+            states.check(&header(-1, -1, -1, 5)).unwrap(),
+            SequenceCheck::Append
+        );
     }
 }

@@ -15,7 +15,10 @@ pub fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>> {
     let body = &batch[BATCH_HEADER_BYTES.min(end)..end];
     let plain = decompress(header.compression(), body)?;
     let mut out = Vec::new();
-    let mut cursor = Cursor { bytes: &plain, position: 0 };
+    let mut cursor = Cursor {
+        bytes: &plain,
+        position: 0,
+    };
     while cursor.position < plain.len() {
         let length = cursor.varint()?;
         let length = usize::try_from(length).map_err(|_| bad("negative record length"))?;
@@ -32,7 +35,10 @@ pub fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>> {
         } else {
             header.base_timestamp.saturating_add(timestamp_delta)
         };
-        out.push((header.base_offset.saturating_add(i64::from(offset_delta)), timestamp));
+        out.push((
+            header.base_offset.saturating_add(i64::from(offset_delta)),
+            timestamp,
+        ));
         cursor.position = record_end;
     }
     Ok(out)
@@ -115,7 +121,7 @@ mod tests {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i,
-                sequence: -1,
+                sequence: i as i32, // keeps all five records in one batch
                 timestamp: 1_000 + i * 10,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(vec![b'x'; 100])),
@@ -150,7 +156,10 @@ mod tests {
             let all = record_offsets_and_timestamps(&b).unwrap();
             assert_eq!(all.len(), 5, "{codec:?}");
             assert_eq!(all[0], (40, 1000));
-            assert_eq!(first_record_at_or_after(&b, 1015).unwrap(), Some((42, 1020)));
+            assert_eq!(
+                first_record_at_or_after(&b, 1015).unwrap(),
+                Some((42, 1020))
+            );
             assert_eq!(first_record_at_or_after(&b, 5000).unwrap(), None);
         }
     }

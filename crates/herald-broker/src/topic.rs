@@ -74,29 +74,79 @@ macro_rules! spec {
 
 /// Every topic config Herald accepts. Unknown names are refused with INVALID_CONFIG.
 pub const TOPIC_CONFIGS: &[ConfigSpec] = &[
-    spec!("cleanup.policy", "delete", "delete, compact, or compact,delete (compaction arrives with the retention work; stored now)", |v: &str| {
-        let mut parts: Vec<&str> = v.split(',').map(str::trim).collect();
-        parts.sort();
-        match parts.as_slice() {
-            ["delete"] | ["compact"] | ["compact", "delete"] => Ok(()),
-            _ => Err("must be delete, compact or compact,delete".to_string()),
+    spec!(
+        "cleanup.policy",
+        "delete",
+        "delete, compact, or compact,delete (compaction arrives with the retention work; stored now)",
+        |v: &str| {
+            let mut parts: Vec<&str> = v.split(',').map(str::trim).collect();
+            parts.sort();
+            match parts.as_slice() {
+                ["delete"] | ["compact"] | ["compact", "delete"] => Ok(()),
+                _ => Err("must be delete, compact or compact,delete".to_string()),
+            }
         }
-    }),
-    spec!("retention.ms", "604800000", "how long to keep data (stored; enforcement arrives with retention)", long_at_least(-1)),
-    spec!("retention.bytes", "-1", "how many bytes per partition to keep (stored; enforcement arrives with retention)", long_at_least(-1)),
-    spec!("delete.retention.ms", "86400000", "how long tombstones stay in a compacted topic", long_at_least(0)),
-    spec!("segment.bytes", "1073741824", "segment file size before rolling", |v: &str| match v.parse::<i64>() {
-        Ok(n) if (14..=i64::from(u32::MAX)).contains(&n) => Ok(()),
-        _ => Err("must be an integer between 14 and 4294967295".to_string()),
-    }),
-    spec!("segment.ms", "604800000", "segment age before rolling", long_at_least(1)),
-    spec!("max.message.bytes", "1048588", "largest record batch accepted", |v: &str| match v.parse::<i64>() {
-        Ok(n) if (0..=i64::from(i32::MAX)).contains(&n) => Ok(()),
-        _ => Err("must be an integer between 0 and 2147483647".to_string()),
-    }),
-    spec!("message.timestamp.type", "CreateTime", "CreateTime keeps the producer's timestamp; LogAppendTime stamps the broker's", one_of(&["CreateTime", "LogAppendTime"])),
-    spec!("compression.type", "producer", "stored batches keep the producer's codec (only 'producer' is supported)", one_of(&["producer"])),
-    spec!("min.insync.replicas", "1", "single node: always 1", one_of(&["1"])),
+    ),
+    spec!(
+        "retention.ms",
+        "604800000",
+        "how long to keep data (stored; enforcement arrives with retention)",
+        long_at_least(-1)
+    ),
+    spec!(
+        "retention.bytes",
+        "-1",
+        "how many bytes per partition to keep (stored; enforcement arrives with retention)",
+        long_at_least(-1)
+    ),
+    spec!(
+        "delete.retention.ms",
+        "86400000",
+        "how long tombstones stay in a compacted topic",
+        long_at_least(0)
+    ),
+    spec!(
+        "segment.bytes",
+        "1073741824",
+        "segment file size before rolling",
+        |v: &str| match v.parse::<i64>() {
+            Ok(n) if (14..=i64::from(u32::MAX)).contains(&n) => Ok(()),
+            _ => Err("must be an integer between 14 and 4294967295".to_string()),
+        }
+    ),
+    spec!(
+        "segment.ms",
+        "604800000",
+        "segment age before rolling",
+        long_at_least(1)
+    ),
+    spec!(
+        "max.message.bytes",
+        "1048588",
+        "largest record batch accepted",
+        |v: &str| match v.parse::<i64>() {
+            Ok(n) if (0..=i64::from(i32::MAX)).contains(&n) => Ok(()),
+            _ => Err("must be an integer between 0 and 2147483647".to_string()),
+        }
+    ),
+    spec!(
+        "message.timestamp.type",
+        "CreateTime",
+        "CreateTime keeps the producer's timestamp; LogAppendTime stamps the broker's",
+        one_of(&["CreateTime", "LogAppendTime"])
+    ),
+    spec!(
+        "compression.type",
+        "producer",
+        "stored batches keep the producer's codec (only 'producer' is supported)",
+        one_of(&["producer"])
+    ),
+    spec!(
+        "min.insync.replicas",
+        "1",
+        "single node: always 1",
+        one_of(&["1"])
+    ),
 ];
 
 pub fn config_spec(name: &str) -> Option<&'static ConfigSpec> {

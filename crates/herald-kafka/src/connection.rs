@@ -39,7 +39,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>, config: Arc<KafkaConfig>) -> Connection {
+    pub fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        broker: Arc<Broker>,
+        config: Arc<KafkaConfig>,
+    ) -> Connection {
         Connection {
             socket,
             peer,
@@ -91,7 +96,11 @@ impl Connection {
     }
 }
 
-async fn write_responses(writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
+async fn write_responses(
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    peer: SocketAddr,
+) {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
     while let Some(outgoing) = rx.recv().await {
         let bytes = match outgoing {

@@ -120,7 +120,11 @@ pub fn respond<T: Encodable>(header: &RequestHeader, api_key: ApiKey, response: 
     }
 }
 
-pub fn encode_response<T: Encodable>(header: &RequestHeader, api_key: ApiKey, response: &T) -> anyhow::Result<Bytes> {
+pub fn encode_response<T: Encodable>(
+    header: &RequestHeader,
+    api_key: ApiKey,
+    response: &T,
+) -> anyhow::Result<Bytes> {
     let version = header.request_api_version;
     let header_version = api_key.response_header_version(version);
     let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);

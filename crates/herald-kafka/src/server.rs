@@ -18,13 +18,19 @@ pub struct KafkaServer {
 impl KafkaServer {
     /// Bind the listener. A listen port of 0 picks a free port; the advertised port then
     /// follows the bound one unless it was set explicitly (never advertise port 0).
-    pub async fn bind(mut config: KafkaConfig, broker: Arc<Broker>) -> std::io::Result<KafkaServer> {
+    pub async fn bind(
+        mut config: KafkaConfig,
+        broker: Arc<Broker>,
+    ) -> std::io::Result<KafkaServer> {
         let listener = TcpListener::bind(config.listen).await?;
         let bound = listener.local_addr()?;
         if config.advertised_port == 0 {
             config.advertised_port = i32::from(bound.port());
         }
-        if config.advertised_host.is_empty() || config.advertised_host == "0.0.0.0" || config.advertised_host == "::" {
+        if config.advertised_host.is_empty()
+            || config.advertised_host == "0.0.0.0"
+            || config.advertised_host == "::"
+        {
             config.advertised_host = "127.0.0.1".to_string();
         }
         config.listen = bound;
@@ -58,7 +64,8 @@ impl KafkaServer {
                 continue;
             };
             let _ = socket.set_nodelay(true);
-            let connection = Connection::new(socket, peer, self.broker.clone(), self.config.clone());
+            let connection =
+                Connection::new(socket, peer, self.broker.clone(), self.config.clone());
             tokio::spawn(async move {
                 connection.run().await;
                 drop(permit);

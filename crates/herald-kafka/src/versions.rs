@@ -54,8 +54,19 @@ mod tests {
     fn every_advertised_range_is_decodable_by_the_codec() {
         for s in SUPPORTED {
             let codec = s.key.valid_versions();
-            let min = if s.key == ApiKey::Produce { PRODUCE_VERSION_MIN_DECODED } else { s.min };
-            assert!(min >= codec.min && s.max <= codec.max, "{:?} {}..{} vs codec {:?}", s.key, s.min, s.max, codec);
+            let min = if s.key == ApiKey::Produce {
+                PRODUCE_VERSION_MIN_DECODED
+            } else {
+                s.min
+            };
+            assert!(
+                min >= codec.min && s.max <= codec.max,
+                "{:?} {}..{} vs codec {:?}",
+                s.key,
+                s.min,
+                s.max,
+                codec
+            );
         }
     }
 }

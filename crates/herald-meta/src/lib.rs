@@ -183,7 +183,11 @@ impl MetaStore {
     }
 
     /// Store a group's offsets for many partitions atomically.
-    pub fn commit_offsets(&self, group: &str, offsets: &[(String, u32, OffsetRecord)]) -> Result<()> {
+    pub fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, OffsetRecord)],
+    ) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(OFFSETS)?;
@@ -268,12 +272,25 @@ mod tests {
             store.put_topic(&topic("orders")).unwrap();
             store.put_topic(&topic("payments")).unwrap();
             store
-                .commit_offsets("g1", &[("orders".into(), 0, offset(10)), ("orders".into(), 2, offset(3))])
+                .commit_offsets(
+                    "g1",
+                    &[
+                        ("orders".into(), 0, offset(10)),
+                        ("orders".into(), 2, offset(3)),
+                    ],
+                )
                 .unwrap();
-            store.commit_offsets("g2", &[("payments".into(), 1, offset(4))]).unwrap();
+            store
+                .commit_offsets("g2", &[("payments".into(), 1, offset(4))])
+                .unwrap();
         }
         let store = MetaStore::open(&path).unwrap();
-        let names: Vec<_> = store.topics().unwrap().into_iter().map(|t| t.name).collect();
+        let names: Vec<_> = store
+            .topics()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         assert_eq!(names, vec!["orders", "payments"]);
         assert_eq!(store.topics().unwrap()[0], topic("orders"));
         let offsets = store.all_committed_offsets().unwrap();
@@ -289,7 +306,13 @@ mod tests {
         store.put_topic(&topic("orders")).unwrap();
         store.put_topic(&topic("payments")).unwrap();
         store
-            .commit_offsets("g", &[("orders".into(), 0, offset(1)), ("payments".into(), 0, offset(2))])
+            .commit_offsets(
+                "g",
+                &[
+                    ("orders".into(), 0, offset(1)),
+                    ("payments".into(), 0, offset(2)),
+                ],
+            )
             .unwrap();
         store.delete_topic("orders").unwrap();
         assert_eq!(store.topics().unwrap().len(), 1);

@@ -128,7 +128,11 @@ impl ServeSettings {
     }
 
     pub fn broker_config(&self) -> anyhow::Result<BrokerConfig> {
-        let mut c = BrokerConfig::new(self.data_dir.clone().unwrap_or_else(|| PathBuf::from("herald-data")));
+        let mut c = BrokerConfig::new(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("herald-data")),
+        );
         if let Some(v) = self.node_id {
             c.node_id = v;
         }
@@ -173,9 +177,11 @@ impl ServeSettings {
 
     pub fn kafka_config(&self) -> anyhow::Result<KafkaConfig> {
         let listen_text = self.kafka_listen.as_deref().unwrap_or("127.0.0.1:9092");
-        let listen: SocketAddr = listen_text
-            .parse()
-            .with_context(|| format!("kafka_listen {listen_text:?} is not a host:port address such as 127.0.0.1:9092"))?;
+        let listen: SocketAddr = listen_text.parse().with_context(|| {
+            format!(
+                "kafka_listen {listen_text:?} is not a host:port address such as 127.0.0.1:9092"
+            )
+        })?;
         let mut c = KafkaConfig::new(listen);
         if let Some(advertised) = &self.kafka_advertised {
             let (host, port) = advertised
@@ -187,7 +193,10 @@ impl ServeSettings {
             if port == 0 {
                 bail!("kafka_advertised must not use port 0");
             }
-            c.advertised_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            c.advertised_host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             c.advertised_port = i32::from(port);
         }
         if let Some(v) = self.request_bytes_max {
@@ -204,7 +213,8 @@ impl ServeSettings {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<ServeSettings> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
 }
 
@@ -224,7 +234,11 @@ mod tests {
     fn file_fills_only_what_is_unset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.toml");
-        std::fs::write(&path, "data_dir = \"/from/file\"\nflush = \"interval:50\"\ndefault_partitions = 3\n").unwrap();
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\nflush = \"interval:50\"\ndefault_partitions = 3\n",
+        )
+        .unwrap();
         let settings = ServeSettings {
             config: Some(path),
             data_dir: Some("/from/flag".into()),
@@ -243,19 +257,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "data_dirr = \"x\"\n").unwrap();
-        let err = ServeSettings { config: Some(path), ..Default::default() }.with_file().unwrap_err();
+        let err = ServeSettings {
+            config: Some(path),
+            ..Default::default()
+        }
+        .with_file()
+        .unwrap_err();
         assert!(format!("{err:#}").contains("data_dirr"), "{err:#}");
-        let bad = ServeSettings { kafka_listen: Some("localhost".into()), ..Default::default() };
+        let bad = ServeSettings {
+            kafka_listen: Some("localhost".into()),
+            ..Default::default()
+        };
         assert!(bad.kafka_config().is_err());
-        let zero = ServeSettings { kafka_advertised: Some("127.0.0.1:0".into()), ..Default::default() };
+        let zero = ServeSettings {
+            kafka_advertised: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
         assert!(zero.kafka_config().is_err());
-        let flush = ServeSettings { flush: Some("sometimes".into()), ..Default::default() };
+        let flush = ServeSettings {
+            flush: Some("sometimes".into()),
+            ..Default::default()
+        };
         assert!(flush.broker_config().is_err());
     }
 
     #[test]
     fn advertised_defaults_to_listen_address() {
-        let s = ServeSettings { kafka_listen: Some("127.0.0.1:19092".into()), ..Default::default() };
+        let s = ServeSettings {
+            kafka_listen: Some("127.0.0.1:19092".into()),
+            ..Default::default()
+        };
         let k = s.kafka_config().unwrap();
         assert_eq!(k.advertised_host, "127.0.0.1");
         assert_eq!(k.advertised_port, 19092);

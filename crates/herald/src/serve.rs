@@ -16,7 +16,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let kafka_config = settings.kafka_config()?;
     let data_dir = broker_config.data_dir.clone();
     let flush = broker_config.flush;
-    let broker = Broker::open(broker_config).with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
+    let broker = Broker::open(broker_config)
+        .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
     let server = KafkaServer::bind(kafka_config.clone(), broker.clone())
         .await
         .with_context(|| format!("cannot listen on {}", kafka_config.listen))?;

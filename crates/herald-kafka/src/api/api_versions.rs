@@ -20,7 +20,11 @@ fn api_keys() -> Vec<ApiVersion> {
         .collect()
 }
 
-pub async fn handle(_ctx: &Context, _header: &RequestHeader, _request: ApiVersionsRequest) -> ApiVersionsResponse {
+pub async fn handle(
+    _ctx: &Context,
+    _header: &RequestHeader,
+    _request: ApiVersionsRequest,
+) -> ApiVersionsResponse {
     ApiVersionsResponse::default().with_api_keys(api_keys())
 }
 

@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 
 use herald_broker::BrokerError;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
-use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, RequestHeader};
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, RequestHeader};
 
 use super::str;
 use crate::dispatch::Context;
@@ -15,7 +17,11 @@ use crate::errors::broker_code;
 pub const SOURCE_TOPIC: i8 = 1;
 pub const SOURCE_DEFAULT: i8 = 5;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: CreateTopicsRequest) -> CreateTopicsResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let version = header.request_api_version;
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
@@ -32,11 +38,17 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: CreateTopics
                             CreatableTopicConfigs::default()
                                 .with_name(str(c.name))
                                 .with_value(Some(str(&c.value)))
-                                .with_config_source(if c.is_default { SOURCE_DEFAULT } else { SOURCE_TOPIC })
+                                .with_config_source(if c.is_default {
+                                    SOURCE_DEFAULT
+                                } else {
+                                    SOURCE_TOPIC
+                                })
                         })
                         .collect();
                     result = result
-                        .with_num_partitions(created.partitions.len().max(partitions_wanted(ctx, &topic)) as i32)
+                        .with_num_partitions(
+                            created.partitions.len().max(partitions_wanted(ctx, &topic)) as i32,
+                        )
                         .with_replication_factor(1)
                         .with_configs(Some(configs));
                 }
@@ -46,7 +58,9 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: CreateTopics
             }
             Err((code, message)) => {
                 tracing::debug!(topic = %name, code, message = %message, "create topic refused");
-                result = result.with_error_code(code).with_error_message(Some(str(&message)));
+                result = result
+                    .with_error_code(code)
+                    .with_error_message(Some(str(&message)));
                 if version >= 5 {
                     result = result.with_num_partitions(-1).with_replication_factor(-1);
                 }
@@ -57,7 +71,10 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: CreateTopics
     CreateTopicsResponse::default().with_topics(results)
 }
 
-fn partitions_wanted(ctx: &Context, topic: &kafka_protocol::messages::create_topics_request::CreatableTopic) -> usize {
+fn partitions_wanted(
+    ctx: &Context,
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> usize {
     if !topic.assignments.is_empty() {
         topic.assignments.len()
     } else if topic.num_partitions > 0 {
@@ -73,13 +90,23 @@ fn create(
     validate_only: bool,
 ) -> Result<std::sync::Arc<herald_broker::Topic>, (i16, String)> {
     let me = ctx.broker.config.node_id;
-    if topic.replication_factor != -1 && topic.replication_factor != 1 && topic.assignments.is_empty() {
+    if topic.replication_factor != -1
+        && topic.replication_factor != 1
+        && topic.assignments.is_empty()
+    {
         return Err((
             ResponseError::InvalidReplicationFactor.code(),
-            format!("replication factor {} is larger than the 1 available broker", topic.replication_factor),
+            format!(
+                "replication factor {} is larger than the 1 available broker",
+                topic.replication_factor
+            ),
         ));
     }
-    if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != me)) {
+    if topic
+        .assignments
+        .iter()
+        .any(|a| a.broker_ids.iter().any(|b| b.0 != me))
+    {
         return Err((
             ResponseError::InvalidReplicaAssignment.code(),
             format!("replica assignments may only name broker {me}"),

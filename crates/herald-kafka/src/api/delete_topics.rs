@@ -2,18 +2,32 @@
 
 use herald_broker::BrokerError;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, RequestHeader, TopicName};
+use kafka_protocol::messages::{
+    DeleteTopicsRequest, DeleteTopicsResponse, RequestHeader, TopicName,
+};
 
 use super::str;
 use crate::dispatch::Context;
 use crate::errors::broker_code;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let version = header.request_api_version;
     let wanted: Vec<(Option<TopicName>, uuid::Uuid)> = if version >= 6 {
-        request.topics.into_iter().map(|t| (t.name, t.topic_id)).collect()
+        request
+            .topics
+            .into_iter()
+            .map(|t| (t.name, t.topic_id))
+            .collect()
     } else {
-        request.topic_names.into_iter().map(|n| (Some(n), uuid::Uuid::nil())).collect()
+        request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n), uuid::Uuid::nil()))
+            .collect()
     };
     let mut responses = Vec::with_capacity(wanted.len());
     for (name, id) in wanted {
@@ -22,13 +36,18 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: DeleteTopics
                 .broker
                 .topic(n.0.as_str())
                 .ok_or_else(|| BrokerError::UnknownTopic(n.0.to_string())),
-            None => ctx.broker.topic_by_id(&id).ok_or(BrokerError::UnknownTopicId(id)),
+            None => ctx
+                .broker
+                .topic_by_id(&id)
+                .ok_or(BrokerError::UnknownTopicId(id)),
         };
         let outcome = resolved.and_then(|t| {
             let topic_id = t.id;
             let topic_name = t.name.to_string();
             drop(t);
-            ctx.broker.delete_topic(&topic_name).map(|()| (topic_name, topic_id))
+            ctx.broker
+                .delete_topic(&topic_name)
+                .map(|()| (topic_name, topic_id))
         });
         let mut r = DeletableTopicResult::default();
         match outcome {

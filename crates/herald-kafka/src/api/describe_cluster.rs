@@ -6,7 +6,11 @@ use kafka_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse, 
 use super::{node, str};
 use crate::dispatch::Context;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    _request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default()
         .with_cluster_id(str(&ctx.broker.cluster_id))
         .with_controller_id(node(ctx))

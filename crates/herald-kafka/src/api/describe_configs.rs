@@ -1,9 +1,11 @@
 //! DescribeConfigs: a topic's effective configs with their source; the broker's main
 //! settings.
 
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
-use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse, RequestHeader};
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse, RequestHeader};
 
 use super::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
 use super::str;
@@ -14,7 +16,11 @@ const RESOURCE_BROKER: i8 = 4;
 /// DescribeConfigs source for static broker configuration.
 const SOURCE_STATIC_BROKER: i8 = 4;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let version = header.request_api_version;
     let results = request
         .resources
@@ -48,7 +54,16 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: DescribeConf
                             .into_iter()
                             .filter(|c| wanted(c.name))
                             .map(|c| {
-                                entry(c.name, c.value, if c.is_default { SOURCE_DEFAULT } else { SOURCE_TOPIC }, c.doc)
+                                entry(
+                                    c.name,
+                                    c.value,
+                                    if c.is_default {
+                                        SOURCE_DEFAULT
+                                    } else {
+                                        SOURCE_TOPIC
+                                    },
+                                    c.doc,
+                                )
                             })
                             .collect(),
                     ),
@@ -59,24 +74,52 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: DescribeConf
                 RESOURCE_BROKER => {
                     let config = &ctx.broker.config;
                     let settings = [
-                        ("num.partitions", config.default_partitions.to_string(), "partitions of an auto-created topic"),
-                        ("auto.create.topics.enable", config.auto_create_topics.to_string(), "create topics on first use"),
-                        ("log.segment.bytes", config.log.segment_bytes_max.to_string(), "segment size before rolling"),
-                        ("group.initial.rebalance.delay.ms", config.group_initial_rebalance_delay_ms.to_string(), "first rebalance delay"),
-                        ("group.min.session.timeout.ms", config.group_session_timeout_min_ms.to_string(), "smallest session timeout"),
-                        ("group.max.session.timeout.ms", config.group_session_timeout_max_ms.to_string(), "largest session timeout"),
+                        (
+                            "num.partitions",
+                            config.default_partitions.to_string(),
+                            "partitions of an auto-created topic",
+                        ),
+                        (
+                            "auto.create.topics.enable",
+                            config.auto_create_topics.to_string(),
+                            "create topics on first use",
+                        ),
+                        (
+                            "log.segment.bytes",
+                            config.log.segment_bytes_max.to_string(),
+                            "segment size before rolling",
+                        ),
+                        (
+                            "group.initial.rebalance.delay.ms",
+                            config.group_initial_rebalance_delay_ms.to_string(),
+                            "first rebalance delay",
+                        ),
+                        (
+                            "group.min.session.timeout.ms",
+                            config.group_session_timeout_min_ms.to_string(),
+                            "smallest session timeout",
+                        ),
+                        (
+                            "group.max.session.timeout.ms",
+                            config.group_session_timeout_max_ms.to_string(),
+                            "largest session timeout",
+                        ),
                     ];
                     result.with_configs(
                         settings
                             .into_iter()
                             .filter(|(n, _, _)| wanted(n))
-                            .map(|(n, v, d)| entry(n, v, SOURCE_STATIC_BROKER, d).with_read_only(true))
+                            .map(|(n, v, d)| {
+                                entry(n, v, SOURCE_STATIC_BROKER, d).with_read_only(true)
+                            })
                             .collect(),
                     )
                 }
                 other => result
                     .with_error_code(ResponseError::InvalidRequest.code())
-                    .with_error_message(Some(str(&format!("resource type {other} is not supported")))),
+                    .with_error_message(Some(str(&format!(
+                        "resource type {other} is not supported"
+                    )))),
             }
         })
         .collect();

@@ -6,7 +6,11 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, Re
 use super::str;
 use crate::dispatch::Context;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
     let version = header.request_api_version;
     let groups = request
         .groups
@@ -28,14 +32,17 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: DescribeGrou
                                 .with_member_metadata(m.metadata)
                                 .with_member_assignment(m.assignment);
                             if version >= 4 {
-                                member = member.with_group_instance_id(m.group_instance_id.map(|s| str(&s)));
+                                member = member
+                                    .with_group_instance_id(m.group_instance_id.map(|s| str(&s)));
                             }
                             member
                         })
                         .collect(),
                 ),
             None => {
-                let mut g = DescribedGroup::default().with_group_id(id).with_group_state(str("Dead"));
+                let mut g = DescribedGroup::default()
+                    .with_group_id(id)
+                    .with_group_state(str("Dead"));
                 if version >= 6 {
                     g = g
                         .with_error_code(kafka_protocol::ResponseError::GroupIdNotFound.code())

@@ -14,7 +14,11 @@ use crate::errors::broker_code;
 
 pub async fn handle(ctx: &Context, header: &RequestHeader, request: FetchRequest) -> FetchResponse {
     let version = header.request_api_version;
-    let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0).min(ctx.config.fetch_wait_ms_max));
+    let wait = Duration::from_millis(
+        u64::try_from(request.max_wait_ms)
+            .unwrap_or(0)
+            .min(ctx.config.fetch_wait_ms_max),
+    );
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let max_bytes = if version >= 3 {
@@ -40,7 +44,12 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: FetchRequest
     }
 }
 
-fn read_all(ctx: &Context, version: i16, request: &FetchRequest, max_bytes: usize) -> (Vec<FetchableTopicResponse>, usize, bool) {
+fn read_all(
+    ctx: &Context,
+    version: i16,
+    request: &FetchRequest,
+    max_bytes: usize,
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
     let mut responses = Vec::with_capacity(request.topics.len());
@@ -63,7 +72,10 @@ fn read_all(ctx: &Context, version: i16, request: &FetchRequest, max_bytes: usiz
                 .with_log_start_offset(-1)
                 .with_aborted_transactions(Some(Vec::new()))
                 .with_records(Some(bytes::Bytes::new()));
-            let result = topic.as_ref().map_err(|e| broker_code(e)).and_then(|t| t.partition(p.partition).map_err(|e| broker_code(&e)));
+            let result = topic
+                .as_ref()
+                .map_err(broker_code)
+                .and_then(|t| t.partition(p.partition).map_err(|e| broker_code(&e)));
             match result {
                 Err(code) => {
                     any_error = true;
@@ -71,7 +83,9 @@ fn read_all(ctx: &Context, version: i16, request: &FetchRequest, max_bytes: usiz
                 }
                 Ok(partition) => {
                     // The first batch is always sent whole; after that stay within budget.
-                    let budget = usize::try_from(p.partition_max_bytes).unwrap_or(0).min(max_bytes.saturating_sub(total));
+                    let budget = usize::try_from(p.partition_max_bytes)
+                        .unwrap_or(0)
+                        .min(max_bytes.saturating_sub(total));
                     let read = if budget == 0 && total > 0 {
                         Ok(None)
                     } else {

@@ -10,11 +10,24 @@ use crate::dispatch::Context;
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
     let version = header.request_api_version;
     let supported = matches!(request.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
-    let error = if supported { 0 } else { kafka_protocol::ResponseError::InvalidRequest.code() };
-    let message = (!supported).then(|| str(&format!("coordinator key type {} is not supported", request.key_type)));
+    let error = if supported {
+        0
+    } else {
+        kafka_protocol::ResponseError::InvalidRequest.code()
+    };
+    let message = (!supported).then(|| {
+        str(&format!(
+            "coordinator key type {} is not supported",
+            request.key_type
+        ))
+    });
     if version < 4 {
         let mut r = FindCoordinatorResponse::default().with_error_code(error);
         if supported {
@@ -23,7 +36,9 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: FindCoordina
                 .with_host(str(&ctx.config.advertised_host))
                 .with_port(ctx.config.advertised_port);
         } else {
-            r = r.with_node_id(kafka_protocol::messages::BrokerId(-1)).with_port(-1);
+            r = r
+                .with_node_id(kafka_protocol::messages::BrokerId(-1))
+                .with_port(-1);
         }
         if version >= 1 {
             r = r.with_error_message(message);
@@ -34,13 +49,17 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: FindCoordina
         .coordinator_keys
         .into_iter()
         .map(|key: StrBytes| {
-            let c = Coordinator::default().with_key(key).with_error_code(error).with_error_message(message.clone());
+            let c = Coordinator::default()
+                .with_key(key)
+                .with_error_code(error)
+                .with_error_message(message.clone());
             if supported {
                 c.with_node_id(node(ctx))
                     .with_host(str(&ctx.config.advertised_host))
                     .with_port(ctx.config.advertised_port)
             } else {
-                c.with_node_id(kafka_protocol::messages::BrokerId(-1)).with_port(-1)
+                c.with_node_id(kafka_protocol::messages::BrokerId(-1))
+                    .with_port(-1)
             }
         })
         .collect();

@@ -1,13 +1,19 @@
 //! InitProducerId: a fresh producer id for an idempotent producer. Transactional ids are
 //! refused until transactions are implemented.
 
-use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId, RequestHeader};
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProducerId, RequestHeader,
+};
 
 use crate::dispatch::Context;
 use crate::errors::broker_code;
 
-pub async fn handle(ctx: &Context, _header: &RequestHeader, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn handle(
+    ctx: &Context,
+    _header: &RequestHeader,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let refused = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);

@@ -8,19 +8,35 @@ use super::str;
 use crate::dispatch::Context;
 use crate::errors::group_code;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: JoinGroupRequest) -> JoinGroupResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: JoinGroupRequest,
+) -> JoinGroupResponse {
     let version = header.request_api_version;
     let requested_member = request.member_id.to_string();
     let join = JoinRequest {
         group_id: request.group_id.0.to_string(),
         member_id: requested_member.clone(),
         group_instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
-        client_id: header.client_id.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        client_id: header
+            .client_id
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
         client_host: format!("/{}", ctx.peer.ip()),
         session_timeout_ms: request.session_timeout_ms,
-        rebalance_timeout_ms: if version >= 1 { request.rebalance_timeout_ms } else { request.session_timeout_ms },
+        rebalance_timeout_ms: if version >= 1 {
+            request.rebalance_timeout_ms
+        } else {
+            request.session_timeout_ms
+        },
         protocol_type: request.protocol_type.to_string(),
-        protocols: request.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+        protocols: request
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
         require_known_member_id: version >= 4,
     };
     let empty_name = if version >= 7 { None } else { Some(str("")) };
@@ -34,7 +50,8 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: JoinGroupReq
                         .with_member_id(str(&m.member_id))
                         .with_metadata(m.metadata);
                     if version >= 5 {
-                        member = member.with_group_instance_id(m.group_instance_id.map(|s| str(&s)));
+                        member =
+                            member.with_group_instance_id(m.group_instance_id.map(|s| str(&s)));
                     }
                     member
                 })

@@ -6,7 +6,11 @@ use kafka_protocol::messages::{ListGroupsRequest, ListGroupsResponse, RequestHea
 use super::{group_id, str};
 use crate::dispatch::Context;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: ListGroupsRequest) -> ListGroupsResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: ListGroupsRequest,
+) -> ListGroupsResponse {
     let version = header.request_api_version;
     let groups = ctx
         .broker
@@ -15,9 +19,18 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: ListGroupsRe
         .into_iter()
         .filter(|g| {
             request.states_filter.is_empty()
-                || request.states_filter.iter().any(|s| s.as_str().eq_ignore_ascii_case(g.state.name()))
+                || request
+                    .states_filter
+                    .iter()
+                    .any(|s| s.as_str().eq_ignore_ascii_case(g.state.name()))
         })
-        .filter(|_| request.types_filter.is_empty() || request.types_filter.iter().any(|t| t.as_str().eq_ignore_ascii_case("classic")))
+        .filter(|_| {
+            request.types_filter.is_empty()
+                || request
+                    .types_filter
+                    .iter()
+                    .any(|t| t.as_str().eq_ignore_ascii_case("classic"))
+        })
         .map(|g| {
             let mut listed = ListedGroup::default()
                 .with_group_id(group_id(&g.group_id))

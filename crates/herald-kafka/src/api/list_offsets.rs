@@ -1,7 +1,9 @@
 //! ListOffsets: earliest (-2), latest (-1), or the first offset at or after a timestamp.
 
 use herald_broker::{BrokerError, Partition};
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, RequestHeader};
 
 use crate::dispatch::Context;
@@ -12,7 +14,11 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let version = header.request_api_version;
     let mut topics = Vec::with_capacity(request.topics.len());
     for wanted in request.topics {
@@ -55,6 +61,8 @@ fn lookup(partition: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, B
         EARLIEST | EARLIEST_LOCAL => Ok(Some((partition.log_start_offset(), -1))),
         MAX_TIMESTAMP => partition.max_timestamp_offset(),
         t if t >= 0 => partition.offset_for_timestamp(t),
-        other => Err(BrokerError::InvalidRecord(format!("unsupported ListOffsets timestamp {other}"))),
+        other => Err(BrokerError::InvalidRecord(format!(
+            "unsupported ListOffsets timestamp {other}"
+        ))),
     }
 }

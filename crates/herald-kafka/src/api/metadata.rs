@@ -2,14 +2,20 @@
 //! partitions. Naming an unknown topic creates it when auto-creation is on.
 
 use herald_broker::{BrokerError, Topic};
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse, RequestHeader};
 
 use super::{node, str, topic_name};
 use crate::dispatch::Context;
 use crate::errors::broker_code;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: MetadataRequest) -> MetadataResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: MetadataRequest,
+) -> MetadataResponse {
     let version = header.request_api_version;
     let broker = &ctx.broker;
     // v0: an empty list means all topics; v1+: null means all, empty means none.

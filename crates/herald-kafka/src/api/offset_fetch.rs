@@ -3,8 +3,8 @@
 
 use herald_meta::OffsetRecord;
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, RequestHeader};
 
@@ -12,6 +12,8 @@ use super::{str, topic_name};
 use crate::dispatch::Context;
 
 type Committed = Vec<((String, i32), Option<OffsetRecord>)>;
+/// Committed offsets of one topic, by partition.
+type TopicOffsets = (String, Vec<(i32, Option<OffsetRecord>)>);
 
 fn lookup(ctx: &Context, group: &str, wanted: Option<Vec<(String, Vec<i32>)>>) -> Committed {
     match wanted {
@@ -27,8 +29,8 @@ fn lookup(ctx: &Context, group: &str, wanted: Option<Vec<(String, Vec<i32>)>>) -
 }
 
 /// Group the flat list back by topic, keeping first-seen order.
-fn by_topic(committed: Committed) -> Vec<(String, Vec<(i32, Option<OffsetRecord>)>)> {
-    let mut out: Vec<(String, Vec<(i32, Option<OffsetRecord>)>)> = Vec::new();
+fn by_topic(committed: Committed) -> Vec<TopicOffsets> {
+    let mut out: Vec<TopicOffsets> = Vec::new();
     for ((topic, partition), record) in committed {
         match out.iter_mut().find(|(t, _)| *t == topic) {
             Some((_, ps)) => ps.push((partition, record)),
@@ -38,61 +40,75 @@ fn by_topic(committed: Committed) -> Vec<(String, Vec<(i32, Option<OffsetRecord>
     out
 }
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: OffsetFetchRequest) -> OffsetFetchResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: OffsetFetchRequest,
+) -> OffsetFetchResponse {
     let version = header.request_api_version;
     if version >= 8 {
         let groups = request
             .groups
             .into_iter()
             .map(|g| {
-                let wanted = g
-                    .topics
-                    .map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+                let wanted = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                        .collect()
+                });
                 let topics = by_topic(lookup(ctx, g.group_id.0.as_str(), wanted))
                     .into_iter()
                     .map(|(topic, partitions)| {
-                        OffsetFetchResponseTopics::default().with_name(topic_name(&topic)).with_partitions(
-                            partitions
-                                .into_iter()
-                                .map(|(index, record)| {
-                                    let (offset, epoch, metadata) = fields(record);
-                                    OffsetFetchResponsePartitions::default()
-                                        .with_partition_index(index)
-                                        .with_committed_offset(offset)
-                                        .with_committed_leader_epoch(epoch)
-                                        .with_metadata(Some(str(&metadata)))
-                                })
-                                .collect(),
-                        )
+                        OffsetFetchResponseTopics::default()
+                            .with_name(topic_name(&topic))
+                            .with_partitions(
+                                partitions
+                                    .into_iter()
+                                    .map(|(index, record)| {
+                                        let (offset, epoch, metadata) = fields(record);
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(index)
+                                            .with_committed_offset(offset)
+                                            .with_committed_leader_epoch(epoch)
+                                            .with_metadata(Some(str(&metadata)))
+                                    })
+                                    .collect(),
+                            )
                     })
                     .collect();
-                OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_topics(topics)
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_topics(topics)
             })
             .collect();
         return OffsetFetchResponse::default().with_groups(groups);
     }
-    let wanted = request
-        .topics
-        .map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+    let wanted = request.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect()
+    });
     let topics = by_topic(lookup(ctx, request.group_id.0.as_str(), wanted))
         .into_iter()
         .map(|(topic, partitions)| {
-            OffsetFetchResponseTopic::default().with_name(topic_name(&topic)).with_partitions(
-                partitions
-                    .into_iter()
-                    .map(|(index, record)| {
-                        let (offset, epoch, metadata) = fields(record);
-                        let mut p = OffsetFetchResponsePartition::default()
-                            .with_partition_index(index)
-                            .with_committed_offset(offset)
-                            .with_metadata(Some(str(&metadata)));
-                        if version >= 5 {
-                            p = p.with_committed_leader_epoch(epoch);
-                        }
-                        p
-                    })
-                    .collect(),
-            )
+            OffsetFetchResponseTopic::default()
+                .with_name(topic_name(&topic))
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|(index, record)| {
+                            let (offset, epoch, metadata) = fields(record);
+                            let mut p = OffsetFetchResponsePartition::default()
+                                .with_partition_index(index)
+                                .with_committed_offset(offset)
+                                .with_metadata(Some(str(&metadata)));
+                            if version >= 5 {
+                                p = p.with_committed_leader_epoch(epoch);
+                            }
+                            p
+                        })
+                        .collect(),
+                )
         })
         .collect();
     OffsetFetchResponse::default().with_topics(topics)

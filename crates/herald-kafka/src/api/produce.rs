@@ -32,7 +32,14 @@ pub fn handle(ctx: &Context, header: RequestHeader, request: ProduceRequest) -> 
             .into_iter()
             .map(|p| PartitionOutcome {
                 index: p.index,
-                result: append(&topic, p.index, p.records.as_deref(), acks, request.transactional_id.is_some(), now),
+                result: append(
+                    &topic,
+                    p.index,
+                    p.records.as_deref(),
+                    acks,
+                    request.transactional_id.is_some(),
+                    now,
+                ),
             })
             .collect();
         outcomes.push(TopicOutcome {
@@ -78,7 +85,10 @@ pub fn handle(ctx: &Context, header: RequestHeader, request: ProduceRequest) -> 
     }))
 }
 
-fn resolve(ctx: &Context, data: &kafka_protocol::messages::produce_request::TopicProduceData) -> Result<Arc<Topic>, BrokerError> {
+fn resolve(
+    ctx: &Context,
+    data: &kafka_protocol::messages::produce_request::TopicProduceData,
+) -> Result<Arc<Topic>, BrokerError> {
     if data.name.0.is_empty() && !data.topic_id.is_nil() {
         return ctx
             .broker
@@ -112,17 +122,28 @@ fn append(
         }
     };
     if !matches!(acks, -1..=1) {
-        return Err(BrokerError::InvalidRecord(format!("acks must be -1, 0 or 1, not {acks}")));
+        return Err(BrokerError::InvalidRecord(format!(
+            "acks must be -1, 0 or 1, not {acks}"
+        )));
     }
     if transactional {
         return Err(BrokerError::TransactionsUnsupported);
     }
     let partition = topic.partition(partition)?;
     let records = records.ok_or_else(|| BrokerError::InvalidRecord("records are null".into()))?;
-    partition.append(records, topic.log_append_time(), topic.max_message_bytes(), now)
+    partition.append(
+        records,
+        topic.log_append_time(),
+        topic.max_message_bytes(),
+        now,
+    )
 }
 
-fn partition_response(version: i16, index: i32, result: Result<PendingAppend, BrokerError>) -> PartitionProduceResponse {
+fn partition_response(
+    version: i16,
+    index: i32,
+    result: Result<PendingAppend, BrokerError>,
+) -> PartitionProduceResponse {
     match result {
         Ok(done) => {
             let mut r = PartitionProduceResponse::default()

@@ -6,7 +6,11 @@ use super::str;
 use crate::dispatch::Context;
 use crate::errors::group_code;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
     let version = header.request_api_version;
     let assignments = request
         .assignments
@@ -16,7 +20,12 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: SyncGroupReq
     let result = ctx
         .broker
         .groups
-        .sync(request.group_id.0.as_str(), request.generation_id, request.member_id.as_str(), assignments)
+        .sync(
+            request.group_id.0.as_str(),
+            request.generation_id,
+            request.member_id.as_str(),
+            assignments,
+        )
         .await;
     match result {
         Ok(synced) => {
