@@ -16,10 +16,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::KafkaConfig;
-use crate::dispatch::{self, Context};
+use crate::dispatch::{self, Context, REQUEST_HEADER_BYTES_MIN};
 
-/// Smallest valid request: api key, api version, correlation id.
-const REQUEST_HEADER_BYTES_MIN: usize = 8;
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// A response in the making, in request order.

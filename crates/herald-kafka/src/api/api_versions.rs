@@ -4,7 +4,6 @@
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader};
 
-use crate::connection::Outgoing;
 use crate::dispatch::{Context, encode_response};
 use crate::versions::SUPPORTED;
 
@@ -28,7 +27,8 @@ pub async fn handle(
     ApiVersionsResponse::default().with_api_keys(api_keys())
 }
 
-pub fn unsupported_version(correlation_id: i32) -> Outgoing {
+/// The v0-format answer to an ApiVersions request at a version we do not know.
+pub fn unsupported_version(correlation_id: i32) -> bytes::Bytes {
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::ApiVersions as i16)
         .with_request_api_version(0)
@@ -36,8 +36,6 @@ pub fn unsupported_version(correlation_id: i32) -> Outgoing {
     let response = ApiVersionsResponse::default()
         .with_error_code(kafka_protocol::ResponseError::UnsupportedVersion.code())
         .with_api_keys(api_keys());
-    match encode_response(&header, ApiKey::ApiVersions, &response) {
-        Ok(bytes) => Outgoing::Ready(bytes),
-        Err(_) => Outgoing::Close,
-    }
+    encode_response(&header, ApiKey::ApiVersions, &response)
+        .unwrap_or_else(|_| crate::dispatch::error_frame(correlation_id, response.error_code))
 }
