@@ -67,15 +67,21 @@ pub enum BatchError {
     Truncated,
     #[error("record batch magic {0} is not supported (only magic 2 / RecordBatch v2)")]
     BadMagic(i8),
-    #[error("record batch CRC-32C mismatch: header says {expected:#010x}, bytes give {actual:#010x}")]
+    #[error(
+        "record batch CRC-32C mismatch: header says {expected:#010x}, bytes give {actual:#010x}"
+    )]
     CorruptCrc { expected: u32, actual: u32 },
     #[error("record batch length {0} is invalid (minimum {BATCH_LENGTH_MIN})")]
     InvalidLength(i32),
-    #[error("record batch length {batch_length} runs past the end of the buffer ({available} bytes left)")]
+    #[error(
+        "record batch length {batch_length} runs past the end of the buffer ({available} bytes left)"
+    )]
     LengthPastEnd { batch_length: i32, available: usize },
     #[error("record batch claims {0} records, which the batch cannot hold")]
     InvalidRecordCount(i32),
-    #[error("record batch lastOffsetDelta {last_offset_delta} does not match recordsCount {records_count}")]
+    #[error(
+        "record batch lastOffsetDelta {last_offset_delta} does not match recordsCount {records_count}"
+    )]
     OffsetDeltaMismatch {
         last_offset_delta: i32,
         records_count: i32,
@@ -200,7 +206,7 @@ impl BatchHeader {
         if codec == 0 {
             let body_bytes = self.total_bytes().saturating_sub(BATCH_HEADER_BYTES);
             let count = usize::try_from(self.records_count).unwrap_or(usize::MAX);
-            let needed = count.checked_mul(RECORD_BYTES_MIN).unwrap_or(usize::MAX);
+            let needed = count.saturating_mul(RECORD_BYTES_MIN);
             if needed > body_bytes {
                 return Err(BatchError::InvalidRecordCount(self.records_count));
             }
@@ -347,7 +353,10 @@ mod tests {
         assert_eq!(h.last_offset_delta, 2);
         assert_eq!(h.base_timestamp, 1_000);
         assert_eq!(h.max_timestamp, 1_002);
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (77, 5, 9));
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (77, 5, 9)
+        );
         assert!(h.is_transactional() && !h.is_control() && !h.is_log_append_time());
         assert_eq!(h.compression(), 0);
         assert_eq!(h.last_offset(), 2);

@@ -33,10 +33,17 @@ pub enum LogError {
     Batch(#[from] BatchError),
     #[error("invalid log config: {0}")]
     InvalidConfig(String),
-    #[error("append of {bytes} bytes cannot fit in a segment (segment_bytes_max is {segment_bytes_max})")]
+    #[error(
+        "append of {bytes} bytes cannot fit in a segment (segment_bytes_max is {segment_bytes_max})"
+    )]
     AppendTooLarge { bytes: u64, segment_bytes_max: u64 },
-    #[error("offsets would overflow: cannot assign {batch_offsets} more offsets after {next_offset}")]
-    OffsetOverflow { next_offset: i64, batch_offsets: i64 },
+    #[error(
+        "offsets would overflow: cannot assign {batch_offsets} more offsets after {next_offset}"
+    )]
+    OffsetOverflow {
+        next_offset: i64,
+        batch_offsets: i64,
+    },
 }
 
 /// Attach the operation and path to an I/O error, so "No such file or directory" says

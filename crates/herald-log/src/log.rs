@@ -116,6 +116,8 @@ pub struct PartitionLog {
     segments: Vec<Segment>,
     size_bytes: u64,
     recovery: RecoveryInfo,
+    /// `close` wrote the clean-shutdown marker; a later write must remove it first.
+    closed: bool,
 }
 
 impl PartitionLog {
@@ -140,7 +142,9 @@ impl PartitionLog {
         let mut segments = Vec::with_capacity(bases.len().max(1));
         for (i, &base) in bases.iter().enumerate() {
             let segment = match bases.get(i + 1) {
-                Some(&next_base) => Segment::open_sealed(dir, base, next_base, interval, &mut recovery)?,
+                Some(&next_base) => {
+                    Segment::open_sealed(dir, base, next_base, interval, &mut recovery)?
+                }
                 None => Segment::open_active(dir, base, clean_shutdown, interval, &mut recovery)?,
             };
             segments.push(segment);
@@ -155,6 +159,7 @@ impl PartitionLog {
             segments,
             size_bytes,
             recovery,
+            closed: false,
         };
         if !clean_shutdown || log.recovery.truncated_bytes > 0 || log.recovery.rebuilt_indexes > 0 {
             info!(
@@ -193,8 +198,13 @@ impl PartitionLog {
         };
         let last_base_offset = last.base_offset;
         let next_offset = last.last_offset() + 1;
-        let max_timestamp = placed.iter().map(|(_, h)| h.max_timestamp).max().unwrap_or(i64::MIN);
+        let max_timestamp = placed
+            .iter()
+            .map(|(_, h)| h.max_timestamp)
+            .max()
+            .unwrap_or(i64::MIN);
 
+        self.reopen_for_writes()?;
         if self.should_roll(bytes, last_base_offset, now_ms) {
             self.roll()?;
         }
@@ -234,7 +244,11 @@ impl PartitionLog {
     /// one at the next offset.
     fn roll(&mut self) -> Result<(), LogError> {
         self.active_mut().seal()?;
-        let segment = Segment::create(&self.dir, self.next_offset(), self.config.index_interval_bytes)?;
+        let segment = Segment::create(
+            &self.dir,
+            self.next_offset(),
+            self.config.index_interval_bytes,
+        )?;
         self.segments.push(segment);
         Ok(())
     }
@@ -250,7 +264,8 @@ impl PartitionLog {
         }
         let first = self.segment_for(offset);
         let position = self.segments[first].locate(offset)?;
-        let mut at_segment_end = self.segments[first].read_into(position, &mut out, max_bytes, true)?;
+        let mut at_segment_end =
+            self.segments[first].read_into(position, &mut out, max_bytes, true)?;
         for segment in &self.segments[first + 1..] {
             if !at_segment_end || out.len() >= max_bytes {
                 break;
@@ -300,13 +315,32 @@ impl PartitionLog {
     }
 
     /// Flush and write the clean-shutdown marker, so the next `open` trusts the indexes.
+    /// Takes `&mut self` so an owner behind a lock can close in place; the log stays
+    /// readable, and a later `append` removes the marker again before writing.
     pub fn close(&mut self) -> Result<(), LogError> {
+        if self.closed {
+            return Ok(());
+        }
         self.active_mut().seal()?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         File::create(&marker)
             .and_then(|f| f.sync_all())
             .at("write", &marker)?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Undo `close` before new data lands, so the marker never vouches for writes
+    /// made after it.
+    fn reopen_for_writes(&mut self) -> Result<(), LogError> {
+        if self.closed {
+            let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+            fs::remove_file(&marker).at("remove", &marker)?;
+            sync_dir(&self.dir)?;
+            self.closed = false;
+        }
+        Ok(())
     }
 
     /// Headers of every batch, oldest first, read without the batch bodies.
@@ -371,7 +405,10 @@ impl PartitionLog {
 /// Write dense base offsets into each batch of `batches`, starting at `base_offset`.
 /// Only framing is re-checked (enough to never index out of bounds): the caller ran
 /// `validate_batches`. Returns each batch's position in the buffer and its header.
-fn assign_offsets(batches: &mut [u8], base_offset: i64) -> Result<Vec<(u64, BatchHeader)>, LogError> {
+fn assign_offsets(
+    batches: &mut [u8],
+    base_offset: i64,
+) -> Result<Vec<(u64, BatchHeader)>, LogError> {
     let mut placed = Vec::new();
     let mut position = 0usize;
     let mut next_offset = base_offset;

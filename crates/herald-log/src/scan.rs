@@ -59,10 +59,7 @@ impl<'a> ChunkReader<'a> {
 #[derive(Debug)]
 pub(crate) enum Step {
     /// A sound batch starting at `position`.
-    Batch {
-        position: u64,
-        header: BatchHeader,
-    },
+    Batch { position: u64, header: BatchHeader },
     /// The walk reached `end` exactly, on a batch boundary.
     End,
     /// The bytes at the cursor's position are not a sound batch; nothing past it can
@@ -179,11 +176,9 @@ mod tests {
 
     fn file_with(batches: &[Vec<u8>], tail: &[u8]) -> (tempfile::NamedTempFile, u64) {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let mut offset = 0;
-        for b in batches {
+        for (offset, b) in batches.iter().enumerate() {
             let mut b = b.clone();
-            set_base_offset(&mut b, offset);
-            offset += 1;
+            set_base_offset(&mut b, offset as i64);
             f.write_all(&b).unwrap();
         }
         f.write_all(tail).unwrap();

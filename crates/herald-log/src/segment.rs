@@ -74,7 +74,11 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Create the files of a new, empty segment and make their names durable.
-    pub fn create(dir: &Path, base_offset: i64, index_interval_bytes: u64) -> Result<Segment, LogError> {
+    pub fn create(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+    ) -> Result<Segment, LogError> {
         let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
         let log = OpenOptions::new()
             .read(true)
@@ -153,7 +157,8 @@ impl Segment {
             };
             match problem {
                 None => {
-                    segment.first_append_ms = segment.time_index.entries().first().map(|t| t.timestamp_ms);
+                    segment.first_append_ms =
+                        segment.time_index.entries().first().map(|t| t.timestamp_ms);
                     return Ok(segment);
                 }
                 Some(problem) => {
@@ -167,7 +172,11 @@ impl Segment {
 
     /// Open the files of an existing segment and load its indexes; the second value
     /// says why the indexes cannot be trusted, if they cannot.
-    fn open_files(dir: &Path, base_offset: i64, index_interval_bytes: u64) -> Result<(Segment, Option<String>), LogError> {
+    fn open_files(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+    ) -> Result<(Segment, Option<String>), LogError> {
         let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
         let log = OpenOptions::new()
             .read(true)
@@ -179,7 +188,9 @@ impl Segment {
             return Err(LogError::Corrupt {
                 path: log_path,
                 position: u64::from(u32::MAX),
-                reason: "segment is larger than u32::MAX bytes, which index positions cannot address".to_string(),
+                reason:
+                    "segment is larger than u32::MAX bytes, which index positions cannot address"
+                        .to_string(),
             });
         }
         // No segment holds more batches than whole headers fit in it.
@@ -191,7 +202,11 @@ impl Segment {
         let load_problem = offsets
             .problem
             .map(|p| format!("{}: {p}", index_path.display()))
-            .or_else(|| times.problem.map(|p| format!("{}: {p}", time_path.display())));
+            .or_else(|| {
+                times
+                    .problem
+                    .map(|p| format!("{}: {p}", time_path.display()))
+            });
         let segment = Segment {
             base_offset,
             log_path,
@@ -218,12 +233,16 @@ impl Segment {
         let offsets = self.offset_index.entries();
         let times = self.time_index.entries();
         if self.size_bytes == 0 {
-            return (!offsets.is_empty() || !times.is_empty()).then(|| "index has entries but the segment is empty".to_string());
+            return (!offsets.is_empty() || !times.is_empty())
+                .then(|| "index has entries but the segment is empty".to_string());
         }
         if offsets.first() != Some(&ZERO_ENTRY) {
             return Some("offset index does not start at the first batch".to_string());
         }
-        if offsets.last().is_some_and(|e| u64::from(e.position) >= self.size_bytes) {
+        if offsets
+            .last()
+            .is_some_and(|e| u64::from(e.position) >= self.size_bytes)
+        {
             return Some("offset index points past the end of the segment".to_string());
         }
         if times.first().is_none_or(|t| t.relative_offset != 0) {
@@ -236,7 +255,11 @@ impl Segment {
     /// setting `next_offset` and the indexing state. With `replay`, batches after the
     /// entry go through the indexing policy as appends would. Returns a problem if
     /// the tail is unsound or an index points past the last batch.
-    fn walk_tail(&mut self, replay: bool, info: &mut RecoveryInfo) -> Result<Option<String>, LogError> {
+    fn walk_tail(
+        &mut self,
+        replay: bool,
+        info: &mut RecoveryInfo,
+    ) -> Result<Option<String>, LogError> {
         let start = self.offset_index.last().copied().unwrap_or(ZERO_ENTRY);
         let start_position = u64::from(start.position);
         let log = Arc::clone(&self.log);
@@ -262,12 +285,17 @@ impl Segment {
                     }
                 }
                 Step::End => break,
-                Step::Bad(reason) => return Ok(Some(format!("byte {}: {reason}", cursor.position()))),
+                Step::Bad(reason) => {
+                    return Ok(Some(format!("byte {}: {reason}", cursor.position())));
+                }
             }
         }
         info.scanned_bytes += self.size_bytes - start_position;
         self.next_offset = cursor.next_offset();
-        let last_time = self.time_index.last().map(|t| self.offset_of(t.relative_offset));
+        let last_time = self
+            .time_index
+            .last()
+            .map(|t| self.offset_of(t.relative_offset));
         if let (Some(time_offset), Some(last_batch)) = (last_time, self.last_batch_offset)
             && time_offset > last_batch
         {
@@ -314,10 +342,21 @@ impl Segment {
 
     /// Rebuild a sealed segment's indexes from its batches, which must all be sound
     /// and end exactly where the next segment begins.
-    fn rebuild_sealed(&mut self, next_base_offset: i64, info: &mut RecoveryInfo) -> Result<(), LogError> {
+    fn rebuild_sealed(
+        &mut self,
+        next_base_offset: i64,
+        info: &mut RecoveryInfo,
+    ) -> Result<(), LogError> {
         self.clear_indexes()?;
         let log = Arc::clone(&self.log);
-        let mut cursor = BatchCursor::new(&log, self.base_offset, 0, self.base_offset, self.size_bytes, true);
+        let mut cursor = BatchCursor::new(
+            &log,
+            self.base_offset,
+            0,
+            self.base_offset,
+            self.size_bytes,
+            true,
+        );
         loop {
             match cursor.step().at("read", &self.log_path)? {
                 Step::Batch { position, header } => self.observe(position, &header),
@@ -341,8 +380,12 @@ impl Segment {
     }
 
     fn clear_indexes(&mut self) -> Result<(), LogError> {
-        self.offset_index.clear().at("truncate", self.offset_index.path())?;
-        self.time_index.clear().at("truncate", self.time_index.path())?;
+        self.offset_index
+            .clear()
+            .at("truncate", self.offset_index.path())?;
+        self.time_index
+            .clear()
+            .at("truncate", self.time_index.path())?;
         self.max_timestamp_ms = None;
         self.last_batch_offset = None;
         self.bytes_since_index_entry = 0;
@@ -353,16 +396,24 @@ impl Segment {
     /// kind of index: an offset entry for the first batch and then after every
     /// `index_interval_bytes`; with it, a time entry if the running max timestamp grew.
     fn observe(&mut self, position: u64, header: &BatchHeader) {
-        let max_timestamp_ms = self.max_timestamp_ms.map_or(header.max_timestamp, |m| m.max(header.max_timestamp));
+        let max_timestamp_ms = self
+            .max_timestamp_ms
+            .map_or(header.max_timestamp, |m| m.max(header.max_timestamp));
         self.max_timestamp_ms = Some(max_timestamp_ms);
-        if self.offset_index.last().is_none() || self.bytes_since_index_entry >= self.index_interval_bytes {
+        if self.offset_index.last().is_none()
+            || self.bytes_since_index_entry >= self.index_interval_bytes
+        {
             let relative_offset = self.relative(header.base_offset);
             debug_assert!(position <= u64::from(u32::MAX));
             self.offset_index.push(OffsetEntry {
                 relative_offset,
                 position: position as u32,
             });
-            if self.time_index.last().is_none_or(|t| max_timestamp_ms > t.timestamp_ms) {
+            if self
+                .time_index
+                .last()
+                .is_none_or(|t| max_timestamp_ms > t.timestamp_ms)
+            {
                 self.time_index.push(TimeEntry {
                     timestamp_ms: max_timestamp_ms,
                     relative_offset,
@@ -375,14 +426,22 @@ impl Segment {
 
     /// Indexing state for a batch that gets no index entry of its own.
     fn note_batch(&mut self, header: &BatchHeader) {
-        self.max_timestamp_ms = Some(self.max_timestamp_ms.map_or(header.max_timestamp, |m| m.max(header.max_timestamp)));
+        self.max_timestamp_ms = Some(
+            self.max_timestamp_ms
+                .map_or(header.max_timestamp, |m| m.max(header.max_timestamp)),
+        );
         self.bytes_since_index_entry += header.total_bytes() as u64;
         self.last_batch_offset = Some(header.base_offset);
     }
 
     /// Write `bytes` (whole batches, offsets already assigned; `batches` gives each
     /// one's position within `bytes` and its header) with one positioned write.
-    pub fn append(&mut self, bytes: &[u8], batches: &[(u64, BatchHeader)], now_ms: i64) -> Result<(), LogError> {
+    pub fn append(
+        &mut self,
+        bytes: &[u8],
+        batches: &[(u64, BatchHeader)],
+        now_ms: i64,
+    ) -> Result<(), LogError> {
         let start = self.size_bytes;
         if let Err(source) = self.log.write_all_at(bytes, start) {
             // Drop whatever part landed so the file stays whole batches.
@@ -409,13 +468,13 @@ impl Segment {
     /// Finish the segment: a last time-index entry so its final entry holds the
     /// segment's max timestamp, then write and fsync everything.
     pub fn seal(&mut self) -> Result<(), LogError> {
-        if let (Some(max_timestamp_ms), Some(last_batch)) = (self.max_timestamp_ms, self.last_batch_offset) {
+        if let (Some(max_timestamp_ms), Some(last_batch)) =
+            (self.max_timestamp_ms, self.last_batch_offset)
+        {
             let relative_offset = self.relative(last_batch);
-            if self
-                .time_index
-                .last()
-                .is_none_or(|t| max_timestamp_ms > t.timestamp_ms && relative_offset > t.relative_offset)
-            {
+            if self.time_index.last().is_none_or(|t| {
+                max_timestamp_ms > t.timestamp_ms && relative_offset > t.relative_offset
+            }) {
                 self.time_index.push(TimeEntry {
                     timestamp_ms: max_timestamp_ms,
                     relative_offset,
@@ -427,10 +486,16 @@ impl Segment {
 
     /// Write pending index entries and fsync the log and both indexes.
     pub fn flush(&mut self) -> Result<(), LogError> {
-        self.offset_index.persist().at("write", self.offset_index.path())?;
-        self.time_index.persist().at("write", self.time_index.path())?;
+        self.offset_index
+            .persist()
+            .at("write", self.offset_index.path())?;
+        self.time_index
+            .persist()
+            .at("write", self.time_index.path())?;
         self.log.sync_data().at("fsync", &self.log_path)?;
-        self.offset_index.sync().at("fsync", self.offset_index.path())?;
+        self.offset_index
+            .sync()
+            .at("fsync", self.offset_index.path())?;
         self.time_index.sync().at("fsync", self.time_index.path())?;
         self.dirty = false;
         Ok(())
@@ -467,16 +532,24 @@ impl Segment {
     /// Position of the batch that contains `offset` (which this segment holds).
     pub fn locate(&self, offset: i64) -> Result<u64, LogError> {
         debug_assert!(self.base_offset <= offset && offset < self.next_offset);
-        let start = self.offset_index.floor(self.relative(offset)).unwrap_or(ZERO_ENTRY);
+        let start = self
+            .offset_index
+            .floor(self.relative(offset))
+            .unwrap_or(ZERO_ENTRY);
         let mut cursor = self.header_cursor(start);
         loop {
             match cursor.step().at("read", &self.log_path)? {
-                Step::Batch { position, header } if header.last_offset() >= offset => return Ok(position),
+                Step::Batch { position, header } if header.last_offset() >= offset => {
+                    return Ok(position);
+                }
                 Step::Batch { .. } => {}
                 Step::End => {
                     return Err(self.corrupt(
                         self.size_bytes,
-                        format!("offset {offset} is below next offset {} but no batch holds it", self.next_offset),
+                        format!(
+                            "offset {offset} is below next offset {} but no batch holds it",
+                            self.next_offset
+                        ),
                     ));
                 }
                 Step::Bad(reason) => return Err(self.corrupt(cursor.position(), reason)),
@@ -488,7 +561,13 @@ impl Segment {
     /// that would take `out` past `max_bytes`; with `first_whole` the first batch is
     /// taken even so. Costs one positioned read for the window (plus one for the first
     /// header). Returns whether it stopped at the end of the segment.
-    pub fn read_into(&self, position: u64, out: &mut Vec<u8>, max_bytes: usize, first_whole: bool) -> Result<bool, LogError> {
+    pub fn read_into(
+        &self,
+        position: u64,
+        out: &mut Vec<u8>,
+        max_bytes: usize,
+        first_whole: bool,
+    ) -> Result<bool, LogError> {
         let available = self.size_bytes - position;
         let room = max_bytes.saturating_sub(out.len()) as u64;
         let mut window = room.min(available);
@@ -500,7 +579,8 @@ impl Segment {
             self.log
                 .read_exact_at(&mut header_bytes, position)
                 .at("read", &self.log_path)?;
-            let header = BatchHeader::parse(&header_bytes).map_err(|e| self.corrupt(position, e.to_string()))?;
+            let header = BatchHeader::parse(&header_bytes)
+                .map_err(|e| self.corrupt(position, e.to_string()))?;
             let total = header
                 .check_length(usize::try_from(available).unwrap_or(usize::MAX))
                 .map_err(|e| self.corrupt(position, e.to_string()))?;
@@ -542,7 +622,13 @@ impl Segment {
                 Err(e) => return Err(self.corrupt(at, e.to_string())),
             };
             if next_offset.is_some_and(|n| n != header.base_offset) {
-                return Err(self.corrupt(at, format!("batch base offset {} breaks the offset sequence", header.base_offset)));
+                return Err(self.corrupt(
+                    at,
+                    format!(
+                        "batch base offset {} breaks the offset sequence",
+                        header.base_offset
+                    ),
+                ));
             }
             next_offset = Some(header.last_offset().saturating_add(1));
             kept += total;
@@ -551,7 +637,10 @@ impl Segment {
     }
 
     /// The first batch whose max timestamp is >= `timestamp_ms`, with its position.
-    pub fn find_timestamp(&self, timestamp_ms: i64) -> Result<Option<(u64, BatchHeader)>, LogError> {
+    pub fn find_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<(u64, BatchHeader)>, LogError> {
         let start = self
             .time_index
             .last_before(timestamp_ms)
@@ -574,10 +663,15 @@ impl Segment {
     pub fn read_batch(&self, position: u64, header: &BatchHeader) -> Result<Vec<u8>, LogError> {
         let total = header.total_bytes();
         if position + total as u64 > self.size_bytes {
-            return Err(self.corrupt(position, "batch runs past the end of the segment".to_string()));
+            return Err(self.corrupt(
+                position,
+                "batch runs past the end of the segment".to_string(),
+            ));
         }
         let mut bytes = vec![0u8; total];
-        self.log.read_exact_at(&mut bytes, position).at("read", &self.log_path)?;
+        self.log
+            .read_exact_at(&mut bytes, position)
+            .at("read", &self.log_path)?;
         Ok(bytes)
     }
 
@@ -639,7 +733,10 @@ mod tests {
     fn file_names_round_trip() {
         assert_eq!(file_name(42, LOG_SUFFIX), "00000000000000000042.log");
         assert_eq!(parse_log_file_name("00000000000000000042.log"), Some(42));
-        assert_eq!(parse_log_file_name(&file_name(i64::MAX, LOG_SUFFIX)), Some(i64::MAX));
+        assert_eq!(
+            parse_log_file_name(&file_name(i64::MAX, LOG_SUFFIX)),
+            Some(i64::MAX)
+        );
         assert_eq!(parse_log_file_name("00000000000000000042.index"), None);
         assert_eq!(parse_log_file_name("0000000000000000042.log"), None);
         assert_eq!(parse_log_file_name("99999999999999999999.log"), None);

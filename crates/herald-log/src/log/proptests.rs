@@ -26,8 +26,14 @@ enum Tear {
 enum Op {
     /// Batches to append in one call: (records, bytes per record, max timestamp).
     Append(Vec<(usize, usize, i64)>),
-    Reopen { clean: bool, tear: Option<Tear> },
-    Read { at: Index, max_bytes: usize },
+    Reopen {
+        clean: bool,
+        tear: Option<Tear>,
+    },
+    Read {
+        at: Index,
+        max_bytes: usize,
+    },
     Flush,
 }
 
@@ -66,7 +72,12 @@ fn apply_tear(dir: &Path, tear: &Tear, last_batch: Option<&Vec<u8>>) -> bool {
     let last = last_batch.filter(|_| !bytes.is_empty());
     match (tear, last) {
         (Tear::Garbage(garbage), _) => {
-            OpenOptions::new().append(true).open(&path).unwrap().write_all(garbage).unwrap();
+            OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(garbage)
+                .unwrap();
             false
         }
         (Tear::Truncate(fraction), Some(last)) => {
@@ -90,12 +101,20 @@ fn apply_tear(dir: &Path, tear: &Tear, last_batch: Option<&Vec<u8>>) -> bool {
 }
 
 fn check_whole_log(log: &PartitionLog, model: &[Vec<u8>]) {
-    let next = model.last().map_or(0, |b| validate_batches(b).unwrap()[0].last_offset() + 1);
+    let next = model
+        .last()
+        .map_or(0, |b| validate_batches(b).unwrap()[0].last_offset() + 1);
     assert_eq!(log.next_offset(), next);
-    assert_eq!(log.size_bytes(), model.iter().map(|b| b.len() as u64).sum::<u64>());
+    assert_eq!(
+        log.size_bytes(),
+        model.iter().map(|b| b.len() as u64).sum::<u64>()
+    );
     assert_eq!(log.read(0, usize::MAX).unwrap(), model.concat());
     let headers: Vec<BatchHeader> = log.batch_headers().unwrap();
-    let expected: Vec<BatchHeader> = model.iter().map(|b| validate_batches(b).unwrap()[0]).collect();
+    let expected: Vec<BatchHeader> = model
+        .iter()
+        .map(|b| validate_batches(b).unwrap()[0])
+        .collect();
     assert_eq!(headers, expected);
 }
 
@@ -134,8 +153,12 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                             let stored = buf[at..at + part.len()].to_vec();
                             // Byte-identical except the base offset, which is dense.
                             assert_eq!(stored[8..], part[8..]);
-                            assert_eq!(validate_batches(&stored).unwrap()[0].base_offset, expected_base);
-                            expected_base += validate_batches(part).unwrap()[0].records_count as i64;
+                            assert_eq!(
+                                validate_batches(&stored).unwrap()[0].base_offset,
+                                expected_base
+                            );
+                            expected_base +=
+                                validate_batches(part).unwrap()[0].records_count as i64;
                             at += part.len();
                             model.push(stored);
                         }
@@ -163,7 +186,9 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                 assert!(headers.len() == 1 || got.len() <= max_bytes);
                 let first = model
                     .iter()
-                    .position(|b| validate_batches(b).unwrap()[0].base_offset == headers[0].base_offset)
+                    .position(|b| {
+                        validate_batches(b).unwrap()[0].base_offset == headers[0].base_offset
+                    })
                     .unwrap();
                 let expected = model[first..first + headers.len()].concat();
                 assert_eq!(got, expected);
@@ -174,7 +199,7 @@ fn run(config: LogConfig, ops: Vec<Op>) {
             }
             Op::Flush => current.flush().unwrap(),
             Op::Reopen { clean, tear } => {
-                let old = log.take().unwrap();
+                let mut old = log.take().unwrap();
                 if clean {
                     old.close().unwrap();
                 } else {
@@ -191,7 +216,7 @@ fn run(config: LogConfig, ops: Vec<Op>) {
             }
         }
     }
-    let last = log.take().unwrap();
+    let mut last = log.take().unwrap();
     check_whole_log(&last, &model);
     last.close().unwrap();
     let reopened = PartitionLog::open(dir.path(), config).unwrap();

@@ -18,7 +18,10 @@ fn config(segment_bytes_max: u64, index_interval_bytes: u64) -> LogConfig {
 fn append(log: &mut PartitionLog, batch: &[u8], now_ms: i64) -> Vec<u8> {
     let mut bytes = batch.to_vec();
     let info = log.append(&mut bytes, now_ms).unwrap();
-    assert_eq!(info.base_offset, validate_batches(&bytes).unwrap()[0].base_offset);
+    assert_eq!(
+        info.base_offset,
+        validate_batches(&bytes).unwrap()[0].base_offset
+    );
     bytes
 }
 
@@ -62,8 +65,11 @@ fn append_and_read_across_segment_rolls() {
     let stored = fill(&mut log, 40);
     assert!(log.segment_count() > 5, "{} segments", log.segment_count());
     assert_eq!(log.log_start_offset(), 0);
-    assert_eq!(log.next_offset(), 80); // 40 batches of 1, 2, 3, 1, 2, 3... records
-    assert_eq!(log.size_bytes(), stored.iter().map(|b| b.len() as u64).sum::<u64>());
+    assert_eq!(log.next_offset(), 79); // 40 batches of 1, 2, 3, 1, 2, 3... records
+    assert_eq!(
+        log.size_bytes(),
+        stored.iter().map(|b| b.len() as u64).sum::<u64>()
+    );
     assert_eq!(read_all(&log), stored.concat());
     // Every offset reads back from the batch holding it.
     for batch in &stored {
@@ -74,7 +80,11 @@ fn append_and_read_across_segment_rolls() {
         }
     }
     for (i, file) in segment_files(dir.path(), "log").iter().enumerate() {
-        assert!(file_len(file) <= 300, "segment {i} is {} bytes", file_len(file));
+        assert!(
+            file_len(file) <= 300,
+            "segment {i} is {} bytes",
+            file_len(file)
+        );
     }
 }
 
@@ -97,7 +107,15 @@ fn append_assigns_dense_offsets_to_multi_batch_buffers() {
     let bases: Vec<i64> = headers_of(&buf).iter().map(|h| h.base_offset).collect();
     assert_eq!(bases, [2, 5, 6]);
     assert_eq!(log.next_offset(), 10);
-    assert_eq!(log.read(6, usize::MAX).unwrap(), buf[headers_of(&buf)[0].total_bytes()..]);
+    let third = headers_of(&buf)[..2]
+        .iter()
+        .map(BatchHeader::total_bytes)
+        .sum::<usize>();
+    assert_eq!(log.read(6, usize::MAX).unwrap(), buf[third..]);
+    assert_eq!(
+        log.read(5, 0).unwrap(),
+        buf[headers_of(&buf)[0].total_bytes()..third]
+    );
 }
 
 #[test]
@@ -106,7 +124,10 @@ fn read_from_the_middle_of_a_batch_returns_that_whole_batch() {
     let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     let a = append(&mut log, &batch_at(5, 1), 0);
     let b = append(&mut log, &batch_at(5, 2), 0);
-    assert_eq!(log.read(3, usize::MAX).unwrap(), [a.clone(), b.clone()].concat());
+    assert_eq!(
+        log.read(3, usize::MAX).unwrap(),
+        [a.clone(), b.clone()].concat()
+    );
     assert_eq!(log.read(7, usize::MAX).unwrap(), b);
     assert_eq!(log.read(9, 0).unwrap(), b);
 }
@@ -121,7 +142,10 @@ fn max_bytes_is_respected_but_the_first_batch_is_always_whole() {
     assert_eq!(log.read(0, stored[0].len() - 1).unwrap(), stored[0]);
     let two = stored[0].len() + stored[1].len();
     assert_eq!(log.read(0, two).unwrap(), stored[..2].concat());
-    assert_eq!(log.read(0, two + stored[2].len() - 1).unwrap(), stored[..2].concat());
+    assert_eq!(
+        log.read(0, two + stored[2].len() - 1).unwrap(),
+        stored[..2].concat()
+    );
     // Across segment boundaries, from every batch, with every budget.
     let mut start = 0usize;
     for first in 0..stored.len() {
@@ -186,7 +210,7 @@ fn index_lookups_work_after_a_clean_reopen_without_rescanning() {
     );
     assert_eq!(log.segment_count(), segments);
     assert_eq!(log.size_bytes(), size);
-    assert_eq!(log.next_offset(), 200);
+    assert_eq!(log.next_offset(), 199); // 33 * (1 + 2 + 3) + 1
     for batch in &stored {
         let h = headers_of(batch)[0];
         assert_eq!(&log.read(h.last_offset(), 0).unwrap(), batch);
@@ -231,9 +255,14 @@ fn check_torn_tail(damage: impl FnOnce(&Path, &[u8]), drops_last: bool) {
     let kept: usize = stored.iter().map(Vec::len).sum();
     assert_eq!(read_all(&log), stored.concat());
     assert_eq!(log.size_bytes(), kept as u64);
-    let next = stored.last().map_or(0, |b| headers_of(b)[0].last_offset() + 1);
+    let next = stored
+        .last()
+        .map_or(0, |b| headers_of(b)[0].last_offset() + 1);
     assert_eq!(log.next_offset(), next);
-    assert_eq!(log.recovery_info().truncated_bytes, before - file_len(&active));
+    assert_eq!(
+        log.recovery_info().truncated_bytes,
+        before - file_len(&active)
+    );
     assert!(log.recovery_info().truncated_bytes > 0);
 
     // Offsets stay dense through further appends and another reopen.
@@ -261,10 +290,20 @@ fn recovery_truncates_a_torn_last_batch() {
 
 #[test]
 fn recovery_drops_trailing_garbage() {
-    for garbage in [vec![0u8; 1], vec![0xAB; 60], vec![0u8; 200], vec![0xFF; 500]] {
+    for garbage in [
+        vec![0u8; 1],
+        vec![0xAB; 60],
+        vec![0u8; 200],
+        vec![0xFF; 500],
+    ] {
         check_torn_tail(
             |path, _| {
-                OpenOptions::new().append(true).open(path).unwrap().write_all(&garbage).unwrap();
+                OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .unwrap()
+                    .write_all(&garbage)
+                    .unwrap();
             },
             false,
         );
@@ -312,7 +351,12 @@ fn recovery_handles_a_zero_length_active_segment() {
     // The crash hit right after a roll: the new segment exists but holds nothing.
     let active = active_segment(dir.path());
     let lost = fs::read(&active).unwrap();
-    OpenOptions::new().write(true).open(&active).unwrap().set_len(0).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     let lost_batches = headers_of(&lost).len();
     stored.truncate(stored.len() - lost_batches);
 
@@ -332,7 +376,12 @@ fn a_damaged_tail_is_found_even_with_a_clean_shutdown_marker() {
     let stored = fill(&mut log, 25);
     log.close().unwrap();
     let active = active_segment(dir.path());
-    OpenOptions::new().append(true).open(&active).unwrap().write_all(&[9u8; 77]).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&active)
+        .unwrap()
+        .write_all(&[9u8; 77])
+        .unwrap();
     let log = PartitionLog::open(dir.path(), cfg).unwrap();
     assert_eq!(log.recovery_info().truncated_bytes, 77);
     assert_eq!(read_all(&log), stored.concat());
@@ -358,7 +407,7 @@ fn bad_or_missing_index_files_are_rebuilt() {
     let t = fs::read(&times[3]).unwrap();
     fs::write(&times[3], [t.clone(), t].concat()).unwrap();
 
-    let log = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
+    let mut log = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
     assert_eq!(log.recovery_info().rebuilt_indexes, 4);
     assert_eq!(read_all(&log), stored.concat());
     for batch in &stored {
@@ -402,10 +451,13 @@ fn time_index_finds_the_first_batch_at_or_after_a_timestamp() {
     let mut log = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
     // Not monotonic: producers' clocks disagree.
     let timestamps = [10, 5, 20, 15, 30, 30, 25, 40, 35, 50, 45, 60];
-    let stored: Vec<Vec<u8>> = timestamps.iter().map(|&ts| append(&mut log, &batch_at(2, ts), 0)).collect();
+    let stored: Vec<Vec<u8>> = timestamps
+        .iter()
+        .map(|&ts| append(&mut log, &batch_at(2, ts), 0))
+        .collect();
     assert!(log.segment_count() > 2);
     let check = |log: &PartitionLog| {
-        for target in 0..=61 {
+        for target in 0..=60 {
             let expected = timestamps.iter().position(|&ts| ts >= target);
             let got = log.batch_for_timestamp(target).unwrap();
             match expected {
@@ -419,9 +471,11 @@ fn time_index_finds_the_first_batch_at_or_after_a_timestamp() {
         }
     };
     check(&log);
+    assert_eq!(log.batch_for_timestamp(61).unwrap(), None);
     log.close().unwrap();
     let mut log = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
     check(&log);
+    assert_eq!(log.batch_for_timestamp(61).unwrap(), None);
     // More appends after a clean reopen, then a crash.
     let more = append(&mut log, &batch_at(1, 70), 0);
     assert_eq!(log.batch_for_timestamp(61).unwrap(), Some((24, more)));
@@ -482,11 +536,20 @@ fn oversized_appends_and_bad_configs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), config(100, 100)).unwrap();
     let mut big = batch_at(10, 0);
-    assert!(matches!(log.append(&mut big, 0), Err(LogError::AppendTooLarge { .. })));
-    assert!(matches!(log.append(&mut [], 0), Err(LogError::Batch(BatchError::Empty))));
+    assert!(matches!(
+        log.append(&mut big, 0),
+        Err(LogError::AppendTooLarge { .. })
+    ));
+    assert!(matches!(
+        log.append(&mut [], 0),
+        Err(LogError::Batch(BatchError::Empty))
+    ));
     let mut torn = batch_at(1, 0);
     torn.truncate(50);
-    assert!(matches!(log.append(&mut torn, 0), Err(LogError::Batch(BatchError::Truncated))));
+    assert!(matches!(
+        log.append(&mut torn, 0),
+        Err(LogError::Batch(BatchError::Truncated))
+    ));
     assert_eq!(log.next_offset(), 0);
     assert_eq!(log.size_bytes(), 0);
 
@@ -524,7 +587,10 @@ fn batch_headers_lists_every_batch_in_order() {
     let expected: Vec<BatchHeader> = stored.iter().map(|b| headers_of(b)[0]).collect();
     assert_eq!(headers, expected);
     let last = headers.last().unwrap();
-    assert_eq!((last.producer_id, last.producer_epoch, last.base_sequence), (42, 3, 10));
+    assert_eq!(
+        (last.producer_id, last.producer_epoch, last.base_sequence),
+        (42, 3, 10)
+    );
 }
 
 #[test]
@@ -567,5 +633,22 @@ fn stray_files_are_ignored() {
     let stored = fill(&mut log, 2);
     drop(log);
     let log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(read_all(&log), stored.concat());
+}
+
+#[test]
+fn appending_after_close_withdraws_the_clean_shutdown_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(500, 100);
+    let mut log = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
+    let mut stored = fill(&mut log, 5);
+    log.close().unwrap();
+    log.close().unwrap();
+    assert!(dir.path().join(CLEAN_SHUTDOWN_FILE).exists());
+    stored.extend(fill(&mut log, 5));
+    assert!(!dir.path().join(CLEAN_SHUTDOWN_FILE).exists());
+    drop(log);
+    let log = PartitionLog::open(dir.path(), cfg).unwrap();
+    assert!(!log.recovery_info().clean_shutdown);
     assert_eq!(read_all(&log), stored.concat());
 }
