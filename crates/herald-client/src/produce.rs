@@ -1,0 +1,276 @@
+//! Producing: records are encoded as one Kafka RecordBatch v2 per request and sent to
+//! the partition leader.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, Record, RecordBatchEncoder,
+    RecordEncodeOptions, TimestampType,
+};
+
+pub use kafka_protocol::records::Compression;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+
+/// The last Produce version that names topics; later ones use topic ids.
+const PRODUCE_VERSION_BY_NAME_MAX: i16 = 12;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProduceRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    /// Kept in order; a repeated name keeps its last value (Kafka's record format
+    /// allows repeats, the encoder this crate uses does not).
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Creation time; `None` stamps the time of encoding.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ProduceRecord {
+    pub fn new(key: Option<Bytes>, value: Option<Bytes>) -> Self {
+        Self {
+            key,
+            value,
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+}
+
+/// How many replicas must have a record before the broker answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// The broker sends no answer at all.
+    None,
+    Leader,
+    All,
+}
+
+impl Acks {
+    pub fn code(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProduceOptions {
+    pub acks: Acks,
+    pub compression: Compression,
+    /// How long the broker may wait for replicas (sent in the request).
+    pub timeout: Duration,
+}
+
+impl Default for ProduceOptions {
+    fn default() -> Self {
+        Self {
+            acks: Acks::All,
+            compression: Compression::None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Encodes records as one RecordBatch v2 with no producer id (not idempotent).
+pub fn encode_record_batch(
+    records: &[ProduceRecord],
+    compression: Compression,
+    now_ms: i64,
+) -> Result<Bytes> {
+    let encode_error =
+        |message: String| Error::InvalidArgument(format!("cannot encode records: {message}"));
+    if records.is_empty() {
+        return Err(encode_error("no records".to_owned()));
+    }
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| {
+            let offset =
+                i64::try_from(index).map_err(|_| encode_error("too many records".to_owned()))?;
+            Ok(Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+                producer_id: NO_PRODUCER_ID,
+                producer_epoch: NO_PRODUCER_EPOCH,
+                timestamp_type: TimestampType::Creation,
+                offset,
+                // The encoder starts a new batch whenever offset - sequence changes and
+                // writes the first record's sequence as the batch's base sequence, so
+                // this keeps one batch whose base sequence is -1 (no sequence).
+                sequence: (offset as i32).wrapping_sub(1),
+                timestamp: record.timestamp_ms.unwrap_or(now_ms),
+                key: record.key.clone(),
+                value: record.value.clone(),
+                headers: record
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (StrBytes::from_string(name.clone()), value.clone()))
+                    .collect(),
+                delete_horizon: false,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|error| encode_error(format!("{error:#}")))?;
+    Ok(buf.freeze())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Client {
+    /// Appends `records` to one partition. Returns the offset of the first record, or
+    /// `None` with `Acks::None` (the broker does not answer).
+    ///
+    /// One attempt only: a caller that retries on [`Error::is_retriable`] gets the
+    /// leader looked up again, since stale metadata is forgotten here.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &[ProduceRecord],
+        options: &ProduceOptions,
+    ) -> Result<Option<i64>> {
+        let result = self.produce_once(topic, partition, records, options).await;
+        if let Err(error) = &result {
+            self.forget_on_stale_metadata(topic, error);
+        }
+        result
+    }
+
+    async fn produce_once(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &[ProduceRecord],
+        options: &ProduceOptions,
+    ) -> Result<Option<i64>> {
+        let batch = encode_record_batch(records, options.compression, now_ms())?;
+        let (connection, metadata) = self.leader_connection(topic, partition).await?;
+        let version = if metadata.topic_id.is_nil() {
+            connection.version_at_most::<ProduceRequest>(PRODUCE_VERSION_BY_NAME_MAX)?
+        } else {
+            connection.version_of::<ProduceRequest>()?
+        };
+        let request = ProduceRequest::default()
+            .with_acks(options.acks.code())
+            .with_timeout_ms(i32::try_from(options.timeout.as_millis()).unwrap_or(i32::MAX))
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_topic_id(metadata.topic_id)
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(partition)
+                            .with_records(Some(batch)),
+                    ]),
+            ]);
+        if options.acks == Acks::None {
+            connection.send_without_response(&request, version).await?;
+            return Ok(None);
+        }
+        let response = connection.send_version(&request, version).await?;
+        let answer = response
+            .responses
+            .iter()
+            .filter(|t| {
+                if version > PRODUCE_VERSION_BY_NAME_MAX {
+                    t.topic_id == metadata.topic_id
+                } else {
+                    t.name.0.as_str() == topic
+                }
+            })
+            .flat_map(|t| t.partition_responses.iter())
+            .find(|p| p.index == partition)
+            .ok_or_else(|| {
+                Error::UnexpectedResponse(format!(
+                    "Produce response does not mention {topic}-{partition}"
+                ))
+            })?;
+        let record_error = answer
+            .record_errors
+            .first()
+            .and_then(|e| e.batch_index_error_message.as_ref())
+            .map(|m| m.as_str());
+        let message = answer.error_message.as_deref().or(record_error);
+        crate::error::check(
+            answer.error_code,
+            || format!("produce to {topic}-{partition}"),
+            message,
+        )?;
+        Ok(Some(answer.base_offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    fn record(key: &str, value: &str) -> ProduceRecord {
+        ProduceRecord {
+            key: Some(Bytes::from(key.to_owned())),
+            value: Some(Bytes::from(value.to_owned())),
+            headers: vec![("trace".to_owned(), Some(Bytes::from_static(b"t1")))],
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn batch_is_one_v2_batch_without_sequence() {
+        let records = vec![
+            record("a", "OrderPlaced"),
+            record("b", "OrderShipped"),
+            record("c", "x"),
+        ];
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut bytes =
+                encode_record_batch(&records, compression, 1_700_000_000_000).expect("encode");
+            // Base sequence sits at byte 53 of the batch header.
+            let base_sequence = i32::from_be_bytes([bytes[53], bytes[54], bytes[55], bytes[56]]);
+            assert_eq!(base_sequence, -1);
+            let sets = RecordBatchDecoder::decode_all(&mut bytes).expect("decode");
+            assert_eq!(sets.len(), 1, "{compression:?} made more than one batch");
+            let decoded = &sets[0].records;
+            assert_eq!(decoded.len(), 3);
+            assert_eq!(decoded[1].offset, 1);
+            assert_eq!(decoded[1].value.as_deref(), Some(&b"OrderShipped"[..]));
+            assert_eq!(decoded[2].key.as_deref(), Some(&b"c"[..]));
+            assert_eq!(decoded[0].timestamp, 1_700_000_000_000);
+            assert_eq!(decoded[0].headers.len(), 1);
+        }
+    }
+
+    #[test]
+    fn empty_batch_is_rejected() {
+        assert!(encode_record_batch(&[], Compression::None, 0).is_err());
+    }
+}
