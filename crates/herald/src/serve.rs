@@ -8,6 +8,8 @@ use herald_kafka::KafkaServer;
 use crate::config::{ServeSettings, unknown_env_vars};
 
 pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting up must still shut down cleanly.
+    let shutdown = shutdown_signal()?;
     for name in unknown_env_vars() {
         tracing::warn!(variable = %name, "ignoring unknown HERALD_ environment variable");
     }
@@ -29,7 +31,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         "herald is ready"
     );
     let accept = tokio::spawn(server.run());
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     accept.abort();
     let _ = accept.await;
@@ -41,29 +43,15 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// Register SIGINT and SIGTERM handlers now; the returned future ends at the first signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
+    })
 }

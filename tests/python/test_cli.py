@@ -1,0 +1,151 @@
+"""The `herald` CLI client subcommands, end to end against a running broker.
+What the CLI does is cross-checked with confluent-kafka, and the other way round."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import ConfigResource, ResourceType
+
+from conftest import HERALD_BIN
+from herald_support import admin, create_topic, produce_and_confirm, read_partitions, unique, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def herald(broker, *args, stdin: str | None = None, env_bootstrap: bool = False,
+           timeout_s: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    argv = [str(HERALD_BIN), *args]
+    if env_bootstrap:
+        env["HERALD_BOOTSTRAP"] = broker.bootstrap
+    else:
+        argv += ["--bootstrap", broker.bootstrap]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, timeout=timeout_s)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, (
+        f"`{' '.join(result.args)}` exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result.stdout
+
+
+def test_topics_create_list_describe_delete(broker):
+    topic = unique("cli-topic")
+    ok(herald(broker, "topics", "create", topic, "--partitions", "3", "--config", "retention.ms=123456789"))
+
+    md = admin(broker.bootstrap).list_topics(timeout=10)
+    assert sorted(md.topics[topic].partitions) == [0, 1, 2]
+    client = admin(broker.bootstrap)
+    [res] = client.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+    assert res.result(timeout=20)["retention.ms"].value == "123456789"
+
+    other = unique("cli-other")
+    create_topic(broker.bootstrap, other, partitions=1)
+    listed = ok(herald(broker, "topics", "list")).split()
+    assert topic in listed and other in listed
+
+    described = ok(herald(broker, "topics", "describe", topic))
+    assert topic in described
+    assert "123456789" in described, "describe should show the topic's non-default config"
+    # Either a partition count or one row per partition.
+    per_partition_rows = [line for line in described.splitlines()
+                          if re.search(r"(?i)\bpartition\b\W*\d", line)]
+    assert re.search(r"(?i)partitions?\W*3\b", described) or len(per_partition_rows) >= 3, described
+
+    missing = herald(broker, "topics", "describe", unique("no-such-topic"))
+    assert missing.returncode != 0, "describing a missing topic should fail"
+
+    again = herald(broker, "topics", "create", topic, "--partitions", "3")
+    assert again.returncode != 0, "creating an existing topic should fail"
+    assert again.stderr.strip(), "and say why on stderr"
+
+    ok(herald(broker, "topics", "delete", topic))
+    wait_until(lambda: topic not in admin(broker.bootstrap).list_topics(timeout=10).topics, 10,
+               "topic deleted by the CLI is gone")
+    assert topic not in ok(herald(broker, "topics", "list")).split()
+
+
+def test_bootstrap_from_environment(broker):
+    topic = unique("cli-env")
+    ok(herald(broker, "topics", "create", topic, "--partitions", "1", env_bootstrap=True))
+    assert topic in ok(herald(broker, "topics", "list", env_bootstrap=True)).split()
+
+
+def test_produce_lines_with_keys_and_headers(broker):
+    topic = unique("cli-produce")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    lines = ["user-1:OrderPlaced 1", "user-2:OrderPlaced:with:colons", "user-1:OrderShipped 1"]
+    ok(herald(broker, "produce", topic, "--key-separator", ":", "--header", "source=cli",
+              "--header", "trace=abc", stdin="\n".join(lines) + "\n"))
+    records = read_partitions(broker.bootstrap, topic, 1, expect_total=3)
+    assert [(r.key, r.value) for r in records] == [
+        (b"user-1", b"OrderPlaced 1"),
+        (b"user-2", b"OrderPlaced:with:colons"),  # split at the first separator only
+        (b"user-1", b"OrderShipped 1"),
+    ]
+    for r in records:
+        assert r.headers == [("source", b"cli"), ("trace", b"abc")]
+
+
+def test_produce_plain_lines(broker):
+    topic = unique("cli-plain")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    lines = [f'{{"event": "OrderPlaced", "n": {i}}}' for i in range(100)]
+    ok(herald(broker, "produce", topic, stdin="\n".join(lines) + "\n"))
+    records = read_partitions(broker.bootstrap, topic, 1, expect_total=100)
+    assert [r.value.decode() for r in records] == lines
+    assert all(r.key is None for r in records)
+
+
+def test_consume_from_beginning_with_count(broker):
+    topic = unique("cli-consume")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    produce_and_confirm(producer, topic, [(None, f"event-{i}".encode()) for i in range(10)])
+    out = ok(herald(broker, "consume", topic, "--from-beginning", "--count", "10"))
+    assert out.splitlines() == [f"event-{i}" for i in range(10)]
+    out = ok(herald(broker, "consume", topic, "--from-beginning", "--count", "3"))
+    assert out.splitlines() == ["event-0", "event-1", "event-2"]
+
+
+def test_consume_with_group_commits_and_groups_describe_shows_lag(broker):
+    topic, group = unique("cli-group"), unique("cli-grp")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    produce_and_confirm(producer, topic, [(None, f"e{i}".encode()) for i in range(5)])
+
+    out = ok(herald(broker, "consume", topic, "--group", group, "--from-beginning", "--count", "3"))
+    assert out.splitlines() == ["e0", "e1", "e2"]
+
+    # The group's position is committed: a plain Kafka client sees it...
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    [committed] = c.committed([TopicPartition(topic, 0)], timeout=10)
+    c.close()
+    assert committed.offset == 3
+
+    # ...and the CLI lists and describes it: committed 3, end 5, lag 2.
+    assert group in ok(herald(broker, "groups", "list")).split()
+    described = ok(herald(broker, "groups", "describe", group))
+    rows = [line for line in described.splitlines() if topic in line]
+    assert rows, described
+    numbers = [int(n) for n in re.findall(r"(?<![\w-])\d+(?![\w-])", rows[0].replace(topic, " "))]
+    it = iter(numbers)
+    assert all(n in it for n in (0, 3, 5, 2)), f"expected partition 0, committed 3, end 5, lag 2 in: {rows[0]!r}"
+
+    # The next consume in the group resumes where the last one stopped.
+    out = ok(herald(broker, "consume", topic, "--group", group, "--count", "2"))
+    assert out.splitlines() == ["e3", "e4"]
+
+
+def test_cli_errors_when_broker_unreachable():
+    unreachable = subprocess.run(
+        [str(HERALD_BIN), "topics", "list", "--bootstrap", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=90,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HERALD_")})
+    assert unreachable.returncode != 0
+    assert unreachable.stderr.strip()

@@ -1,0 +1,102 @@
+"""`herald serve` as an operator runs it: settings from flags, HERALD_* variables
+and a TOML file; clean shutdown on SIGTERM and SIGINT; a clear failure, not a
+hang, when it cannot start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+from confluent_kafka import KafkaError, Producer
+
+from conftest import HERALD_BIN
+from herald_support import admin, create_topic, unique
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _auto_create(bootstrap: str, topic: str):
+    """Ask for metadata of `topic` the way a producer does (auto-creation allowed)."""
+    p = Producer({"bootstrap.servers": bootstrap, "allow.auto.create.topics": True})
+    return p.list_topics(topic=topic, timeout=10).topics[topic]
+
+
+def test_default_partitions_from_environment(broker_factory):
+    b = broker_factory(extra_env={"HERALD_DEFAULT_PARTITIONS": "5"})
+    topic = unique("env-parts")
+    meta = _auto_create(b.bootstrap, topic)
+    assert meta.error is None
+    assert sorted(meta.partitions) == [0, 1, 2, 3, 4]
+
+
+def test_settings_from_toml_config_file(broker_factory, tmp_path):
+    config = tmp_path / "herald.toml"
+    config.write_text("default_partitions = 3\n")
+    b = broker_factory(extra_args=["--config", str(config)])
+    topic = unique("toml-parts")
+    meta = _auto_create(b.bootstrap, topic)
+    assert meta.error is None
+    assert sorted(meta.partitions) == [0, 1, 2]
+
+
+def test_auto_create_can_be_turned_off(broker_factory):
+    b = broker_factory(extra_env={"HERALD_AUTO_CREATE_TOPICS": "false"})
+    topic = unique("no-auto")
+    meta = _auto_create(b.bootstrap, topic)
+    assert meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert topic not in admin(b.bootstrap).list_topics(timeout=10).topics
+
+    # Producing to it fails instead of creating it.
+    p = Producer({"bootstrap.servers": b.bootstrap, "message.timeout.ms": 5000,
+                  "topic.metadata.propagation.max.ms": 1000})
+    errors = []
+    p.produce(topic, value=b"x", on_delivery=lambda err, msg: errors.append(err))
+    p.flush(15)
+    assert len(errors) == 1 and errors[0] is not None, "produce to a missing topic must fail"
+    assert topic not in admin(b.bootstrap).list_topics(timeout=10).topics
+
+    # Explicit creation still works.
+    create_topic(b.bootstrap, topic, partitions=2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_shuts_down_cleanly(broker, sig):
+    # Signal it as soon as the port accepts: the handlers are installed before the
+    # listener is bound, so even a signal during start-up shuts down cleanly.
+    broker.send_signal(sig)
+    try:
+        code = broker.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"herald still running 15 s after {sig.name}")
+    assert code == 0, f"exit code {code} after {sig.name}:\n{broker.stderr_tail()}"
+    # The port is released.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", broker.port))
+
+
+def _serve_expecting_failure(tmp_path, *args) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    try:
+        return subprocess.run([str(HERALD_BIN), "serve", "--data-dir", str(tmp_path / "data"), *args],
+                              capture_output=True, text=True, timeout=20, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`herald serve {' '.join(args)}` should fail at once, but kept running")
+
+
+def test_port_in_use_fails_fast(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve_expecting_failure(tmp_path, "--kafka-listen", f"127.0.0.1:{port}")
+    assert result.returncode != 0
+    assert str(port) in result.stderr, f"the error should name the address:\n{result.stderr}"
+
+
+def test_bad_listen_address_fails_fast(tmp_path):
+    result = _serve_expecting_failure(tmp_path, "--kafka-listen", "not-an-address")
+    assert result.returncode != 0
+    assert result.stderr.strip()
