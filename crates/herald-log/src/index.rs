@@ -92,11 +92,22 @@ fn u32_from(bytes: &[u8]) -> u32 {
 }
 
 /// An index file and its entries, all held in memory; `persisted` entries are on disk.
+/// An index lives in memory; its file is opened only to load, persist or sync it, so a
+/// broker with many partitions does not hold two index descriptors per segment.
 pub(crate) struct IndexFile<E> {
     path: PathBuf,
-    file: File,
     entries: Vec<E>,
     persisted: usize,
+    /// Written since the last sync.
+    unsynced: bool,
+}
+
+fn open_for_write(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 /// What [`IndexFile::load`] found. A `problem` means the file cannot be trusted and
@@ -109,17 +120,16 @@ pub(crate) struct Loaded<E> {
 impl<E: IndexEntry> IndexFile<E> {
     /// Create (or empty) the index file for a new segment.
     pub fn create(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
+        OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)?;
         Ok(IndexFile {
             path: path.to_path_buf(),
-            file,
             entries: Vec::new(),
             persisted: 0,
+            unsynced: false,
         })
     }
 
@@ -137,9 +147,9 @@ impl<E: IndexEntry> IndexFile<E> {
             .open(path)?;
         let mut index = IndexFile {
             path: path.to_path_buf(),
-            file,
             entries: Vec::new(),
             persisted: 0,
+            unsynced: false,
         };
         if !existed {
             return Ok(Loaded {
@@ -147,7 +157,7 @@ impl<E: IndexEntry> IndexFile<E> {
                 problem: Some("index file is missing".to_string()),
             });
         }
-        let len_bytes = index.file.metadata()?.len();
+        let len_bytes = file.metadata()?.len();
         let problem = if len_bytes % E::BYTES as u64 != 0 {
             Some(format!(
                 "size {len_bytes} is not a multiple of the {}-byte entry",
@@ -161,7 +171,7 @@ impl<E: IndexEntry> IndexFile<E> {
         } else {
             // Bounded just above by entries_max, which the segment derives from its size.
             let mut bytes = vec![0u8; len_bytes as usize];
-            index.file.read_exact_at(&mut bytes, 0)?;
+            file.read_exact_at(&mut bytes, 0)?;
             let entries: Vec<E> = bytes.chunks_exact(E::BYTES).map(E::decode).collect();
             match entries.windows(2).position(|w| !w[1].follows(&w[0])) {
                 Some(i) => Some(format!("entry {} does not increase", i + 1)),
@@ -196,7 +206,8 @@ impl<E: IndexEntry> IndexFile<E> {
     pub fn clear(&mut self) -> io::Result<()> {
         self.entries.clear();
         self.persisted = 0;
-        self.file.set_len(0)
+        self.unsynced = true;
+        open_for_write(&self.path)?.set_len(0)
     }
 
     /// Write the entries not yet on disk, in one write.
@@ -210,13 +221,21 @@ impl<E: IndexEntry> IndexFile<E> {
             entry.encode(out);
         }
         let at = (self.persisted * E::BYTES) as u64;
-        self.file.write_all_at(&bytes, at)?;
+        open_for_write(&self.path)?.write_all_at(&bytes, at)?;
         self.persisted = self.entries.len();
+        self.unsynced = true;
         Ok(())
     }
 
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+    /// fsync what `persist` wrote (fsync makes the file durable, whichever descriptor
+    /// wrote it).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        open_for_write(&self.path)?.sync_data()?;
+        self.unsynced = false;
+        Ok(())
     }
 }
 
