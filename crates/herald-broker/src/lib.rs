@@ -28,6 +28,12 @@ pub use topic::Topic;
 /// not cost a database commit each time.
 const PRODUCER_ID_BLOCK: i64 = 1_000;
 
+/// Threads that open topics at start-up (recovery is mostly fsyncs and index rebuilds).
+const STARTUP_THREADS: usize = 16;
+
+/// Threads that close partitions at shutdown (each close is a few fsyncs).
+const SHUTDOWN_THREADS: usize = 16;
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -94,8 +100,7 @@ impl Broker {
         let started = std::time::Instant::now();
         let records = broker.meta.topics()?;
         let count = records.len();
-        for record in records {
-            let topic = broker.open_topic(&record)?;
+        for topic in broker.open_topics(&records)? {
             broker.insert_topic(topic);
         }
         tracing::info!(
@@ -156,6 +161,41 @@ impl Broker {
             partitions,
             configs: record.configs.clone(),
         }))
+    }
+
+    /// Open many topics at start-up. Recovery after a crash is mostly fsyncs and index
+    /// rebuilds, so topics open on several threads, each inside the tokio runtime so
+    /// partitions can start their flushers.
+    fn open_topics(&self, records: &[TopicRecord]) -> Result<Vec<Arc<Topic>>> {
+        let runtime = tokio::runtime::Handle::current();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let opened = std::sync::Mutex::new(Vec::with_capacity(records.len()));
+        let threads = STARTUP_THREADS.min(records.len()).max(1);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    let _runtime = runtime.enter();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(record) = records.get(i) else { return };
+                        let result = self.open_topic(record);
+                        let failed = result.is_err();
+                        if let Ok(mut opened) = opened.lock() {
+                            opened.push(result);
+                        }
+                        if failed {
+                            // Stop early: the broker will not start anyway.
+                            next.store(records.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        opened
+            .into_inner()
+            .map_err(|_| BrokerError::Storage("start-up lock poisoned".into()))?
+            .into_iter()
+            .collect()
     }
 
     fn insert_topic(&self, topic: Arc<Topic>) {
@@ -302,15 +342,27 @@ impl Broker {
         Ok(id)
     }
 
-    /// Flush every partition and mark it cleanly closed.
+    /// Flush every partition and mark it cleanly closed. Closing is mostly fsyncs, so
+    /// partitions close on several threads at once.
     pub fn shutdown(&self) {
-        for topic in self.topics() {
-            for partition in &topic.partitions {
-                if let Err(e) = partition.close() {
-                    tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "closing partition");
-                }
+        let partitions: Vec<Arc<Partition>> = self
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect();
+        let threads = SHUTDOWN_THREADS.min(partitions.len()).max(1);
+        let chunk = partitions.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for part in partitions.chunks(chunk) {
+                scope.spawn(move || {
+                    for partition in part {
+                        if let Err(e) = partition.close() {
+                            tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "closing partition");
+                        }
+                    }
+                });
             }
-        }
+        });
     }
 }
 

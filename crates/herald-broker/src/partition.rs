@@ -112,9 +112,11 @@ impl Partition {
         data_changed: Arc<watch::Sender<u64>>,
     ) -> Result<Arc<Partition>> {
         let mut log = PartitionLog::open(dir, log_config)?;
-        // Whatever recovery found may sit only in the page cache (the process died, not the
-        // machine): make it durable before anyone can read it.
-        log.flush()?;
+        if !log.recovery_info().clean_shutdown {
+            // Whatever recovery found may sit only in the page cache (the process died,
+            // not the machine): make it durable before anyone can read it.
+            log.flush()?;
+        }
         let mut producers = ProducerStates::default();
         for header in log.batch_headers()? {
             producers.record(&header, header.base_offset);

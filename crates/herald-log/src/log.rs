@@ -116,7 +116,8 @@ pub struct PartitionLog {
     segments: Vec<Segment>,
     size_bytes: u64,
     recovery: RecoveryInfo,
-    /// `close` wrote the clean-shutdown marker; a later write must remove it first.
+    /// The clean-shutdown marker is on disk (written by `close`, or left from the last
+    /// run until the first write); a write must remove it first.
     closed: bool,
 }
 
@@ -127,12 +128,9 @@ impl PartitionLog {
         config.validate()?;
         fs::create_dir_all(dir).at("create directory", dir)?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        // The marker stays until the first write after open (`reopen_for_writes`): a
+        // partition nobody writes to costs no fsync to open or to close again.
         let clean_shutdown = marker.try_exists().at("stat", &marker)?;
-        if clean_shutdown {
-            // From here until `close`, a crash must be seen as unclean.
-            fs::remove_file(&marker).at("remove", &marker)?;
-            sync_dir(dir)?;
-        }
         let mut recovery = RecoveryInfo {
             clean_shutdown,
             ..RecoveryInfo::default()
@@ -159,7 +157,7 @@ impl PartitionLog {
             segments,
             size_bytes,
             recovery,
-            closed: false,
+            closed: clean_shutdown,
         };
         if !clean_shutdown || log.recovery.truncated_bytes > 0 || log.recovery.rebuilt_indexes > 0 {
             info!(

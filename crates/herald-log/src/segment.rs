@@ -492,7 +492,9 @@ impl Segment {
         self.time_index
             .persist()
             .at("write", self.time_index.path())?;
-        self.log.sync_data().at("fsync", &self.log_path)?;
+        if self.dirty {
+            self.log.sync_data().at("fsync", &self.log_path)?;
+        }
         self.offset_index
             .sync()
             .at("fsync", self.offset_index.path())?;
