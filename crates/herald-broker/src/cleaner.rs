@@ -42,8 +42,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use herald_log::{
-    ATTR_DELETE_HORIZON, BatchHeader, CleanerCheckpoint, Replaced, SealedSegment,
-    SegmentRewriter, encode_batch,
+    ATTR_DELETE_HORIZON, BatchHeader, CleanerCheckpoint, Replaced, SealedSegment, SegmentRewriter,
+    encode_batch,
 };
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
@@ -178,9 +178,7 @@ pub fn clean_partition(
     } else {
         dirty_bytes as f64 / total_bytes as f64
     };
-    let horizon_due = checkpoint
-        .tombstone_horizon_ms
-        .is_some_and(|h| now_ms >= h);
+    let horizon_due = checkpoint.tombstone_horizon_ms.is_some_and(|h| now_ms >= h);
     let dirty_due = dirty_bytes > 0 && ratio >= settings.min_dirty_ratio;
     if !(force || dirty_due || horizon_due) {
         return Ok(stats);

@@ -109,7 +109,11 @@ pub fn require_keys(records: &[u8]) -> Result<()> {
         let header = BatchHeader::parse(rest)?;
         let total = header.check_length(rest.len())?;
         let (batch, tail) = rest.split_at(total);
-        if decode_records(batch)?.records.iter().any(|r| r.key.is_none()) {
+        if decode_records(batch)?
+            .records
+            .iter()
+            .any(|r| r.key.is_none())
+        {
             return Err(BrokerError::InvalidRecord(
                 "Compacted topic cannot accept message without key".into(),
             ));

@@ -133,8 +133,12 @@ impl SegmentRewriter {
         index_interval_bytes: u64,
     ) -> Result<SegmentRewriter, LogError> {
         remove_cleaned_files(dir, source.base_offset)?;
-        let segment =
-            Segment::create_named(dir, source.base_offset, index_interval_bytes, CLEANED_SUFFIX)?;
+        let segment = Segment::create_named(
+            dir,
+            source.base_offset,
+            index_interval_bytes,
+            CLEANED_SUFFIX,
+        )?;
         Ok(SegmentRewriter {
             dir: dir.to_path_buf(),
             source: source.clone(),
@@ -151,7 +155,9 @@ impl SegmentRewriter {
         let header = BatchHeader::parse(batch)?;
         let total = header.check_length(batch.len())?;
         if total != batch.len() {
-            return Err(LogError::Batch(BatchError::InvalidLength(header.batch_length)));
+            return Err(LogError::Batch(BatchError::InvalidLength(
+                header.batch_length,
+            )));
         }
         if header.base_offset < self.next_offset || header.last_offset() >= self.source.next_offset
         {
@@ -311,7 +317,9 @@ impl PartitionLog {
         // Indexes first, the log last: the log's rename is the commit.
         for suffix in ["index", "timeindex", LOG_SUFFIX] {
             let to = self.dir.join(file_name(base, suffix));
-            let from = self.dir.join(file_name(base, &format!("{suffix}{CLEANED_SUFFIX}")));
+            let from = self
+                .dir
+                .join(file_name(base, &format!("{suffix}{CLEANED_SUFFIX}")));
             fs::rename(&from, &to).at("rename", &from)?;
         }
         let mut info = RecoveryInfo::default();
@@ -356,10 +364,9 @@ impl CleanerCheckpoint {
         let mut checkpoint = CleanerCheckpoint::default();
         for line in text.lines() {
             let parsed = match line.split_once('=') {
-                Some(("first_dirty_offset", v)) => v
-                    .parse()
-                    .map(|v| checkpoint.first_dirty_offset = v)
-                    .is_ok(),
+                Some(("first_dirty_offset", v)) => {
+                    v.parse().map(|v| checkpoint.first_dirty_offset = v).is_ok()
+                }
                 Some(("tombstone_horizon_ms", v)) => v
                     .parse()
                     .map(|v| checkpoint.tombstone_horizon_ms = Some(v))
@@ -399,16 +406,22 @@ pub(crate) fn recover_cleaner_files(dir: &Path) -> Result<(), LogError> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(stem) = name.strip_suffix(CLEANED_SUFFIX) {
-            match stem.split_once('.').and_then(|(digits, _)| digits.parse::<i64>().ok()) {
+            match stem
+                .split_once('.')
+                .and_then(|(digits, _)| digits.parse::<i64>().ok())
+            {
                 Some(base) => {
                     bases.insert(base);
                 }
-                None => warn!(dir = %dir.display(), file = name, "ignoring an unknown .cleaned file"),
+                None => {
+                    warn!(dir = %dir.display(), file = name, "ignoring an unknown .cleaned file")
+                }
             }
         }
     }
     for &base in &bases {
-        let cleaned = |suffix: &str| dir.join(file_name(base, &format!("{suffix}{CLEANED_SUFFIX}")));
+        let cleaned =
+            |suffix: &str| dir.join(file_name(base, &format!("{suffix}{CLEANED_SUFFIX}")));
         let live = |suffix: &str| dir.join(file_name(base, suffix));
         if cleaned(LOG_SUFFIX).exists() {
             info!(dir = %dir.display(), base_offset = base, "rolling back an unfinished segment cleaning");
