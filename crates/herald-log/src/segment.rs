@@ -249,16 +249,21 @@ impl Segment {
             return (!offsets.is_empty() || !times.is_empty())
                 .then(|| "index has entries but the segment is empty".to_string());
         }
-        if offsets.first() != Some(&ZERO_ENTRY) {
+        // The first batch is at position 0; its offset is the base offset unless
+        // compaction removed the records before it.
+        let Some(first) = offsets.first().filter(|e| e.position == 0) else {
             return Some("offset index does not start at the first batch".to_string());
-        }
+        };
         if offsets
             .last()
             .is_some_and(|e| u64::from(e.position) >= self.size_bytes)
         {
             return Some("offset index points past the end of the segment".to_string());
         }
-        if times.first().is_none_or(|t| t.relative_offset != 0) {
+        if times
+            .first()
+            .is_none_or(|t| t.relative_offset != first.relative_offset)
+        {
             return Some("time index does not start at the first batch".to_string());
         }
         None
