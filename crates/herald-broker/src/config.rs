@@ -55,6 +55,11 @@ pub struct BrokerConfig {
     pub group_session_timeout_max_ms: i32,
     /// Upper bound on members in one consumer group.
     pub group_members_max: usize,
+    /// How often the cleaner looks for compacted partitions to clean (0: never).
+    pub compaction_check_interval_ms: u64,
+    /// Memory for the cleaner's key -> latest offset map; a dirty section with more
+    /// keys is cleaned in several passes.
+    pub compaction_map_bytes_max: usize,
 }
 
 impl BrokerConfig {
@@ -71,6 +76,8 @@ impl BrokerConfig {
             group_session_timeout_min_ms: 6_000,
             group_session_timeout_max_ms: 1_800_000,
             group_members_max: 1_000,
+            compaction_check_interval_ms: 15_000,
+            compaction_map_bytes_max: 128 << 20,
         }
     }
 }

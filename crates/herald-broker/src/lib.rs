@@ -2,6 +2,7 @@
 //! API that every protocol front end calls. It knows nothing of sockets or wire formats;
 //! it knows the log through `herald-log` and metadata through `herald-meta`.
 
+pub mod cleaner;
 pub mod config;
 pub mod error;
 pub mod group;
@@ -117,6 +118,7 @@ impl Broker {
                 groups.tick();
             }
         });
+        cleaner::spawn(Arc::downgrade(&broker));
         Ok(broker)
     }
 

@@ -363,6 +363,24 @@ impl Partition {
     }
 }
 
+impl Partition {
+    /// The cleaner's view of the log: `f` runs under the read lock, so keep it short.
+    pub(crate) fn with_log<R>(&self, f: impl FnOnce(&PartitionLog) -> R) -> Result<R> {
+        let state = self.state.read().map_err(|_| poisoned())?;
+        Ok(f(&state.log))
+    }
+
+    /// The cleaner's swap: `f` runs under the write lock (no fsync in it), and not at
+    /// all once the partition is closed.
+    pub(crate) fn with_log_mut<R>(&self, f: impl FnOnce(&mut PartitionLog) -> R) -> Result<R> {
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        Ok(f(&mut state.log))
+    }
+}
+
 fn poisoned() -> BrokerError {
     BrokerError::Storage("partition lock poisoned by an earlier panic".into())
 }

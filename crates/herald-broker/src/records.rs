@@ -1,6 +1,9 @@
 //! Just enough of the record format to look inside a stored batch: walk its records to
-//! find offsets and timestamps. The broker never re-encodes records; this is read-only,
-//! bounds every length by the bytes present, and never trusts a count from the batch.
+//! find offsets, timestamps and keys. Read-only: it bounds every length by the bytes
+//! present and never trusts a count from the batch. The cleaner (the one place that
+//! re-encodes) uses the byte ranges it returns to copy records it keeps.
+
+use std::ops::Range;
 
 use bytes::Bytes;
 use herald_log::{BATCH_HEADER_BYTES, BatchHeader};
@@ -8,13 +11,42 @@ use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
 use crate::error::{BrokerError, Result};
 
-/// Offset and timestamp of each record of one batch, in order.
-pub fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>> {
+/// One record of a batch, as ranges into [`DecodedBatch::plain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView {
+    pub offset: i64,
+    pub timestamp: i64,
+    /// The stored delta from the batch's base timestamp.
+    pub timestamp_delta: i64,
+    /// The key's bytes; None for a null key.
+    pub key: Option<Range<usize>>,
+    /// A null value: a tombstone in a compacted topic.
+    pub value_is_null: bool,
+    pub attributes: u8,
+    /// From the offset delta to the end of the record: what re-encoding copies as is.
+    pub tail: Range<usize>,
+}
+
+/// The records of one batch, decompressed.
+pub struct DecodedBatch {
+    pub header: BatchHeader,
+    pub plain: Vec<u8>,
+    pub records: Vec<RecordView>,
+}
+
+impl DecodedBatch {
+    pub fn key(&self, record: &RecordView) -> Option<&[u8]> {
+        record.key.clone().map(|r| &self.plain[r])
+    }
+}
+
+/// Decompress `batch` (one whole batch) and walk its records.
+pub fn decode_records(batch: &[u8]) -> Result<DecodedBatch> {
     let header = BatchHeader::parse(batch)?;
     let end = header.total_bytes().min(batch.len());
     let body = &batch[BATCH_HEADER_BYTES.min(end)..end];
     let plain = decompress(header.compression(), body)?;
-    let mut out = Vec::new();
+    let mut records = Vec::new();
     let mut cursor = Cursor {
         bytes: &plain,
         position: 0,
@@ -27,21 +59,68 @@ pub fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>> {
             .checked_add(length)
             .filter(|e| *e <= plain.len())
             .ok_or_else(|| bad("record length past the end of the batch"))?;
-        cursor.byte()?; // attributes
+        let attributes = cursor.byte()?;
         let timestamp_delta = cursor.varlong()?;
+        let tail_start = cursor.position;
         let offset_delta = cursor.varint()?;
+        let key = cursor.bytes_field(record_end)?;
+        let value = cursor.bytes_field(record_end)?;
+        if cursor.position > record_end {
+            return Err(bad("record fields run past the record length"));
+        }
         let timestamp = if header.is_log_append_time() {
             header.max_timestamp
         } else {
             header.base_timestamp.saturating_add(timestamp_delta)
         };
-        out.push((
-            header.base_offset.saturating_add(i64::from(offset_delta)),
+        records.push(RecordView {
+            offset: header.base_offset.saturating_add(i64::from(offset_delta)),
             timestamp,
-        ));
+            timestamp_delta,
+            key,
+            value_is_null: value.is_none(),
+            attributes,
+            tail: tail_start..record_end,
+        });
         cursor.position = record_end;
     }
-    Ok(out)
+    Ok(DecodedBatch {
+        header,
+        plain,
+        records,
+    })
+}
+
+/// Offset and timestamp of each record of one batch, in order.
+pub fn record_offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>> {
+    Ok(decode_records(batch)?
+        .records
+        .into_iter()
+        .map(|r| (r.offset, r.timestamp))
+        .collect())
+}
+
+/// Refuse records without a key, as Kafka does for compacted topics (a keyless
+/// record could never be superseded, so compaction could never remove it).
+/// `records` are whole, already validated batches.
+pub fn require_keys(records: &[u8]) -> Result<()> {
+    let mut rest = records;
+    while !rest.is_empty() {
+        let header = BatchHeader::parse(rest)?;
+        let total = header.check_length(rest.len())?;
+        let (batch, tail) = rest.split_at(total);
+        if decode_records(batch)?
+            .records
+            .iter()
+            .any(|r| r.key.is_none())
+        {
+            return Err(BrokerError::InvalidRecord(
+                "Compacted topic cannot accept message without key".into(),
+            ));
+        }
+        rest = tail;
+    }
+    Ok(())
 }
 
 /// The first record in `batch` with timestamp >= `timestamp_ms`.
@@ -51,7 +130,7 @@ pub fn first_record_at_or_after(batch: &[u8], timestamp_ms: i64) -> Result<Optio
         .find(|(_, ts)| *ts >= timestamp_ms))
 }
 
-fn decompress(codec: u8, body: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn decompress(codec: u8, body: &[u8]) -> Result<Vec<u8>> {
     let mut input = Bytes::copy_from_slice(body);
     let take = |b: &mut Bytes| -> anyhow::Result<Vec<u8>> { Ok(b.to_vec()) };
     let result = match codec {
@@ -100,6 +179,21 @@ impl Cursor<'_> {
     fn varint(&mut self) -> Result<i32> {
         let v = self.varlong()?;
         i32::try_from(v).map_err(|_| bad("varint out of i32 range"))
+    }
+
+    /// A varint length then that many bytes (-1: null), inside `end`.
+    fn bytes_field(&mut self, end: usize) -> Result<Option<Range<usize>>> {
+        let length = self.varint()?;
+        if length < 0 {
+            return Ok(None);
+        }
+        let start = self.position;
+        let stop = start
+            .checked_add(length as usize)
+            .filter(|e| *e <= end)
+            .ok_or_else(|| bad("record field length past the end of the record"))?;
+        self.position = stop;
+        Ok(Some(start..stop))
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::{BrokerError, Result};
-use crate::partition::Partition;
+use crate::partition::{Partition, PendingAppend};
 
 /// Kafka's rule: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
@@ -77,7 +77,7 @@ pub const TOPIC_CONFIGS: &[ConfigSpec] = &[
     spec!(
         "cleanup.policy",
         "delete",
-        "delete, compact, or compact,delete (compaction arrives with the retention work; stored now)",
+        "delete, compact, or compact,delete (compact keeps the latest record per key; see README)",
         |v: &str| {
             let mut parts: Vec<&str> = v.split(',').map(str::trim).collect();
             parts.sort();
@@ -104,6 +104,15 @@ pub const TOPIC_CONFIGS: &[ConfigSpec] = &[
         "86400000",
         "how long tombstones stay in a compacted topic",
         long_at_least(0)
+    ),
+    spec!(
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        "compact a partition once this share of its sealed bytes is not yet cleaned",
+        |v: &str| match v.parse::<f64>() {
+            Ok(n) if (0.0..=1.0).contains(&n) => Ok(()),
+            _ => Err("must be a number between 0 and 1".to_string()),
+        }
     ),
     spec!(
         "segment.bytes",
@@ -233,6 +242,42 @@ impl Topic {
         self.config("max.message.bytes")
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(1_048_588)
+    }
+
+    /// `cleanup.policy` includes `compact`.
+    pub fn compacted(&self) -> bool {
+        self.config("cleanup.policy")
+            .is_some_and(|v| v.split(',').any(|p| p.trim() == "compact"))
+    }
+
+    /// How long the cleaner keeps tombstones after it first cleaned them.
+    pub fn delete_retention_ms(&self) -> i64 {
+        self.config("delete.retention.ms")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(86_400_000)
+    }
+
+    pub fn min_cleanable_dirty_ratio(&self) -> f64 {
+        self.config("min.cleanable.dirty.ratio")
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.5)
+    }
+
+    /// Append a producer's batches to one partition, with this topic's rules
+    /// (timestamp type, size limit, and keys required when compacted).
+    pub fn append(&self, partition: i32, records: &[u8], now_ms: i64) -> Result<PendingAppend> {
+        let partition = self.partition(partition)?;
+        if self.compacted() && records.len() <= self.max_message_bytes() {
+            // Validate first so a corrupt batch gets CORRUPT_MESSAGE, not a key error.
+            herald_log::validate_batches(records)?;
+            crate::records::require_keys(records)?;
+        }
+        partition.append(
+            records,
+            self.log_append_time(),
+            self.max_message_bytes(),
+            now_ms,
+        )
     }
 }
 

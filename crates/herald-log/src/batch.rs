@@ -52,6 +52,9 @@ const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
+/// KIP-534: `baseTimestamp` holds the time after which the cleaner may drop this
+/// batch's tombstones (record timestamps stay `baseTimestamp + delta`).
+pub const ATTR_DELETE_HORIZON: i16 = 0x40;
 
 /// Highest compression codec Kafka defines (zstd); 5..=7 are reserved.
 const COMPRESSION_CODEC_MAX: u8 = 4;
@@ -168,6 +171,11 @@ impl BatchHeader {
         self.attributes & ATTR_LOG_APPEND_TIME != 0
     }
 
+    /// The tombstone delete horizon the cleaner set (KIP-534), if any.
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        (self.attributes & ATTR_DELETE_HORIZON != 0).then_some(self.base_timestamp)
+    }
+
     /// Check `batch_length` against the `available` bytes (counted from the start of
     /// this batch) and return the batch's total size. This is the guard that keeps a
     /// length read from the wire or disk from ever indexing or allocating past the
@@ -272,6 +280,33 @@ pub fn validate_batches(buf: &[u8]) -> Result<Vec<BatchHeader>, BatchError> {
         rest = tail;
     }
     Ok(headers)
+}
+
+/// Encode a whole batch from `header` and its (already compressed, if the codec says
+/// so) `records` body. `batch_length` and the CRC are computed; every other field is
+/// taken from `header`. Used only by the cleaner, the one place that re-encodes.
+pub fn encode_batch(header: &BatchHeader, records: &[u8]) -> Vec<u8> {
+    let total = BATCH_HEADER_BYTES + records.len();
+    let batch_length = i32::try_from(total - BATCH_LENGTH_OVERHEAD_BYTES).unwrap_or(i32::MAX);
+    let mut b = Vec::with_capacity(total);
+    b.extend_from_slice(&header.base_offset.to_be_bytes());
+    b.extend_from_slice(&batch_length.to_be_bytes());
+    b.extend_from_slice(&header.partition_leader_epoch.to_be_bytes());
+    b.push(MAGIC_V2 as u8);
+    b.extend_from_slice(&0u32.to_be_bytes());
+    b.extend_from_slice(&header.attributes.to_be_bytes());
+    b.extend_from_slice(&header.last_offset_delta.to_be_bytes());
+    b.extend_from_slice(&header.base_timestamp.to_be_bytes());
+    b.extend_from_slice(&header.max_timestamp.to_be_bytes());
+    b.extend_from_slice(&header.producer_id.to_be_bytes());
+    b.extend_from_slice(&header.producer_epoch.to_be_bytes());
+    b.extend_from_slice(&header.base_sequence.to_be_bytes());
+    b.extend_from_slice(&header.records_count.to_be_bytes());
+    debug_assert_eq!(b.len(), BATCH_HEADER_BYTES);
+    b.extend_from_slice(records);
+    let crc = batch_crc(&b);
+    b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    b
 }
 
 /// Write `base_offset` into a batch in place. The field is outside the CRC, so the CRC

@@ -7,10 +7,13 @@
 //!
 //! - `batch`: the RecordBatch v2 header, validation, the in-place edits.
 //! - `log`: [`PartitionLog`], the only type the broker holds.
+//! - `compact`: the log's half of compaction (reading sealed segments without the
+//!   lock, writing a cleaned segment, the crash-safe swap, the cleaner checkpoint).
 //! - `segment`, `index`, `scan`: one segment's files, its sparse indexes, and the
 //!   checked walk over batches on disk that recovery and lookups share.
 
 mod batch;
+mod compact;
 mod error;
 mod index;
 mod log;
@@ -20,5 +23,6 @@ mod segment;
 mod test_util;
 
 pub use batch::*;
+pub use compact::*;
 pub use error::LogError;
 pub use log::*;

@@ -110,11 +110,11 @@ impl SyncPoint {
 }
 
 pub struct PartitionLog {
-    dir: PathBuf,
-    config: LogConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
     /// Ordered by base offset; never empty; the last one is active.
-    segments: Vec<Segment>,
-    size_bytes: u64,
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) size_bytes: u64,
     recovery: RecoveryInfo,
     /// The clean-shutdown marker is on disk (written by `close`, or left from the last
     /// run until the first write); a write must remove it first.
@@ -135,6 +135,7 @@ impl PartitionLog {
             clean_shutdown,
             ..RecoveryInfo::default()
         };
+        crate::compact::recover_cleaner_files(dir)?;
         let bases = list_segments(dir)?;
         let interval = config.index_interval_bytes;
         let mut segments = Vec::with_capacity(bases.len().max(1));
@@ -260,8 +261,18 @@ impl PartitionLog {
         if offset == self.next_offset() {
             return Ok(out);
         }
-        let first = self.segment_for(offset);
-        let position = self.segments[first].locate(offset)?;
+        // Compaction may have emptied the rest of a segment: then the first batch at or
+        // after `offset` is in a later one.
+        let mut first = self.segment_for(offset);
+        let position = loop {
+            let Some(segment) = self.segments.get(first) else {
+                return Ok(out);
+            };
+            if let Some(position) = segment.locate(offset)? {
+                break position;
+            }
+            first += 1;
+        };
         let mut at_segment_end =
             self.segments[first].read_into(position, &mut out, max_bytes, true)?;
         for segment in &self.segments[first + 1..] {

@@ -75,6 +75,9 @@ pub(crate) struct BatchCursor<'a> {
     next_offset: i64,
     end: u64,
     verify_crc: bool,
+    /// Accept a base offset above the expected one (never below): compaction leaves
+    /// gaps in sealed segments, while the active segment must stay dense.
+    gaps_allowed: bool,
 }
 
 impl<'a> BatchCursor<'a> {
@@ -95,7 +98,20 @@ impl<'a> BatchCursor<'a> {
             next_offset: offset,
             end,
             verify_crc,
+            gaps_allowed: false,
         }
+    }
+
+    /// Let base offsets skip ahead (sealed segments, which compaction may thin out).
+    pub fn allow_gaps(mut self) -> Self {
+        self.gaps_allowed = true;
+        self
+    }
+
+    /// The bytes of the batch the last `Batch` step returned (`position`, `total`
+    /// bytes), usually still in the read window.
+    pub fn batch_bytes(&mut self, position: u64, total: usize) -> io::Result<&[u8]> {
+        self.reader.read(position, total, self.end)
     }
 
     /// Position of the next batch (after `End`, the end; after `Bad`, the bad batch).
@@ -135,7 +151,12 @@ impl<'a> BatchCursor<'a> {
                 return Ok(Step::Bad(e.to_string()));
             }
         }
-        if header.base_offset != self.next_offset {
+        let offset_ok = if self.gaps_allowed {
+            header.base_offset >= self.next_offset
+        } else {
+            header.base_offset == self.next_offset
+        };
+        if !offset_ok {
             return Ok(Step::Bad(format!(
                 "batch has base offset {} where {} was expected",
                 header.base_offset, self.next_offset

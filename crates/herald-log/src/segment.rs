@@ -79,16 +79,28 @@ impl Segment {
         base_offset: i64,
         index_interval_bytes: u64,
     ) -> Result<Segment, LogError> {
-        let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
+        Segment::create_named(dir, base_offset, index_interval_bytes, "")
+    }
+
+    /// Create a segment whose three file names end in `extra` after the usual suffix
+    /// (the cleaner writes `.log.cleaned` etc. next to the segment it replaces).
+    pub fn create_named(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        extra: &str,
+    ) -> Result<Segment, LogError> {
+        let name = |suffix: &str| file_name(base_offset, &format!("{suffix}{extra}"));
+        let log_path = dir.join(name(LOG_SUFFIX));
         let log = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&log_path)
             .at("create segment", &log_path)?;
-        let index_path = dir.join(file_name(base_offset, OFFSET_INDEX_SUFFIX));
+        let index_path = dir.join(name(OFFSET_INDEX_SUFFIX));
         let offset_index = IndexFile::create(&index_path).at("create index", &index_path)?;
-        let time_path = dir.join(file_name(base_offset, TIME_INDEX_SUFFIX));
+        let time_path = dir.join(name(TIME_INDEX_SUFFIX));
         let time_index = IndexFile::create(&time_path).at("create time index", &time_path)?;
         sync_dir(dir)?;
         Ok(Segment {
@@ -111,7 +123,8 @@ impl Segment {
     /// Open a segment that has a successor starting at `next_base_offset`. Its tail is
     /// checked (from the last index entry, with CRCs); a bad index is rebuilt; bad
     /// *data* is an error, because sealed segments were fsynced and are not expected
-    /// to tear, and cutting one would leave a gap in the offsets.
+    /// to tear. Offsets may have gaps (compaction removes records), so the segment
+    /// may end before `next_base_offset`, never after it.
     pub fn open_sealed(
         dir: &Path,
         base_offset: i64,
@@ -124,7 +137,7 @@ impl Segment {
             Some(p) => Some(p),
             None => match segment.walk_tail(false, info)? {
                 Some(p) => Some(p),
-                None if segment.next_offset != next_base_offset => Some(format!(
+                None if segment.next_offset > next_base_offset => Some(format!(
                     "segment ends before offset {} but the next segment starts at {next_base_offset}",
                     segment.next_offset
                 )),
@@ -236,16 +249,21 @@ impl Segment {
             return (!offsets.is_empty() || !times.is_empty())
                 .then(|| "index has entries but the segment is empty".to_string());
         }
-        if offsets.first() != Some(&ZERO_ENTRY) {
+        // The first batch is at position 0; its offset is the base offset unless
+        // compaction removed the records before it.
+        let Some(first) = offsets.first().filter(|e| e.position == 0) else {
             return Some("offset index does not start at the first batch".to_string());
-        }
+        };
         if offsets
             .last()
             .is_some_and(|e| u64::from(e.position) >= self.size_bytes)
         {
             return Some("offset index points past the end of the segment".to_string());
         }
-        if times.first().is_none_or(|t| t.relative_offset != 0) {
+        if times
+            .first()
+            .is_none_or(|t| t.relative_offset != first.relative_offset)
+        {
             return Some("time index does not start at the first batch".to_string());
         }
         None
@@ -271,6 +289,10 @@ impl Segment {
             self.size_bytes,
             true,
         );
+        if !replay {
+            // Sealed: compaction may have left gaps. The active segment stays dense.
+            cursor = cursor.allow_gaps();
+        }
         self.max_timestamp_ms = self.time_index.last().map(|t| t.timestamp_ms);
         self.last_batch_offset = None;
         self.bytes_since_index_entry = 0;
@@ -356,7 +378,8 @@ impl Segment {
             self.base_offset,
             self.size_bytes,
             true,
-        );
+        )
+        .allow_gaps();
         loop {
             match cursor.step().at("read", &self.log_path)? {
                 Step::Batch { position, header } => self.observe(position, &header),
@@ -367,7 +390,7 @@ impl Segment {
         info.scanned_bytes += self.size_bytes;
         info.rebuilt_indexes += 1;
         self.next_offset = cursor.next_offset();
-        if self.next_offset != next_base_offset {
+        if self.next_offset > next_base_offset {
             return Err(self.corrupt(
                 self.size_bytes,
                 format!(
@@ -455,7 +478,7 @@ impl Segment {
             });
         }
         for (at, header) in batches {
-            debug_assert_eq!(header.base_offset, self.next_offset);
+            debug_assert!(header.base_offset >= self.next_offset);
             self.observe(start + at, header);
             self.next_offset = header.last_offset() + 1;
         }
@@ -531,25 +554,36 @@ impl Segment {
         &self.log
     }
 
-    /// Position of the batch that contains `offset` (which this segment holds).
-    pub fn locate(&self, offset: i64) -> Result<u64, LogError> {
-        debug_assert!(self.base_offset <= offset && offset < self.next_offset);
-        let start = self
-            .offset_index
-            .floor(self.relative(offset))
-            .unwrap_or(ZERO_ENTRY);
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Position of the first batch whose last offset is >= `offset`: the batch that
+    /// holds it, or (where compaction left a gap) the next one. None if no batch of
+    /// this segment reaches `offset`.
+    pub fn locate(&self, offset: i64) -> Result<Option<u64>, LogError> {
+        if offset >= self.next_offset {
+            return Ok(None);
+        }
+        let start = if offset <= self.base_offset {
+            ZERO_ENTRY
+        } else {
+            self.offset_index
+                .floor(self.relative(offset))
+                .unwrap_or(ZERO_ENTRY)
+        };
         let mut cursor = self.header_cursor(start);
         loop {
             match cursor.step().at("read", &self.log_path)? {
                 Step::Batch { position, header } if header.last_offset() >= offset => {
-                    return Ok(position);
+                    return Ok(Some(position));
                 }
                 Step::Batch { .. } => {}
                 Step::End => {
                     return Err(self.corrupt(
                         self.size_bytes,
                         format!(
-                            "offset {offset} is below next offset {} but no batch holds it",
+                            "offset {offset} is below next offset {} but no batch reaches it",
                             self.next_offset
                         ),
                     ));
@@ -623,7 +657,8 @@ impl Segment {
                 Err(BatchError::LengthPastEnd { .. }) if !to_end => break,
                 Err(e) => return Err(self.corrupt(at, e.to_string())),
             };
-            if next_offset.is_some_and(|n| n != header.base_offset) {
+            // Increasing, not dense: compaction leaves gaps in sealed segments.
+            if next_offset.is_some_and(|n| header.base_offset < n) {
                 return Err(self.corrupt(
                     at,
                     format!(
@@ -699,6 +734,7 @@ impl Segment {
             self.size_bytes,
             false,
         )
+        .allow_gaps()
     }
 
     fn relative(&self, offset: i64) -> u32 {

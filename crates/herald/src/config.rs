@@ -30,6 +30,8 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_GROUP_INITIAL_REBALANCE_DELAY_MS",
     "HERALD_GROUP_SESSION_TIMEOUT_MIN_MS",
     "HERALD_GROUP_SESSION_TIMEOUT_MAX_MS",
+    "HERALD_COMPACTION_CHECK_INTERVAL_MS",
+    "HERALD_COMPACTION_MAP_BYTES_MAX",
     "HERALD_LOG",
     "HERALD_BOOTSTRAP",
 ];
@@ -89,6 +91,12 @@ pub struct ServeSettings {
     /// Largest session timeout a consumer may ask for [default: 1800000]
     #[arg(long, env = "HERALD_GROUP_SESSION_TIMEOUT_MAX_MS")]
     pub group_session_timeout_max_ms: Option<i32>,
+    /// How often the cleaner checks compacted topics; 0 turns it off [default: 15000]
+    #[arg(long, env = "HERALD_COMPACTION_CHECK_INTERVAL_MS")]
+    pub compaction_check_interval_ms: Option<u64>,
+    /// Memory for the cleaner's key map; more keys take several passes [default: 134217728]
+    #[arg(long, env = "HERALD_COMPACTION_MAP_BYTES_MAX")]
+    pub compaction_map_bytes_max: Option<usize>,
 }
 
 macro_rules! fill_from {
@@ -123,6 +131,8 @@ impl ServeSettings {
             group_initial_rebalance_delay_ms,
             group_session_timeout_min_ms,
             group_session_timeout_max_ms,
+            compaction_check_interval_ms,
+            compaction_map_bytes_max,
         );
         Ok(self)
     }
@@ -168,6 +178,15 @@ impl ServeSettings {
         }
         if let Some(v) = self.group_session_timeout_max_ms {
             c.group_session_timeout_max_ms = v;
+        }
+        if let Some(v) = self.compaction_check_interval_ms {
+            c.compaction_check_interval_ms = v;
+        }
+        if let Some(v) = self.compaction_map_bytes_max {
+            if v < 1024 {
+                bail!("compaction_map_bytes_max must be at least 1024, not {v}");
+            }
+            c.compaction_map_bytes_max = v;
         }
         if c.group_session_timeout_min_ms > c.group_session_timeout_max_ms {
             bail!("group_session_timeout_min_ms is larger than group_session_timeout_max_ms");

@@ -129,14 +129,8 @@ fn append(
     if transactional {
         return Err(BrokerError::TransactionsUnsupported);
     }
-    let partition = topic.partition(partition)?;
     let records = records.ok_or_else(|| BrokerError::InvalidRecord("records are null".into()))?;
-    partition.append(
-        records,
-        topic.log_append_time(),
-        topic.max_message_bytes(),
-        now,
-    )
+    topic.append(partition, records, now)
 }
 
 fn partition_response(
