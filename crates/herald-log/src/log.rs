@@ -114,6 +114,10 @@ pub struct PartitionLog {
     config: LogConfig,
     /// Ordered by base offset; never empty; the last one is active.
     segments: Vec<Segment>,
+    /// The first offset a reader may ask for: at or after the first segment's base
+    /// (DeleteRecords can move it inside a segment), never past `next_offset()`, never
+    /// backwards. Kept across restarts by the checkpoint in `retention`.
+    log_start_offset: i64,
     size_bytes: u64,
     recovery: RecoveryInfo,
     /// `close` wrote the clean-shutdown marker; a later write must remove it first.
@@ -138,6 +142,8 @@ impl PartitionLog {
             ..RecoveryInfo::default()
         };
         let bases = list_segments(dir)?;
+        let checkpoint = retention::read_start_offset_checkpoint(dir)?;
+        let bases = retention::drop_segments_below(dir, bases, checkpoint)?;
         let interval = config.index_interval_bytes;
         let mut segments = Vec::with_capacity(bases.len().max(1));
         for (i, &base) in bases.iter().enumerate() {
@@ -153,10 +159,12 @@ impl PartitionLog {
             segments.push(Segment::create(dir, 0, interval)?);
         }
         let size_bytes = segments.iter().map(Segment::size_bytes).sum();
+        let log_start_offset = retention::start_offset_at_open(dir, &segments, checkpoint);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
             segments,
+            log_start_offset,
             size_bytes,
             recovery,
             closed: false,
@@ -287,7 +295,7 @@ impl PartitionLog {
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.segments[0].base_offset()
+        self.log_start_offset
     }
 
     /// The log end offset: the offset the next appended record gets.
@@ -373,6 +381,14 @@ impl PartitionLog {
         &self.config
     }
 
+    /// Change the rolling policy (a topic's segment.bytes / segment.ms was altered); it
+    /// applies from the next append on, existing segments stay as they are.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<(), LogError> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     fn check_range(&self, offset: i64) -> Result<(), LogError> {
         let (log_start, log_end) = (self.log_start_offset(), self.next_offset());
         if offset < log_start || offset > log_end {
@@ -456,6 +472,9 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
     bases.sort_unstable();
     Ok(bases)
 }
+
+mod retention;
+pub use retention::*;
 
 #[cfg(test)]
 mod proptests;
