@@ -1,6 +1,7 @@
 //! Broker settings. Every limit is named and has a unit in its name; the binary fills
 //! these from flags, the TOML file and `HERALD_*` variables.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use herald_log::LogConfig;
@@ -60,6 +61,16 @@ pub struct BrokerConfig {
     /// Memory for the cleaner's key -> latest offset map; a dirty section with more
     /// keys is cleaned in several passes.
     pub compaction_map_bytes_max: usize,
+    /// Default of the topic config `retention.ms`: how long data is kept (-1: forever).
+    pub retention_ms: i64,
+    /// Default of the topic config `retention.bytes`: bytes kept per partition (-1: no limit).
+    pub retention_bytes: i64,
+    /// How often the retention task looks for segments to delete.
+    pub retention_check_interval_ms: u64,
+    /// Topic configs whose broker-wide default the operator set (flag, environment or
+    /// file) instead of leaving Herald's built-in value: DescribeConfigs reports those
+    /// as STATIC_BROKER_CONFIG rather than DEFAULT_CONFIG.
+    pub operator_topic_defaults: BTreeSet<&'static str>,
 }
 
 impl BrokerConfig {
@@ -78,13 +89,46 @@ impl BrokerConfig {
             group_members_max: 1_000,
             compaction_check_interval_ms: 15_000,
             compaction_map_bytes_max: 128 << 20,
+            retention_ms: 604_800_000,
+            retention_bytes: -1,
+            retention_check_interval_ms: 30_000,
+            operator_topic_defaults: BTreeSet::new(),
         }
+    }
+
+    /// The broker-wide default of a topic config the broker has a setting for, with
+    /// whether the operator set it; None for configs that only have Herald's default.
+    pub fn topic_default(&self, name: &str) -> Option<(String, bool)> {
+        let value = match name {
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "segment.bytes" => self.log.segment_bytes_max.to_string(),
+            "segment.ms" => self.log.segment_ms_max.to_string(),
+            _ => return None,
+        };
+        Some((value, self.operator_topic_defaults.contains(name)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_defaults_come_from_broker_settings() {
+        let mut c = BrokerConfig::new(PathBuf::from("x"));
+        assert_eq!(
+            c.topic_default("retention.ms"),
+            Some(("604800000".to_string(), false))
+        );
+        c.retention_bytes = 1_000;
+        c.operator_topic_defaults.insert("retention.bytes");
+        assert_eq!(
+            c.topic_default("retention.bytes"),
+            Some(("1000".to_string(), true))
+        );
+        assert_eq!(c.topic_default("cleanup.policy"), None);
+    }
 
     #[test]
     fn flush_policy_parses() {

@@ -6,13 +6,13 @@
 //! high watermark (what fetches return and acknowledgements promise) only moves after
 //! that fsync, so a consumer never sees a record that a crash could take back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_log::{BatchHeader, LogConfig, PartitionLog, validate_batches};
+use herald_log::{BatchHeader, LogConfig, PartitionLog, RetentionLimits, validate_batches};
 use tokio::sync::{Notify, watch};
 
 use crate::config::FlushPolicy;
@@ -34,7 +34,12 @@ struct Durable {
 pub struct Partition {
     pub topic: Arc<str>,
     pub index: i32,
+    dir: PathBuf,
     state: RwLock<PartitionState>,
+    /// Serialises moves of the log start offset (retention, DeleteRecords), so their
+    /// checkpoints are written in order. Held while the checkpoint is fsynced; appends
+    /// and reads never take it.
+    start_offset_moves: Mutex<()>,
     flush: FlushPolicy,
     /// Offsets below this are visible to consumers.
     high_watermark: AtomicI64,
@@ -95,6 +100,15 @@ impl PendingAppend {
     }
 }
 
+/// What one move of the log start offset did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartOffsetMove {
+    /// The log start offset afterwards.
+    pub log_start_offset: i64,
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+}
+
 /// What a fetch got from one partition.
 pub struct ReadResult {
     pub records: Bytes,
@@ -125,7 +139,9 @@ impl Partition {
         let partition = Arc::new(Partition {
             topic,
             index,
+            dir: dir.to_path_buf(),
             state: RwLock::new(PartitionState { log, producers }),
+            start_offset_moves: Mutex::new(()),
             flush,
             high_watermark: AtomicI64::new(next_offset),
             durable: watch::Sender::new(Durable {
@@ -290,21 +306,45 @@ impl Partition {
     }
 
     /// The first offset whose record timestamp is >= `timestamp_ms`, with that timestamp.
+    /// Records below the log start offset do not count, even where their batch is
+    /// still on disk.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
-        let found = {
+        let (found, log_start) = {
             let state = self.state.read().map_err(|_| poisoned())?;
-            state.log.batch_for_timestamp(timestamp_ms)?
+            (
+                state.log.batch_for_timestamp(timestamp_ms)?,
+                state.log.log_start_offset(),
+            )
         };
         let Some((base_offset, batch)) = found else {
             return Ok(None);
         };
-        if base_offset >= self.high_watermark() {
+        let high_watermark = self.high_watermark();
+        if base_offset >= high_watermark {
             return Ok(None);
         }
-        Ok(
-            crate::records::first_record_at_or_after(&batch, timestamp_ms)?
-                .or(Some((base_offset, timestamp_ms))),
-        )
+        if let Some(found) = first_record_from(&batch, log_start, timestamp_ms)? {
+            return Ok(Some(found));
+        }
+        if base_offset >= log_start {
+            // The batch qualifies by its max timestamp, so some record in it does.
+            return Ok(Some((base_offset, timestamp_ms)));
+        }
+        // The records that qualify lie below the start offset (DeleteRecords cut into
+        // this segment): walk on from the start offset, one batch at a time.
+        let mut offset = (BatchHeader::parse(&batch)?.last_offset() + 1).max(log_start);
+        while offset < high_watermark {
+            let batch = self.read(offset, 0)?.records;
+            if batch.is_empty() {
+                break;
+            }
+            let header = BatchHeader::parse(&batch)?;
+            if let Some(found) = first_record_from(&batch, log_start, timestamp_ms)? {
+                return Ok(Some(found));
+            }
+            offset = header.last_offset() + 1;
+        }
+        Ok(None)
     }
 
     /// The offset and timestamp of the record with the largest timestamp (ListOffsets -3).
@@ -312,22 +352,21 @@ impl Partition {
     pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
         let high_watermark = self.high_watermark();
         let state = self.state.read().map_err(|_| poisoned())?;
+        let log_start = state.log.log_start_offset();
         let best = state
             .log
             .batch_headers()?
             .into_iter()
-            .filter(|h| h.base_offset < high_watermark)
+            .filter(|h| h.base_offset < high_watermark && h.last_offset() >= log_start)
             .fold(None::<BatchHeader>, |best, h| match best {
                 Some(b) if b.max_timestamp >= h.max_timestamp => Some(b),
                 _ => Some(h),
             });
         let Some(best) = best else { return Ok(None) };
-        let batch = state.log.read(best.base_offset, 1)?;
+        let batch = state.log.read(best.base_offset.max(log_start), 1)?;
         drop(state);
-        Ok(
-            crate::records::first_record_at_or_after(&batch, best.max_timestamp)?
-                .or(Some((best.last_offset(), best.max_timestamp))),
-        )
+        Ok(first_record_from(&batch, log_start, best.max_timestamp)?
+            .or(Some((best.last_offset(), best.max_timestamp))))
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -347,6 +386,96 @@ impl Partition {
 
     pub fn appended_bytes(&self) -> u64 {
         self.appended_bytes.load(Ordering::Relaxed)
+    }
+
+    /// DeleteRecords: make every offset below `offset` unreadable (-1 means the high
+    /// watermark), deleting the segments that lie wholly below it. An offset at or
+    /// below the current start changes nothing; one past the high watermark is out of
+    /// range. Returns the log start offset afterwards (the "low watermark"). Blocks on
+    /// an fsync: call it from a blocking context.
+    pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        let high_watermark = self.high_watermark();
+        let target = if offset == -1 { high_watermark } else { offset };
+        if target < 0 || target > high_watermark {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start_offset(),
+                log_end: high_watermark,
+            });
+        }
+        Ok(self.advance_log_start(target)?.log_start_offset)
+    }
+
+    /// One retention pass: roll the active segment if it is due (so that a quiet
+    /// partition's data can expire), then delete the closed segments that `limits`
+    /// let go. Never deletes data consumers cannot see yet (at or past the high
+    /// watermark). Blocks on fsyncs: call it from a blocking context.
+    pub fn enforce_retention(
+        &self,
+        limits: RetentionLimits,
+        now_ms: i64,
+    ) -> Result<Option<StartOffsetMove>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        {
+            let mut state = self.state.write().map_err(|_| poisoned())?;
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            // Sealing fsyncs under the lock, exactly as a roll on append does; it
+            // happens at most once per segment.
+            state.log.roll_for_retention(limits, now_ms)?;
+        }
+        let wanted = {
+            let state = self.state.read().map_err(|_| poisoned())?;
+            state.log.retention_start_offset(limits, now_ms)
+        };
+        let Some(wanted) = wanted else {
+            return Ok(None);
+        };
+        let target = wanted.min(self.high_watermark());
+        let moved = self.advance_log_start(target)?;
+        Ok((moved.deleted_segments > 0).then_some(moved))
+    }
+
+    /// Persist a new start offset, then move it and drop the segments below it; the
+    /// checkpoint is written before anyone can observe the new start (so it is never
+    /// acknowledged and then lost) and without the state lock (it fsyncs).
+    fn advance_log_start(&self, offset: i64) -> Result<StartOffsetMove> {
+        let _serial = self.start_offset_moves.lock().map_err(|_| poisoned())?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let current = self.log_start_offset();
+        if offset <= current {
+            return Ok(StartOffsetMove {
+                log_start_offset: current,
+                deleted_segments: 0,
+                deleted_bytes: 0,
+            });
+        }
+        let persisted = PartitionLog::persist_start_offset(&self.dir, offset)?;
+        let removed = {
+            let mut state = self.state.write().map_err(|_| poisoned())?;
+            state.log.advance_start_offset(persisted)?
+        };
+        let moved = StartOffsetMove {
+            log_start_offset: offset,
+            deleted_segments: removed.len(),
+            deleted_bytes: removed.size_bytes(),
+        };
+        // No reader can reach the detached segments any more: delete their files
+        // outside the lock.
+        removed.delete()?;
+        Ok(moved)
+    }
+
+    /// Apply a changed segment.bytes / segment.ms to the segments rolled from now on.
+    pub fn set_log_config(&self, config: LogConfig) -> Result<()> {
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        state.log.set_config(config)?;
+        Ok(())
     }
 
     /// Flush, mark the log cleanly closed and refuse further appends (shutdown, delete).
@@ -412,6 +541,17 @@ fn check_sequences(producers: &ProducerStates, headers: &[BatchHeader]) -> Resul
         }
     }
     Ok(SequenceCheck::Append)
+}
+
+/// The first record of `batch` at or after `log_start` whose timestamp is >= `timestamp_ms`.
+fn first_record_from(
+    batch: &[u8],
+    log_start: i64,
+    timestamp_ms: i64,
+) -> Result<Option<(i64, i64)>> {
+    Ok(crate::records::record_offsets_and_timestamps(batch)?
+        .into_iter()
+        .find(|&(offset, ts)| offset >= log_start && ts >= timestamp_ms))
 }
 
 /// Drop whole batches at or past `limit` (not yet visible).

@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use herald_log::RetentionLimits;
+
+use crate::config::BrokerConfig;
 use crate::error::{BrokerError, Result};
 use crate::partition::{Partition, PendingAppend};
 
@@ -77,7 +80,7 @@ pub const TOPIC_CONFIGS: &[ConfigSpec] = &[
     spec!(
         "cleanup.policy",
         "delete",
-        "delete, compact, or compact,delete (compact keeps the latest record per key; see README)",
+        "delete (retention deletes old segments), compact (keeps the latest record per key; see README), or compact,delete",
         |v: &str| {
             let mut parts: Vec<&str> = v.split(',').map(str::trim).collect();
             parts.sort();
@@ -90,13 +93,13 @@ pub const TOPIC_CONFIGS: &[ConfigSpec] = &[
     spec!(
         "retention.ms",
         "604800000",
-        "how long to keep data (stored; enforcement arrives with retention)",
+        "how long to keep data, in ms (-1: forever); whole closed segments older than this are deleted",
         long_at_least(-1)
     ),
     spec!(
         "retention.bytes",
         "-1",
-        "how many bytes per partition to keep (stored; enforcement arrives with retention)",
+        "bytes per partition to keep (-1: no limit); the oldest segments beyond it are deleted",
         long_at_least(-1)
     ),
     spec!(
@@ -119,8 +122,14 @@ pub const TOPIC_CONFIGS: &[ConfigSpec] = &[
         "1073741824",
         "segment file size before rolling",
         |v: &str| match v.parse::<i64>() {
-            Ok(n) if (14..=i64::from(u32::MAX)).contains(&n) => Ok(()),
-            _ => Err("must be an integer between 14 and 4294967295".to_string()),
+            // A segment holds at least one batch header; index positions are u32.
+            Ok(n) if (herald_log::BATCH_HEADER_BYTES as i64..=i64::from(u32::MAX)).contains(&n) => {
+                Ok(())
+            }
+            _ => Err(format!(
+                "must be an integer between {} and 4294967295",
+                herald_log::BATCH_HEADER_BYTES
+            )),
         }
     ),
     spec!(
@@ -162,6 +171,96 @@ pub fn config_spec(name: &str) -> Option<&'static ConfigSpec> {
     TOPIC_CONFIGS.iter().find(|s| s.name == name)
 }
 
+/// Configs whose value is a comma-separated list: the only ones IncrementalAlterConfigs
+/// may APPEND to or SUBTRACT from.
+pub const LIST_CONFIGS: &[&str] = &["cleanup.policy"];
+
+/// One change of IncrementalAlterConfigs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOp {
+    Set(String),
+    /// Remove the override: the default applies again.
+    Delete,
+    /// Add items to a list config (its current value, or its default).
+    Append(String),
+    /// Remove items from a list config.
+    Subtract(String),
+}
+
+/// A topic's overrides after `ops`, every name known and every value valid.
+pub fn apply_config_ops(
+    current: &BTreeMap<String, String>,
+    ops: &[(String, ConfigOp)],
+) -> Result<BTreeMap<String, String>> {
+    let mut configs = current.clone();
+    for (name, op) in ops {
+        let invalid = |value: &str, reason: String| BrokerError::InvalidConfig {
+            name: name.clone(),
+            value: value.to_string(),
+            reason,
+        };
+        let spec = config_spec(name)
+            .ok_or_else(|| invalid("", "unknown or unsupported topic config".to_string()))?;
+        let list_items = |value: &str| -> Result<Vec<String>> {
+            if !LIST_CONFIGS.contains(&spec.name) {
+                return Err(invalid(
+                    value,
+                    "APPEND and SUBTRACT apply only to list configs (cleanup.policy)".to_string(),
+                ));
+            }
+            let base = configs.get(spec.name).map_or(spec.default, String::as_str);
+            Ok(split_list(base))
+        };
+        match op {
+            ConfigOp::Set(value) => {
+                configs.insert(name.clone(), value.clone());
+            }
+            ConfigOp::Delete => {
+                configs.remove(name);
+            }
+            ConfigOp::Append(value) => {
+                let mut items = list_items(value)?;
+                for item in split_list(value) {
+                    if !items.contains(&item) {
+                        items.push(item);
+                    }
+                }
+                configs.insert(name.clone(), items.join(","));
+            }
+            ConfigOp::Subtract(value) => {
+                let removed = split_list(value);
+                let items: Vec<String> = list_items(value)?
+                    .into_iter()
+                    .filter(|item| !removed.contains(item))
+                    .collect();
+                configs.insert(name.clone(), items.join(","));
+            }
+        }
+    }
+    validate_configs(&configs)?;
+    Ok(configs)
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where a config value comes from, as DescribeConfigs reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Set on the topic (CreateTopics, AlterConfigs).
+    TopicOverride,
+    /// The broker-wide default, set by the operator (flag, environment, file).
+    StaticBroker,
+    /// Herald's built-in default.
+    Default,
+}
+
 /// Check a set of overrides: every name known, every value valid.
 pub fn validate_configs(configs: &BTreeMap<String, String>) -> Result<()> {
     for (name, value) in configs {
@@ -184,7 +283,9 @@ pub fn validate_configs(configs: &BTreeMap<String, String>) -> Result<()> {
 pub struct ConfigValue {
     pub name: &'static str,
     pub value: String,
+    /// Not a topic override (`source` says which default).
     pub is_default: bool,
+    pub source: ConfigSource,
     pub doc: &'static str,
 }
 
@@ -214,24 +315,50 @@ impl Topic {
         config_spec(name).map(|s| s.default.to_string())
     }
 
-    pub fn all_configs(&self) -> Vec<ConfigValue> {
+    /// Every config with its effective value: the topic's override, else the broker's
+    /// default (for settings the broker has), else Herald's default.
+    pub fn all_configs(&self, broker: &BrokerConfig) -> Vec<ConfigValue> {
         TOPIC_CONFIGS
             .iter()
-            .map(|spec| match self.configs.get(spec.name) {
-                Some(v) => ConfigValue {
+            .map(|spec| {
+                let (value, source) = match self.configs.get(spec.name) {
+                    Some(v) => (v.clone(), ConfigSource::TopicOverride),
+                    None => match broker.topic_default(spec.name) {
+                        Some((v, true)) => (v, ConfigSource::StaticBroker),
+                        Some((v, false)) => (v, ConfigSource::Default),
+                        None => (spec.default.to_string(), ConfigSource::Default),
+                    },
+                };
+                ConfigValue {
                     name: spec.name,
-                    value: v.clone(),
-                    is_default: false,
+                    value,
+                    is_default: source != ConfigSource::TopicOverride,
+                    source,
                     doc: spec.doc,
-                },
-                None => ConfigValue {
-                    name: spec.name,
-                    value: spec.default.to_string(),
-                    is_default: true,
-                    doc: spec.doc,
-                },
+                }
             })
             .collect()
+    }
+
+    /// What retention may delete in this topic's partitions; None when its
+    /// cleanup.policy does not include `delete` (compacted topics keep their data).
+    pub fn retention_limits(&self, broker: &BrokerConfig) -> Option<RetentionLimits> {
+        let policy = self.config("cleanup.policy").unwrap_or_default();
+        if !split_list(&policy).iter().any(|p| p == "delete") {
+            return None;
+        }
+        let effective = |name: &str| -> Option<i64> {
+            let value = match self.configs.get(name) {
+                Some(v) => v.clone(),
+                None => broker.topic_default(name)?.0,
+            };
+            // Validated when set; a value that does not parse means "keep".
+            value.parse::<i64>().ok().filter(|n| *n >= 0)
+        };
+        Some(RetentionLimits {
+            retention_ms: effective("retention.ms"),
+            retention_bytes: effective("retention.bytes").map(|n| n as u64),
+        })
     }
 
     pub fn log_append_time(&self) -> bool {
@@ -313,5 +440,120 @@ mod tests {
         assert!(validate_configs(&bad).is_err());
         let bad = BTreeMap::from([("segment.bytes".to_string(), "10".to_string())]);
         assert!(validate_configs(&bad).is_err());
+    }
+
+    fn set(name: &str, value: &str) -> (String, ConfigOp) {
+        (name.to_string(), ConfigOp::Set(value.to_string()))
+    }
+
+    #[test]
+    fn config_ops_set_delete_append_and_subtract() {
+        let current = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
+        let ops = [
+            set("retention.bytes", "5000"),
+            ("retention.ms".to_string(), ConfigOp::Delete),
+            (
+                "cleanup.policy".to_string(),
+                ConfigOp::Append("compact".into()),
+            ),
+        ];
+        let next = apply_config_ops(&current, &ops).unwrap();
+        assert_eq!(
+            next,
+            BTreeMap::from([
+                ("retention.bytes".to_string(), "5000".to_string()),
+                ("cleanup.policy".to_string(), "delete,compact".to_string()),
+            ])
+        );
+        let ops = [(
+            "cleanup.policy".to_string(),
+            ConfigOp::Subtract("delete".into()),
+        )];
+        let next = apply_config_ops(&next, &ops).unwrap();
+        assert_eq!(next["cleanup.policy"], "compact");
+        // Subtracting the last item leaves an invalid (empty) policy.
+        let ops = [(
+            "cleanup.policy".to_string(),
+            ConfigOp::Subtract("compact".into()),
+        )];
+        assert!(matches!(
+            apply_config_ops(&next, &ops),
+            Err(BrokerError::InvalidConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn config_ops_refuse_unknown_names_bad_values_and_appends_to_scalars() {
+        let none = BTreeMap::new();
+        for ops in [
+            vec![set("retention.mss", "1")],
+            vec![("no.such".to_string(), ConfigOp::Delete)],
+            vec![set("retention.ms", "-2")],
+            vec![set("message.timestamp.type", "Yesterday")],
+            vec![("retention.ms".to_string(), ConfigOp::Append("5".into()))],
+            vec![("segment.ms".to_string(), ConfigOp::Subtract("5".into()))],
+        ] {
+            match apply_config_ops(&none, &ops) {
+                Err(BrokerError::InvalidConfig { reason, .. }) => assert!(!reason.is_empty()),
+                other => panic!("{ops:?}: {other:?}"),
+            }
+        }
+    }
+
+    fn topic_with(configs: &[(&str, &str)]) -> Topic {
+        Topic {
+            name: Arc::from("t"),
+            id: uuid::Uuid::nil(),
+            partitions: Vec::new(),
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn effective_configs_fall_back_to_broker_defaults_with_their_source() {
+        let mut broker = BrokerConfig::new("x".into());
+        broker.retention_bytes = 4096;
+        broker.operator_topic_defaults.insert("retention.bytes");
+        let topic = topic_with(&[("retention.ms", "60000")]);
+        let by_name = |name: &str| {
+            topic
+                .all_configs(&broker)
+                .into_iter()
+                .find(|c| c.name == name)
+                .unwrap()
+        };
+        let ms = by_name("retention.ms");
+        assert_eq!(
+            (ms.value.as_str(), ms.source),
+            ("60000", ConfigSource::TopicOverride)
+        );
+        let bytes = by_name("retention.bytes");
+        assert_eq!(
+            (bytes.value.as_str(), bytes.source),
+            ("4096", ConfigSource::StaticBroker)
+        );
+        assert!(bytes.is_default);
+        let seg = by_name("segment.bytes");
+        assert_eq!(seg.value, broker.log.segment_bytes_max.to_string());
+        assert_eq!(seg.source, ConfigSource::Default);
+        assert_eq!(
+            topic.retention_limits(&broker),
+            Some(RetentionLimits {
+                retention_ms: Some(60_000),
+                retention_bytes: Some(4096)
+            })
+        );
+        let forever = topic_with(&[("retention.ms", "-1"), ("retention.bytes", "-1")]);
+        assert_eq!(
+            forever.retention_limits(&broker),
+            Some(RetentionLimits::default())
+        );
+        let compacted = topic_with(&[("cleanup.policy", "compact")]);
+        assert_eq!(compacted.retention_limits(&broker), None);
+        let both = topic_with(&[("cleanup.policy", "compact,delete")]);
+        assert!(both.retention_limits(&broker).is_some());
     }
 }

@@ -76,6 +76,9 @@ requests! {
     DescribeConfigs(DescribeConfigsRequest) => describe_configs,
     DeleteGroups(DeleteGroupsRequest) => delete_groups,
     DescribeCluster(DescribeClusterRequest) => describe_cluster,
+    DeleteRecords(DeleteRecordsRequest) => delete_records,
+    AlterConfigs(AlterConfigsRequest) => alter_configs,
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest) => incremental_alter_configs,
 }
 
 /// Why a frame was not decoded, and what to send back.

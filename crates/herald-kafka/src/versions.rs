@@ -40,6 +40,9 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::DescribeConfigs, 1, 4),
     api(ApiKey::DeleteGroups, 0, 2),
     api(ApiKey::DescribeCluster, 0, 2),
+    api(ApiKey::DeleteRecords, 0, 2),
+    api(ApiKey::AlterConfigs, 0, 2),
+    api(ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 pub fn supported(key: ApiKey) -> Option<Supported> {

@@ -114,6 +114,10 @@ pub struct PartitionLog {
     pub(crate) config: LogConfig,
     /// Ordered by base offset; never empty; the last one is active.
     pub(crate) segments: Vec<Segment>,
+    /// The first offset a reader may ask for: at or after the first segment's base
+    /// (DeleteRecords can move it inside a segment), never past `next_offset()`, never
+    /// backwards. Kept across restarts by the checkpoint in `retention`.
+    log_start_offset: i64,
     pub(crate) size_bytes: u64,
     recovery: RecoveryInfo,
     /// The clean-shutdown marker is on disk (written by `close`, or left from the last
@@ -137,6 +141,8 @@ impl PartitionLog {
         };
         crate::compact::recover_cleaner_files(dir)?;
         let bases = list_segments(dir)?;
+        let checkpoint = retention::read_start_offset_checkpoint(dir)?;
+        let bases = retention::drop_segments_below(dir, bases, checkpoint)?;
         let interval = config.index_interval_bytes;
         let mut segments = Vec::with_capacity(bases.len().max(1));
         for (i, &base) in bases.iter().enumerate() {
@@ -152,10 +158,12 @@ impl PartitionLog {
             segments.push(Segment::create(dir, 0, interval)?);
         }
         let size_bytes = segments.iter().map(Segment::size_bytes).sum();
+        let log_start_offset = retention::start_offset_at_open(dir, &segments, checkpoint);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
             segments,
+            log_start_offset,
             size_bytes,
             recovery,
             closed: clean_shutdown,
@@ -296,7 +304,7 @@ impl PartitionLog {
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.segments[0].base_offset()
+        self.log_start_offset
     }
 
     /// The log end offset: the offset the next appended record gets.
@@ -382,6 +390,14 @@ impl PartitionLog {
         &self.config
     }
 
+    /// Change the rolling policy (a topic's segment.bytes / segment.ms was altered); it
+    /// applies from the next append on, existing segments stay as they are.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<(), LogError> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     fn check_range(&self, offset: i64) -> Result<(), LogError> {
         let (log_start, log_end) = (self.log_start_offset(), self.next_offset());
         if offset < log_start || offset > log_end {
@@ -465,6 +481,9 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
     bases.sort_unstable();
     Ok(bases)
 }
+
+mod retention;
+pub use retention::*;
 
 #[cfg(test)]
 mod proptests;

@@ -25,8 +25,8 @@ use crate::log::RecoveryInfo;
 use crate::scan::{BatchCursor, Step};
 
 pub(crate) const LOG_SUFFIX: &str = "log";
-const OFFSET_INDEX_SUFFIX: &str = "index";
-const TIME_INDEX_SUFFIX: &str = "timeindex";
+pub(crate) const OFFSET_INDEX_SUFFIX: &str = "index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
 
 /// Digits in a segment file name: enough for any non-negative i64.
 const FILE_NAME_DIGITS: usize = 20;
@@ -544,6 +544,11 @@ impl Segment {
 
     pub fn first_append_ms(&self) -> Option<i64> {
         self.first_append_ms
+    }
+
+    /// The largest batch max timestamp stored here (None while empty).
+    pub fn max_timestamp_ms(&self) -> Option<i64> {
+        self.max_timestamp_ms
     }
 
     pub fn is_dirty(&self) -> bool {

@@ -159,6 +159,32 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Replace a topic's config overrides (AlterConfigs), reading and writing the record
+    /// in one transaction so that nothing else in it can be lost. Returns false if the
+    /// topic does not exist.
+    pub fn update_topic_configs(
+        &self,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(TOPICS)?;
+            let existing = match table.get(name)? {
+                Some(value) => Some(decode::<TopicRecord>(name, value.value())?),
+                None => None,
+            };
+            let Some(mut record) = existing else {
+                return Ok(false);
+            };
+            record.configs = configs.clone();
+            let value = encode(&record);
+            table.insert(name, value.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
     /// Delete a topic and every offset any group committed for it, in one transaction.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let txn = self.db.begin_write()?;
@@ -321,6 +347,29 @@ mod tests {
         assert_eq!(left[0].topic, "payments");
         store.delete_group("g").unwrap();
         assert!(store.all_committed_offsets().unwrap().is_empty());
+    }
+
+    #[test]
+    fn topic_configs_are_updated_in_place_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let configs = BTreeMap::from([("retention.bytes".to_string(), "10".to_string())]);
+        {
+            let store = MetaStore::open(&path).unwrap();
+            store.put_topic(&topic("orders")).unwrap();
+            assert!(store.update_topic_configs("orders", &configs).unwrap());
+            assert!(!store.update_topic_configs("missing", &configs).unwrap());
+        }
+        let store = MetaStore::open(&path).unwrap();
+        let topics = store.topics().unwrap();
+        assert_eq!(topics.len(), 1);
+        assert_eq!(
+            topics[0],
+            TopicRecord {
+                configs,
+                ..topic("orders")
+            }
+        );
     }
 
     #[test]

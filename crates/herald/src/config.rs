@@ -32,6 +32,9 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_GROUP_SESSION_TIMEOUT_MAX_MS",
     "HERALD_COMPACTION_CHECK_INTERVAL_MS",
     "HERALD_COMPACTION_MAP_BYTES_MAX",
+    "HERALD_RETENTION_MS",
+    "HERALD_RETENTION_BYTES",
+    "HERALD_RETENTION_CHECK_INTERVAL_MS",
     "HERALD_LOG",
     "HERALD_BOOTSTRAP",
 ];
@@ -97,6 +100,17 @@ pub struct ServeSettings {
     /// Memory for the cleaner's key map; more keys take several passes [default: 134217728]
     #[arg(long, env = "HERALD_COMPACTION_MAP_BYTES_MAX")]
     pub compaction_map_bytes_max: Option<usize>,
+    /// How long topics keep data, in ms; -1 keeps it forever (topic config retention.ms
+    /// overrides) [default: 604800000]
+    #[arg(long, env = "HERALD_RETENTION_MS", allow_hyphen_values = true)]
+    pub retention_ms: Option<i64>,
+    /// Bytes each partition keeps; -1 is no limit (topic config retention.bytes
+    /// overrides) [default: -1]
+    #[arg(long, env = "HERALD_RETENTION_BYTES", allow_hyphen_values = true)]
+    pub retention_bytes: Option<i64>,
+    /// How often old segments are looked for and deleted, in ms [default: 30000]
+    #[arg(long, env = "HERALD_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<u64>,
 }
 
 macro_rules! fill_from {
@@ -133,6 +147,9 @@ impl ServeSettings {
             group_session_timeout_max_ms,
             compaction_check_interval_ms,
             compaction_map_bytes_max,
+            retention_ms,
+            retention_bytes,
+            retention_check_interval_ms,
         );
         Ok(self)
     }
@@ -163,9 +180,34 @@ impl ServeSettings {
                 bail!("segment_bytes must be between 1024 and 4294967295, not {v}");
             }
             c.log.segment_bytes_max = v;
+            c.operator_topic_defaults.insert("segment.bytes");
         }
         if let Some(v) = self.segment_ms {
+            if v < 1 {
+                bail!("segment_ms must be at least 1, not {v}");
+            }
             c.log.segment_ms_max = v;
+            c.operator_topic_defaults.insert("segment.ms");
+        }
+        if let Some(v) = self.retention_ms {
+            if v < -1 {
+                bail!("retention_ms must be -1 (keep forever) or at least 0, not {v}");
+            }
+            c.retention_ms = v;
+            c.operator_topic_defaults.insert("retention.ms");
+        }
+        if let Some(v) = self.retention_bytes {
+            if v < -1 {
+                bail!("retention_bytes must be -1 (no limit) or at least 0, not {v}");
+            }
+            c.retention_bytes = v;
+            c.operator_topic_defaults.insert("retention.bytes");
+        }
+        if let Some(v) = self.retention_check_interval_ms {
+            if v == 0 {
+                bail!("retention_check_interval_ms must be at least 1");
+            }
+            c.retention_check_interval_ms = v;
         }
         if let Some(v) = self.partitions_per_topic_max {
             c.partitions_per_topic_max = v;
@@ -298,6 +340,44 @@ mod tests {
             ..Default::default()
         };
         assert!(flush.broker_config().is_err());
+    }
+
+    #[test]
+    fn retention_settings_are_checked_and_marked_as_set_by_the_operator() {
+        let defaults = ServeSettings::default().broker_config().unwrap();
+        assert_eq!(defaults.retention_ms, 604_800_000);
+        assert_eq!(defaults.retention_bytes, -1);
+        assert_eq!(defaults.retention_check_interval_ms, 30_000);
+        assert!(defaults.operator_topic_defaults.is_empty());
+        let set = ServeSettings {
+            retention_ms: Some(-1),
+            retention_bytes: Some(1 << 20),
+            retention_check_interval_ms: Some(500),
+            ..Default::default()
+        }
+        .broker_config()
+        .unwrap();
+        assert_eq!(set.retention_ms, -1);
+        assert_eq!(set.retention_bytes, 1 << 20);
+        assert_eq!(set.retention_check_interval_ms, 500);
+        assert!(set.operator_topic_defaults.contains("retention.ms"));
+        assert!(set.operator_topic_defaults.contains("retention.bytes"));
+        for bad in [
+            ServeSettings {
+                retention_ms: Some(-2),
+                ..Default::default()
+            },
+            ServeSettings {
+                retention_bytes: Some(-5),
+                ..Default::default()
+            },
+            ServeSettings {
+                retention_check_interval_ms: Some(0),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.broker_config().is_err());
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use herald_broker::BrokerError;
+use herald_broker::{BrokerError, ConfigSource};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
@@ -15,7 +15,17 @@ use crate::errors::broker_code;
 
 /// DescribeConfigs/CreateTopics config source codes.
 pub const SOURCE_TOPIC: i8 = 1;
+pub const SOURCE_STATIC_BROKER: i8 = 4;
 pub const SOURCE_DEFAULT: i8 = 5;
+
+/// The Kafka code of where a topic config's value comes from.
+pub fn source_code(source: ConfigSource) -> i8 {
+    match source {
+        ConfigSource::TopicOverride => SOURCE_TOPIC,
+        ConfigSource::StaticBroker => SOURCE_STATIC_BROKER,
+        ConfigSource::Default => SOURCE_DEFAULT,
+    }
+}
 
 pub async fn handle(
     ctx: &Context,
@@ -32,17 +42,13 @@ pub async fn handle(
             Ok(created) => {
                 if version >= 5 {
                     let configs = created
-                        .all_configs()
+                        .all_configs(&ctx.broker.config)
                         .into_iter()
                         .map(|c| {
                             CreatableTopicConfigs::default()
                                 .with_name(str(c.name))
                                 .with_value(Some(str(&c.value)))
-                                .with_config_source(if c.is_default {
-                                    SOURCE_DEFAULT
-                                } else {
-                                    SOURCE_TOPIC
-                                })
+                                .with_config_source(source_code(c.source))
                         })
                         .collect();
                     result = result

@@ -7,14 +7,13 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse, RequestHeader};
 
-use super::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
+use super::create_topics::{SOURCE_STATIC_BROKER, source_code};
 use super::str;
 use crate::dispatch::Context;
 
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
-/// DescribeConfigs source for static broker configuration.
-const SOURCE_STATIC_BROKER: i8 = 4;
+/// Config resource types (DescribeConfigs, AlterConfigs, IncrementalAlterConfigs).
+pub const RESOURCE_TOPIC: i8 = 2;
+pub const RESOURCE_BROKER: i8 = 4;
 
 pub async fn handle(
     ctx: &Context,
@@ -50,21 +49,10 @@ pub async fn handle(
                 RESOURCE_TOPIC => match ctx.broker.topic(&name) {
                     Some(topic) => result.with_configs(
                         topic
-                            .all_configs()
+                            .all_configs(&ctx.broker.config)
                             .into_iter()
                             .filter(|c| wanted(c.name))
-                            .map(|c| {
-                                entry(
-                                    c.name,
-                                    c.value,
-                                    if c.is_default {
-                                        SOURCE_DEFAULT
-                                    } else {
-                                        SOURCE_TOPIC
-                                    },
-                                    c.doc,
-                                )
-                            })
+                            .map(|c| entry(c.name, c.value, source_code(c.source), c.doc))
                             .collect(),
                     ),
                     None => result
@@ -88,6 +76,26 @@ pub async fn handle(
                             "log.segment.bytes",
                             config.log.segment_bytes_max.to_string(),
                             "segment size before rolling",
+                        ),
+                        (
+                            "log.roll.ms",
+                            config.log.segment_ms_max.to_string(),
+                            "segment age before rolling",
+                        ),
+                        (
+                            "log.retention.ms",
+                            config.retention_ms.to_string(),
+                            "default retention.ms of topics",
+                        ),
+                        (
+                            "log.retention.bytes",
+                            config.retention_bytes.to_string(),
+                            "default retention.bytes of topics",
+                        ),
+                        (
+                            "log.retention.check.interval.ms",
+                            config.retention_check_interval_ms.to_string(),
+                            "how often retention runs",
                         ),
                         (
                             "group.initial.rebalance.delay.ms",
