@@ -12,6 +12,7 @@
 
 mod batch;
 mod error;
+mod fault;
 mod index;
 mod log;
 mod scan;
@@ -21,4 +22,5 @@ mod test_util;
 
 pub use batch::*;
 pub use error::LogError;
+pub use fault::FAULT_INJECT_ENV;
 pub use log::*;

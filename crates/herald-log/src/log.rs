@@ -99,7 +99,7 @@ impl SyncPoint {
     /// `next_offset()` is durable.
     pub fn sync(&self) -> std::io::Result<()> {
         for file in &self.files {
-            file.sync_data()?;
+            crate::fault::sync_data(file)?;
         }
         Ok(())
     }
@@ -264,13 +264,16 @@ impl PartitionLog {
         }
         let first = self.segment_for(offset);
         let position = self.segments[first].locate(offset)?;
+        // Sealed segments are CRC-checked on every read (see `Segment::read_into`); the
+        // active one was checked when its batches arrived or were recovered.
+        let active = self.segments.len() - 1;
         let mut at_segment_end =
-            self.segments[first].read_into(position, &mut out, max_bytes, true)?;
-        for segment in &self.segments[first + 1..] {
+            self.segments[first].read_into(position, &mut out, max_bytes, true, first < active)?;
+        for (i, segment) in self.segments.iter().enumerate().skip(first + 1) {
             if !at_segment_end || out.len() >= max_bytes {
                 break;
             }
-            at_segment_end = segment.read_into(0, &mut out, max_bytes, false)?;
+            at_segment_end = segment.read_into(0, &mut out, max_bytes, false, i < active)?;
         }
         Ok(out)
     }
@@ -457,6 +460,8 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
     Ok(bases)
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
