@@ -75,5 +75,5 @@ step "cargo test"
 cargo test --workspace
 
 step "integration tests (pytest)"
-export HERALD_BIN="$repo/target/debug/herald"
+export HERALD_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/herald"
 exec .venv/bin/python -m pytest tests/python -q --timeout 300 "$@"

@@ -38,3 +38,11 @@ def test_kill9_loop_under_other_flush_policies_loses_nothing_acknowledged(broker
     figures = run_crash_loop(broker_factory, CYCLES_OTHER, flush=flush, records_per_s=RATE)
     print(f"[{flush}] {figures.line()}")
     assert figures.cycles == CYCLES_OTHER
+
+
+@pytest.mark.skipif("HERALD_CRASH_FLUSH" not in os.environ, reason="run by scripts/crash-test.sh")
+def test_crash_loop_from_the_script(broker_factory):
+    """The long run: scripts/crash-test.sh sets the cycles, rate and flush policy."""
+    figures = run_crash_loop(broker_factory, CYCLES, flush=os.environ["HERALD_CRASH_FLUSH"],
+                             records_per_s=RATE)
+    print(figures.line())
