@@ -194,3 +194,49 @@ fn a_rotten_first_batch_of_the_next_segment_ends_a_read_at_the_segment_boundary(
     let log = PartitionLog::open(dir.path(), cfg).unwrap();
     assert_eq!(log.read(0, usize::MAX).unwrap(), first_segment);
 }
+
+/// What the CRC check costs a read of sealed segments (run it yourself:
+/// `cargo test --release -p herald-log crc_cost -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn crc_cost_of_reading_sealed_segments() {
+    use crate::test_util::{BatchSpec, make_batch};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), config(64 << 20, 4096)).unwrap();
+    // 16 KiB batches (a typical producer batch), 64 MiB in all, in one sealed segment.
+    let batch = make_batch(&BatchSpec {
+        records: 100,
+        record_bytes: 160,
+        ..BatchSpec::default()
+    });
+    let mut total = 0usize;
+    while total < 63 << 20 {
+        let mut b = batch.clone();
+        log.append(&mut b, 0).unwrap();
+        total += b.len();
+    }
+    let mut b = batch.clone();
+    log.append(&mut b, 0).unwrap(); // rolls: the first segment is sealed
+    let sealed = &log.segments[0];
+    let (size, window) = (sealed.size_bytes(), 1usize << 20);
+    let mut timings = Vec::new();
+    for verify in [false, true, false, true] {
+        let started = Instant::now();
+        for _ in 0..5 {
+            let mut position = 0;
+            while position < size {
+                let mut out = Vec::with_capacity(window + batch.len());
+                sealed
+                    .read_into(position, &mut out, window, true, verify)
+                    .unwrap();
+                position += out.len() as u64;
+            }
+        }
+        let mib_s = (5 * size) as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64();
+        timings.push((verify, mib_s));
+    }
+    for (verify, mib_s) in timings {
+        println!("1 MiB fetches from page cache, CRC check {verify}: {mib_s:.0} MiB/s");
+    }
+}
