@@ -158,7 +158,10 @@ def test_a_failed_fsync_fences_the_partition_and_hides_what_it_did_not_cover(bro
     assert got[:30] == durable and got[-1] == b"after-restart"
 
 
-def test_a_rotten_byte_in_a_sealed_segment_is_never_served(broker_factory):
+@pytest.mark.parametrize("where", ["middle", "tail"])
+def test_a_rotten_byte_in_a_sealed_segment_is_never_served(broker_factory, where):
+    """In the middle of a segment only a read can find it; in its tail, start-up finds
+    it too, and reports it without refusing to start."""
     broker = broker_factory(extra_args=["--segment-bytes", "16384"])
     topic = unique("rot")
     create_topic(broker.bootstrap, topic, partitions=1)
@@ -172,13 +175,14 @@ def test_a_rotten_byte_in_a_sealed_segment_is_never_served(broker_factory):
     first = segments[0]
     batches = segment_batches(first)
     assert len(batches) > 10
-    # A batch near the start of the segment: far from its tail, which is all that a
-    # clean start re-checks, so only the read path can catch it.
-    position, bad_offset, _total = batches[3]
+    # Batch 3 is far from the segment's tail, which is all that a clean start re-checks.
+    position, bad_offset, _total = batches[3 if where == "middle" else -1]
     data = bytearray(first.read_bytes())
     data[position + 61 + 5] ^= 0x20
     first.write_bytes(bytes(data))
     broker.start()
+    found_at_start = "corrupt batch in a sealed segment: it will not be served" in broker.stderr_tail(400)
+    assert found_at_start == (where == "tail"), broker.stderr_tail(40)
 
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique("rot"),
                          "enable.auto.commit": False, "fetch.error.backoff.ms": 100})

@@ -85,6 +85,9 @@ pub struct RecoveryInfo {
     pub truncated_bytes: u64,
     /// Segments whose indexes were rebuilt.
     pub rebuilt_indexes: usize,
+    /// Batches in sealed segments whose CRC is wrong: kept in place, so offsets stay
+    /// dense, but never served.
+    pub corrupt_batches: usize,
 }
 
 /// A handle to fsync what was written up to a moment, without holding the log.
@@ -161,7 +164,11 @@ impl PartitionLog {
             recovery,
             closed: false,
         };
-        if !clean_shutdown || log.recovery.truncated_bytes > 0 || log.recovery.rebuilt_indexes > 0 {
+        if !clean_shutdown
+            || log.recovery.truncated_bytes > 0
+            || log.recovery.rebuilt_indexes > 0
+            || log.recovery.corrupt_batches > 0
+        {
             info!(
                 dir = %log.dir.display(),
                 clean_shutdown,
@@ -170,6 +177,7 @@ impl PartitionLog {
                 scanned_bytes = log.recovery.scanned_bytes,
                 truncated_bytes = log.recovery.truncated_bytes,
                 rebuilt_indexes = log.recovery.rebuilt_indexes,
+                corrupt_batches = log.recovery.corrupt_batches,
                 "recovered partition log"
             );
         }
