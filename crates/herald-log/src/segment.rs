@@ -74,6 +74,10 @@ pub(crate) struct Segment {
     /// A failed append may have left bytes past `size_bytes` that could not be cut off
     /// yet; the next write or flush cuts them first.
     torn_tail: bool,
+    /// Bytes at the start of the segment that were trusted at open without a CRC check
+    /// (an active segment after a clean shutdown): reads of them check CRCs, as reads
+    /// of sealed segments do.
+    unchecked_bytes: u64,
 }
 
 impl Segment {
@@ -125,6 +129,7 @@ impl Segment {
             first_append_ms: None,
             dirty: false,
             torn_tail: false,
+            unchecked_bytes: 0,
         })
     }
 
@@ -179,6 +184,7 @@ impl Segment {
                 None => {
                     segment.first_append_ms =
                         segment.time_index.entries().first().map(|t| t.timestamp_ms);
+                    segment.unchecked_bytes = segment.size_bytes;
                     return Ok(segment);
                 }
                 Some(problem) => {
@@ -242,6 +248,7 @@ impl Segment {
             first_append_ms: None,
             dirty: false,
             torn_tail: false,
+            unchecked_bytes: 0,
         };
         let problem = load_problem.or_else(|| segment.index_bounds_problem());
         Ok((segment, problem))
@@ -628,7 +635,8 @@ impl Segment {
     /// header). Returns whether it stopped at the end of the segment.
     ///
     /// With `verify_crc` every batch's CRC-32C is checked before it is served (the log
-    /// asks for it on sealed segments, whose bytes have sat on disk). Bad bytes are never
+    /// asks for it on sealed segments, whose bytes have sat on disk; it is implied for
+    /// bytes this run has not checked, see `unchecked_bytes`). Bad bytes are never
     /// returned: the sound batches before them are, and a read that would start at them
     /// is a `Corrupt` error, so a consumer stops exactly there and the operator is told.
     pub fn read_into(
@@ -639,6 +647,7 @@ impl Segment {
         first_whole: bool,
         verify_crc: bool,
     ) -> Result<bool, LogError> {
+        let verify_crc = verify_crc || position < self.unchecked_bytes;
         let available = self.size_bytes - position;
         let room = max_bytes.saturating_sub(out.len()) as u64;
         let mut window = room.min(available);
