@@ -451,7 +451,10 @@ fn corrupt_data_in_a_sealed_segment_is_reported_at_open_and_never_served() {
         Ok(_) => panic!("corrupt sealed batch served"),
     }
     let next = headers_of(&stored[bad + 1])[0].base_offset;
-    assert_eq!(log.read(next, usize::MAX).unwrap(), stored[bad + 1..].concat());
+    assert_eq!(
+        log.read(next, usize::MAX).unwrap(),
+        stored[bad + 1..].concat()
+    );
 }
 
 #[test]
