@@ -51,6 +51,10 @@ pub enum BrokerError {
     TransactionsUnsupported,
     #[error("storage error: {0}")]
     Storage(String),
+    /// Stored data failed its checks on read (a CRC mismatch in a sealed segment): the
+    /// bytes are not served.
+    #[error("corrupt data in the log: {0}")]
+    CorruptLog(String),
     #[error("meta store error: {0}")]
     Meta(#[from] herald_meta::MetaError),
     #[error("the broker is shutting down")]
@@ -70,6 +74,7 @@ impl From<LogError> for BrokerError {
                 log_end,
             },
             LogError::Batch(b) => BrokerError::CorruptBatch(b),
+            corrupt @ LogError::Corrupt { .. } => BrokerError::CorruptLog(corrupt.to_string()),
             other => BrokerError::Storage(other.to_string()),
         }
     }

@@ -47,6 +47,12 @@ pub struct Partition {
     flush_wanted: Arc<Notify>,
     /// Set at shutdown: appends fail, the flusher stops.
     closed: AtomicBool,
+    /// Set when an fsync failed. After a failed fsync the kernel may have dropped the
+    /// dirty pages and a later fsync can succeed without them, so nothing written since
+    /// the last good fsync can be vouched for: appends are refused (KAFKA_STORAGE_ERROR)
+    /// and the high watermark stays where the last good fsync put it, until a restart
+    /// recovers the partition from what is really on disk.
+    fenced: AtomicBool,
     /// Bumped whenever any partition's high watermark moves; long-polling fetches wait on it.
     data_changed: Arc<watch::Sender<u64>>,
     appended_bytes: AtomicU64,
@@ -63,7 +69,6 @@ pub struct PendingAppend {
 struct DurableWait {
     receiver: watch::Receiver<Durable>,
     target: i64,
-    failures_before: u64,
 }
 
 impl PendingAppend {
@@ -85,7 +90,9 @@ impl PendingAppend {
                     if d.next_offset >= wait.target {
                         break;
                     }
-                    if d.failures > wait.failures_before {
+                    // Fencing is for good, so any failure fails every wait that is
+                    // still short of its target, whenever it subscribed.
+                    if d.failures > 0 {
                         return Err(BrokerError::Storage(
                             "fsync failed; the write may not be durable".into(),
                         ));
@@ -150,6 +157,7 @@ impl Partition {
             }),
             flush_wanted: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             data_changed,
             appended_bytes: AtomicU64::new(0),
         });
@@ -204,6 +212,9 @@ impl Partition {
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);
         }
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(fenced_error());
+        }
         match check_sequences(&state.producers, &headers)? {
             SequenceCheck::Duplicate { base_offset } => {
                 let log_start = state.log.log_start_offset();
@@ -254,16 +265,11 @@ impl Partition {
         target: i64,
     ) -> PendingAppend {
         let receiver = self.durable.subscribe();
-        let failures_before = receiver.borrow().failures;
         PendingAppend {
             base_offset,
             log_append_time_ms: append_time,
             log_start_offset: log_start,
-            wait: Some(DurableWait {
-                receiver,
-                target,
-                failures_before,
-            }),
+            wait: Some(DurableWait { receiver, target }),
         }
     }
 
@@ -478,6 +484,13 @@ impl Partition {
         Ok(())
     }
 
+    /// After a failed fsync: refuse appends and fail every wait for durability (see
+    /// `fenced`). The flusher stops; the high watermark never moves again in this run.
+    fn fence(&self) {
+        self.fenced.store(true, Ordering::Release);
+        self.durable.send_modify(|d| d.failures += 1);
+    }
+
     /// Flush, mark the log cleanly closed and refuse further appends (shutdown, delete).
     pub fn close(&self) -> Result<()> {
         let mut state = self.state.write().map_err(|_| poisoned())?;
@@ -508,6 +521,12 @@ impl Partition {
         }
         Ok(f(&mut state.log))
     }
+}
+
+fn fenced_error() -> BrokerError {
+    BrokerError::Storage(
+        "an fsync of this partition failed, so writes are refused until the broker restarts and recovers it from disk".into(),
+    )
 }
 
 fn poisoned() -> BrokerError {
@@ -581,7 +600,7 @@ async fn flusher(partition: std::sync::Weak<Partition>, wanted: Arc<Notify>, pol
             FlushPolicy::Os => return,
         }
         let Some(p) = partition.upgrade() else { return };
-        if p.closed.load(Ordering::Acquire) {
+        if p.closed.load(Ordering::Acquire) || p.fenced.load(Ordering::Acquire) {
             return;
         }
         let sync_point = match p.state.read() {
@@ -601,12 +620,14 @@ async fn flusher(partition: std::sync::Weak<Partition>, wanted: Arc<Notify>, pol
                 }
             }
             Ok(Err(e)) => {
-                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed");
-                p.durable.send_modify(|d| d.failures += 1);
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed; refusing writes to this partition until restart");
+                p.fence();
+                return;
             }
             Err(e) => {
-                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync task failed");
-                p.durable.send_modify(|d| d.failures += 1);
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync task failed; refusing writes to this partition until restart");
+                p.fence();
+                return;
             }
         }
     }

@@ -16,7 +16,7 @@ pub fn broker_code(error: &BrokerError) -> i16 {
         BrokerError::InvalidPartitions(_) => E::InvalidPartitions.code(),
         BrokerError::InvalidConfig { .. } => E::InvalidConfig.code(),
         BrokerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
-        BrokerError::CorruptBatch(_) => E::CorruptMessage.code(),
+        BrokerError::CorruptBatch(_) | BrokerError::CorruptLog(_) => E::CorruptMessage.code(),
         BrokerError::InvalidRecord(reason) if reason.contains("max.message.bytes") => {
             E::MessageTooLarge.code()
         }

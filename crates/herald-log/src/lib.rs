@@ -15,6 +15,7 @@
 mod batch;
 mod compact;
 mod error;
+mod fault;
 mod index;
 mod log;
 mod scan;
@@ -25,4 +26,5 @@ mod test_util;
 pub use batch::*;
 pub use compact::*;
 pub use error::LogError;
+pub use fault::FAULT_INJECT_ENV;
 pub use log::*;

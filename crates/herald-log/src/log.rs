@@ -85,6 +85,9 @@ pub struct RecoveryInfo {
     pub truncated_bytes: u64,
     /// Segments whose indexes were rebuilt.
     pub rebuilt_indexes: usize,
+    /// Batches in sealed segments whose CRC is wrong: kept in place, so offsets stay
+    /// dense, but never served.
+    pub corrupt_batches: usize,
 }
 
 /// A handle to fsync what was written up to a moment, without holding the log.
@@ -99,7 +102,7 @@ impl SyncPoint {
     /// `next_offset()` is durable.
     pub fn sync(&self) -> std::io::Result<()> {
         for file in &self.files {
-            file.sync_data()?;
+            crate::fault::sync_data(file)?;
         }
         Ok(())
     }
@@ -168,7 +171,11 @@ impl PartitionLog {
             recovery,
             closed: clean_shutdown,
         };
-        if !clean_shutdown || log.recovery.truncated_bytes > 0 || log.recovery.rebuilt_indexes > 0 {
+        if !clean_shutdown
+            || log.recovery.truncated_bytes > 0
+            || log.recovery.rebuilt_indexes > 0
+            || log.recovery.corrupt_batches > 0
+        {
             info!(
                 dir = %log.dir.display(),
                 clean_shutdown,
@@ -177,6 +184,7 @@ impl PartitionLog {
                 scanned_bytes = log.recovery.scanned_bytes,
                 truncated_bytes = log.recovery.truncated_bytes,
                 rebuilt_indexes = log.recovery.rebuilt_indexes,
+                corrupt_batches = log.recovery.corrupt_batches,
                 "recovered partition log"
             );
         }
@@ -281,13 +289,16 @@ impl PartitionLog {
             }
             first += 1;
         };
+        // Sealed segments are CRC-checked on every read (see `Segment::read_into`); the
+        // active one was checked when its batches arrived or were recovered.
+        let active = self.segments.len() - 1;
         let mut at_segment_end =
-            self.segments[first].read_into(position, &mut out, max_bytes, true)?;
-        for segment in &self.segments[first + 1..] {
+            self.segments[first].read_into(position, &mut out, max_bytes, true, first < active)?;
+        for (i, segment) in self.segments.iter().enumerate().skip(first + 1) {
             if !at_segment_end || out.len() >= max_bytes {
                 break;
             }
-            at_segment_end = segment.read_into(0, &mut out, max_bytes, false)?;
+            at_segment_end = segment.read_into(0, &mut out, max_bytes, false, i < active)?;
         }
         Ok(out)
     }
@@ -485,6 +496,8 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
 mod retention;
 pub use retention::*;
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -16,10 +16,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{error, warn};
 
-use crate::batch::{BATCH_HEADER_BYTES, BatchError, BatchHeader};
+use crate::batch::{BATCH_HEADER_BYTES, BatchError, BatchHeader, check_crc};
 use crate::error::{IoContext, LogError};
+use crate::fault;
 use crate::index::{IndexFile, OffsetEntry, TimeEntry};
 use crate::log::RecoveryInfo;
 use crate::scan::{BatchCursor, Step};
@@ -70,6 +71,13 @@ pub(crate) struct Segment {
     first_append_ms: Option<i64>,
     /// Written since the last fsync.
     dirty: bool,
+    /// A failed append may have left bytes past `size_bytes` that could not be cut off
+    /// yet; the next write or flush cuts them first.
+    torn_tail: bool,
+    /// Bytes at the start of the segment that were trusted at open without a CRC check
+    /// (an active segment after a clean shutdown): reads of them check CRCs, as reads
+    /// of sealed segments do.
+    unchecked_bytes: u64,
 }
 
 impl Segment {
@@ -99,10 +107,25 @@ impl Segment {
             .open(&log_path)
             .at("create segment", &log_path)?;
         let index_path = dir.join(name(OFFSET_INDEX_SUFFIX));
-        let offset_index = IndexFile::create(&index_path).at("create index", &index_path)?;
         let time_path = dir.join(name(TIME_INDEX_SUFFIX));
-        let time_index = IndexFile::create(&time_path).at("create time index", &time_path)?;
-        sync_dir(dir)?;
+        let indexes = IndexFile::create(&index_path)
+            .at("create index", &index_path)
+            .and_then(|offsets| {
+                let times = IndexFile::create(&time_path).at("create time index", &time_path)?;
+                sync_dir(dir)?;
+                Ok((offsets, times))
+            });
+        let (offset_index, time_index) = match indexes {
+            Ok(indexes) => indexes,
+            Err(e) => {
+                // Remove what was created (a full disk, say), so a later roll to the
+                // same base offset can try again instead of finding the name taken.
+                for path in [&log_path, &index_path, &time_path] {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
         Ok(Segment {
             base_offset,
             log_path,
@@ -117,6 +140,8 @@ impl Segment {
             bytes_since_index_entry: 0,
             first_append_ms: None,
             dirty: false,
+            torn_tail: false,
+            unchecked_bytes: 0,
         })
     }
 
@@ -172,6 +197,7 @@ impl Segment {
                 None => {
                     segment.first_append_ms =
                         segment.time_index.entries().first().map(|t| t.timestamp_ms);
+                    segment.unchecked_bytes = segment.size_bytes;
                     return Ok(segment);
                 }
                 Some(problem) => {
@@ -234,6 +260,8 @@ impl Segment {
             bytes_since_index_entry: 0,
             first_append_ms: None,
             dirty: false,
+            torn_tail: false,
+            unchecked_bytes: 0,
         };
         let problem = load_problem.or_else(|| segment.index_bounds_problem());
         Ok((segment, problem))
@@ -371,18 +399,23 @@ impl Segment {
     ) -> Result<(), LogError> {
         self.clear_indexes()?;
         let log = Arc::clone(&self.log);
+        // The structure is walked without CRCs so that one rotten batch does not hide the
+        // sound ones after it; CRCs are checked batch by batch below.
         let mut cursor = BatchCursor::new(
             &log,
             self.base_offset,
             0,
             self.base_offset,
             self.size_bytes,
-            true,
+            false,
         )
         .allow_gaps();
         loop {
             match cursor.step().at("read", &self.log_path)? {
-                Step::Batch { position, header } => self.observe(position, &header),
+                Step::Batch { position, header } => {
+                    self.check_sealed_crc(position, &header, info)?;
+                    self.observe(position, &header);
+                }
                 Step::End => break,
                 Step::Bad(reason) => return Err(self.corrupt(cursor.position(), reason)),
             }
@@ -400,6 +433,29 @@ impl Segment {
             ));
         }
         self.seal()
+    }
+
+    /// A batch of a sealed segment whose CRC is wrong stays where it is (cutting it out
+    /// would leave a hole in the offsets, and cutting everything after it would lose
+    /// sound data); it is reported here and refused by every read (`read_into`).
+    fn check_sealed_crc(
+        &self,
+        position: u64,
+        header: &BatchHeader,
+        info: &mut RecoveryInfo,
+    ) -> Result<(), LogError> {
+        let bytes = self.read_batch(position, header)?;
+        if let Err(e) = check_crc(header, &bytes) {
+            error!(
+                segment = %self.log_path.display(),
+                position,
+                base_offset = header.base_offset,
+                reason = %e,
+                "corrupt batch in a sealed segment: it will not be served"
+            );
+            info.corrupt_batches += 1;
+        }
+        Ok(())
     }
 
     fn clear_indexes(&mut self) -> Result<(), LogError> {
@@ -465,11 +521,14 @@ impl Segment {
         batches: &[(u64, BatchHeader)],
         now_ms: i64,
     ) -> Result<(), LogError> {
+        self.cut_torn_tail()?;
         let start = self.size_bytes;
-        if let Err(source) = self.log.write_all_at(bytes, start) {
-            // Drop whatever part landed so the file stays whole batches.
-            if let Err(e) = self.log.set_len(start) {
-                warn!(segment = %self.log_path.display(), error = %e, "cannot cut a failed append back off the segment");
+        if let Err(source) = fault::write_all_at(&self.log, bytes, start) {
+            // Drop whatever part landed so the file stays whole batches; nothing in
+            // memory changed, so the segment is exactly as it was before the call.
+            self.torn_tail = true;
+            if let Err(e) = self.cut_torn_tail() {
+                warn!(segment = %self.log_path.display(), error = %e, "cannot cut a failed append back off the segment; will retry before the next write");
             }
             return Err(LogError::File {
                 op: "append to",
@@ -485,6 +544,18 @@ impl Segment {
         self.size_bytes += bytes.len() as u64;
         self.first_append_ms.get_or_insert(now_ms);
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Cut the file back to `size_bytes` if a failed write may have left bytes past it,
+    /// so no torn batch is ever followed by a good one or vouched for by a clean close.
+    fn cut_torn_tail(&mut self) -> Result<(), LogError> {
+        if self.torn_tail {
+            self.log
+                .set_len(self.size_bytes)
+                .at("truncate a failed append off", &self.log_path)?;
+            self.torn_tail = false;
+        }
         Ok(())
     }
 
@@ -509,6 +580,7 @@ impl Segment {
 
     /// Write pending index entries and fsync the log and both indexes.
     pub fn flush(&mut self) -> Result<(), LogError> {
+        self.cut_torn_tail()?;
         self.offset_index
             .persist()
             .at("write", self.offset_index.path())?;
@@ -516,7 +588,7 @@ impl Segment {
             .persist()
             .at("write", self.time_index.path())?;
         if self.dirty {
-            self.log.sync_data().at("fsync", &self.log_path)?;
+            fault::sync_data(&self.log).at("fsync", &self.log_path)?;
         }
         self.offset_index
             .sync()
@@ -602,13 +674,21 @@ impl Segment {
     /// that would take `out` past `max_bytes`; with `first_whole` the first batch is
     /// taken even so. Costs one positioned read for the window (plus one for the first
     /// header). Returns whether it stopped at the end of the segment.
+    ///
+    /// With `verify_crc` every batch's CRC-32C is checked before it is served (the log
+    /// asks for it on sealed segments, whose bytes have sat on disk; it is implied for
+    /// bytes this run has not checked, see `unchecked_bytes`). Bad bytes are never
+    /// returned: the sound batches before them are, and a read that would start at them
+    /// is a `Corrupt` error, so a consumer stops exactly there and the operator is told.
     pub fn read_into(
         &self,
         position: u64,
         out: &mut Vec<u8>,
         max_bytes: usize,
         first_whole: bool,
+        verify_crc: bool,
     ) -> Result<bool, LogError> {
+        let verify_crc = verify_crc || position < self.unchecked_bytes;
         let available = self.size_bytes - position;
         let room = max_bytes.saturating_sub(out.len()) as u64;
         let mut window = room.min(available);
@@ -637,16 +717,28 @@ impl Segment {
                 source: e,
             });
         }
-        let kept = self.whole_batches(&out[start..], position, window == available);
+        let kept = self.whole_batches(&out[start..], position, window == available, verify_crc);
         out.truncate(start + kept.as_ref().copied().unwrap_or(0));
-        let kept = kept?;
-        Ok(position + kept as u64 == self.size_bytes)
+        match kept {
+            Ok(kept) => Ok(position + kept as u64 == self.size_bytes),
+            // Earlier segments already gave sound batches: serve those; the next read
+            // starts here and reports the error.
+            Err(LogError::Corrupt { .. }) if start > 0 => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Length of the prefix of `window` (read from `position`) made of whole batches.
     /// `to_end` says the window reaches the segment end, where a partial batch is
-    /// corruption rather than a batch that did not fit.
-    fn whole_batches(&self, window: &[u8], position: u64, to_end: bool) -> Result<usize, LogError> {
+    /// corruption rather than a batch that did not fit. With `verify_crc`, the prefix
+    /// ends before the first batch whose CRC is wrong (an error if that is the first).
+    fn whole_batches(
+        &self,
+        window: &[u8],
+        position: u64,
+        to_end: bool,
+        verify_crc: bool,
+    ) -> Result<usize, LogError> {
         let mut kept = 0usize;
         let mut next_offset = None;
         while kept < window.len() {
@@ -671,6 +763,19 @@ impl Segment {
                         header.base_offset
                     ),
                 ));
+            }
+            if verify_crc && let Err(e) = check_crc(&header, &rest[..total]) {
+                error!(
+                    segment = %self.log_path.display(),
+                    position = at,
+                    base_offset = header.base_offset,
+                    reason = %e,
+                    "corrupt batch in a sealed segment: refusing to serve it"
+                );
+                if kept == 0 {
+                    return Err(self.corrupt(at, e.to_string()));
+                }
+                break;
             }
             next_offset = Some(header.last_offset().saturating_add(1));
             kept += total;

@@ -13,6 +13,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     for name in unknown_env_vars() {
         tracing::warn!(variable = %name, "ignoring unknown HERALD_ environment variable");
     }
+    if let Some(file) = std::env::var_os(herald_log::FAULT_INJECT_ENV) {
+        tracing::warn!(control_file = %std::path::Path::new(&file).display(), "TEST-ONLY fault injection is on: the log's writes and fsyncs fail when that file says so");
+    }
     let settings = settings.with_file()?;
     let broker_config = settings.broker_config()?;
     let kafka_config = settings.kafka_config()?;

@@ -427,25 +427,38 @@ fn bad_or_missing_index_files_are_rebuilt() {
 }
 
 #[test]
-fn corrupt_data_in_a_sealed_segment_is_an_error_not_a_panic() {
+fn corrupt_data_in_a_sealed_segment_is_reported_at_open_and_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(1_000, 100);
     let mut log = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
-    fill(&mut log, 30);
+    let stored = fill(&mut log, 30);
     log.close().unwrap();
     let first = &segment_files(dir.path(), "log")[0];
     let mut bytes = fs::read(first).unwrap();
     let last = bytes.len() - 3;
     bytes[last] ^= 1;
     fs::write(first, bytes).unwrap();
-    match PartitionLog::open(dir.path(), cfg) {
+    // The segment opens (the rest of the partition stays available), the bad batch is
+    // counted, and a read that reaches it stops before it; at it, it is an error.
+    let log = PartitionLog::open(dir.path(), cfg).unwrap();
+    assert_eq!(log.recovery_info().corrupt_batches, 1);
+    let got = read_all(&log);
+    let bad = headers_of(&got).len();
+    assert_eq!(got, stored[..bad].concat());
+    let bad_offset = headers_of(&stored[bad])[0].base_offset;
+    match log.read(bad_offset, usize::MAX) {
         Err(LogError::Corrupt { path, reason, .. }) => {
             assert_eq!(&path, first);
             assert!(reason.contains("CRC"), "{reason}");
         }
         Err(other) => panic!("unexpected error {other}"),
-        Ok(_) => panic!("corrupt sealed segment accepted"),
+        Ok(_) => panic!("corrupt sealed batch served"),
     }
+    let next = headers_of(&stored[bad + 1])[0].base_offset;
+    assert_eq!(
+        log.read(next, usize::MAX).unwrap(),
+        stored[bad + 1..].concat()
+    );
 }
 
 #[test]
