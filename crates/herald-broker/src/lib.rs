@@ -9,6 +9,8 @@ pub mod group;
 pub mod partition;
 pub mod producer;
 pub mod records;
+#[cfg(test)]
+mod test_util;
 pub mod topic;
 
 use std::collections::{BTreeMap, HashMap};
@@ -488,41 +490,21 @@ mod retention_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
 
     /// One batch of `count` records from an idempotent producer.
     fn batch(producer_id: i64, base_sequence: i32, count: i32) -> Vec<u8> {
-        let records: Vec<Record> = (0..count)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
+        let records: Vec<_> = (0..count)
+            .map(|i| kafka_protocol::records::Record {
                 producer_id,
                 producer_epoch: 0,
-                timestamp_type: TimestampType::Creation,
-                offset: i64::from(i),
-                sequence: base_sequence + i,
-                timestamp: 1_000 + i64::from(i),
-                key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from_static(b"OrderPlaced")),
-                headers: Default::default(),
+                ..test_util::record(&format!("k{i}"), Some(b"OrderPlaced"), 1_000 + i64::from(i))
             })
             .collect();
-        let mut buf = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
+        test_util::batch(
             &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
+            base_sequence,
+            kafka_protocol::records::Compression::None,
         )
-        .unwrap();
-        buf.to_vec()
     }
 
     #[tokio::test]

@@ -200,39 +200,13 @@ impl Cursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::Compression;
 
     fn batch(compression: Compression) -> Vec<u8> {
-        let records: Vec<Record> = (0..5)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i,
-                sequence: i as i32, // keeps all five records in one batch
-                timestamp: 1_000 + i * 10,
-                key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from(vec![b'x'; 100])),
-                headers: Default::default(),
-            })
+        let records: Vec<_> = (0..5)
+            .map(|i| crate::test_util::record(&format!("k{i}"), Some(&[b'x'; 100]), 1_000 + i * 10))
             .collect();
-        let mut buf = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        let mut out = buf.to_vec();
+        let mut out = crate::test_util::batch(&records, 0, compression);
         out[..8].copy_from_slice(&40i64.to_be_bytes());
         out
     }

@@ -3,44 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 
 use super::*;
 
 /// One uncompressed batch of `count` records stamped `timestamp_ms` (about 90 bytes
 /// for one record).
 fn batch(count: i32, timestamp_ms: i64) -> Vec<u8> {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i64::from(i),
-            sequence: -1,
-            timestamp: timestamp_ms,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from_static(b"OrderPlaced")),
-            headers: Default::default(),
-        })
+    let records: Vec<_> = (0..count)
+        .map(|i| crate::test_util::record(&format!("k{i}"), Some(b"OrderPlaced"), timestamp_ms))
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.to_vec()
+    crate::test_util::batch(&records, -1, Compression::None)
 }
 
 fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 
 use super::*;
 use crate::{BrokerConfig, FlushPolicy, Topic};
@@ -31,45 +29,12 @@ fn compact_topic(broker: &Broker, name: &str, segment_bytes: u32) -> Arc<Topic> 
 }
 
 fn record(key: &str, value: Option<&str>, timestamp: i64) -> Record {
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: 0,
-        timestamp,
-        key: Some(Bytes::from(key.to_string())),
-        value: value.map(|v| Bytes::from(v.to_string())),
-        headers: Default::default(),
-    }
+    crate::test_util::record(key, value.map(str::as_bytes), timestamp)
 }
 
 /// One batch holding `records` (offsets and sequences numbered so they stay together).
 fn batch(records: &[Record], compression: Compression) -> Vec<u8> {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Record {
-            offset: i as i64,
-            sequence: i as i32,
-            ..r.clone()
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.to_vec()
+    crate::test_util::batch(records, 0, compression)
 }
 
 fn put(topic: &Topic, key: &str, value: Option<&str>, timestamp: i64) -> i64 {
