@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     pub group_session_timeout_max_ms: i32,
     /// Upper bound on members in one consumer group.
     pub group_members_max: usize,
+    /// Sealed-segment files kept open at once (process-wide; more are opened on demand
+    /// and the least recently used closed).
+    pub open_sealed_files_max: usize,
     /// How often the cleaner looks for compacted partitions to clean (0: never).
     pub compaction_check_interval_ms: u64,
     /// Memory for the cleaner's key -> latest offset map; a dirty section with more
@@ -87,6 +90,7 @@ impl BrokerConfig {
             group_session_timeout_min_ms: 6_000,
             group_session_timeout_max_ms: 1_800_000,
             group_members_max: 1_000,
+            open_sealed_files_max: herald_log::OPEN_SEALED_FILES_MAX_DEFAULT,
             compaction_check_interval_ms: 15_000,
             compaction_map_bytes_max: 128 << 20,
             retention_ms: 604_800_000,

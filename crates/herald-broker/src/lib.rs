@@ -104,6 +104,7 @@ impl Broker {
                 config.data_dir.display()
             ))
         })?;
+        herald_log::set_open_sealed_files_max(config.open_sealed_files_max);
         let meta = Arc::new(MetaStore::open(&config.data_dir.join("meta.redb"))?);
         let cluster_id = meta.cluster_id(|| {
             // Kafka cluster ids are 22-character URL-safe base64 of 16 random bytes.

@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::batch::{BatchError, BatchHeader};
 use crate::error::{IoContext, LogError};
+use crate::file_cache::SegmentFile;
 use crate::log::{PartitionLog, RecoveryInfo};
 use crate::scan::{BatchCursor, Step};
 use crate::segment::{LOG_SUFFIX, Segment, file_name, sync_dir};
@@ -50,14 +51,15 @@ pub const CLEANED_SUFFIX: &str = ".cleaned";
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 /// A sealed segment as the cleaner sees it. Sealed segments never change in place, so
-/// it can be read without the log's lock; the open file keeps it readable even if the
-/// segment is swapped or deleted meanwhile.
+/// it can be read without the log's lock. Its file is opened through the descriptor
+/// cache for each read, so a cleaner's snapshot of many segments does not hold many
+/// descriptors; the handle also identifies the segment for `replace_sealed`.
 #[derive(Clone)]
 pub struct SealedSegment {
     base_offset: i64,
     next_offset: i64,
     size_bytes: u64,
-    file: Arc<File>,
+    file: Arc<SegmentFile>,
     path: PathBuf,
 }
 
@@ -81,8 +83,13 @@ impl SealedSegment {
         &self,
         mut f: impl FnMut(&BatchHeader, &[u8]) -> Result<bool, E>,
     ) -> Result<(), E> {
+        let file = self.file.get().map_err(|source| LogError::File {
+            op: "open segment",
+            path: self.path.clone(),
+            source,
+        })?;
         let mut cursor = BatchCursor::new(
-            &self.file,
+            &file,
             self.base_offset,
             0,
             self.base_offset,
@@ -225,7 +232,7 @@ impl SegmentRewriter {
 pub struct CleanedSegment {
     dir: PathBuf,
     base_offset: i64,
-    source_file: Arc<File>,
+    source_file: Arc<SegmentFile>,
     size_bytes: u64,
 }
 

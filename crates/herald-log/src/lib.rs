@@ -11,11 +11,13 @@
 //!   lock, writing a cleaned segment, the crash-safe swap, the cleaner checkpoint).
 //! - `segment`, `index`, `scan`: one segment's files, its sparse indexes, and the
 //!   checked walk over batches on disk that recovery and lookups share.
+//! - `file_cache`: segment descriptors; sealed ones are opened on demand and bounded.
 
 mod batch;
 mod compact;
 mod error;
 mod fault;
+mod file_cache;
 mod index;
 mod log;
 mod scan;
@@ -27,4 +29,5 @@ pub use batch::*;
 pub use compact::*;
 pub use error::LogError;
 pub use fault::FAULT_INJECT_ENV;
+pub use file_cache::{OPEN_SEALED_FILES_MAX_DEFAULT, open_sealed_files, set_open_sealed_files_max};
 pub use log::*;

@@ -259,6 +259,7 @@ impl PartitionLog {
     /// one at the next offset.
     fn roll(&mut self) -> Result<(), LogError> {
         self.active_mut().seal()?;
+        self.active().unpin_file();
         let segment = Segment::create(
             &self.dir,
             self.next_offset(),
@@ -327,7 +328,8 @@ impl PartitionLog {
     pub fn sync_point(&self) -> SyncPoint {
         let active = self.active();
         let files = if active.is_dirty() {
-            vec![Arc::clone(active.log_file())]
+            // The active segment's file is pinned open: this never opens a file.
+            active.open_file().into_iter().collect()
         } else {
             Vec::new()
         };

@@ -21,6 +21,7 @@ use tracing::{error, warn};
 use crate::batch::{BATCH_HEADER_BYTES, BatchError, BatchHeader, check_crc};
 use crate::error::{IoContext, LogError};
 use crate::fault;
+use crate::file_cache::SegmentFile;
 use crate::index::{IndexFile, OffsetEntry, TimeEntry};
 use crate::log::RecoveryInfo;
 use crate::scan::{BatchCursor, Step};
@@ -54,7 +55,8 @@ const ZERO_ENTRY: OffsetEntry = OffsetEntry {
 pub(crate) struct Segment {
     base_offset: i64,
     log_path: PathBuf,
-    log: Arc<File>,
+    /// Open while the segment is active; opened on demand once sealed (`file_cache`).
+    file: Arc<SegmentFile>,
     /// Bytes of whole batches; the file is exactly this long except during a failed write.
     size_bytes: u64,
     /// One past the last offset stored here (== base_offset when empty).
@@ -128,8 +130,8 @@ impl Segment {
         };
         Ok(Segment {
             base_offset,
+            file: SegmentFile::active(&log_path, log),
             log_path,
-            log: Arc::new(log),
             size_bytes: 0,
             next_offset: base_offset,
             offset_index,
@@ -173,6 +175,7 @@ impl Segment {
             warn!(segment = %segment.log_path.display(), %problem, "rebuilding the indexes of a sealed segment");
             segment.rebuild_sealed(next_base_offset, info)?;
         }
+        segment.unpin_file();
         Ok(segment)
     }
 
@@ -248,8 +251,8 @@ impl Segment {
             });
         let segment = Segment {
             base_offset,
+            file: SegmentFile::active(&log_path, log),
             log_path,
-            log: Arc::new(log),
             size_bytes,
             next_offset: base_offset,
             offset_index: offsets.index,
@@ -308,7 +311,7 @@ impl Segment {
     ) -> Result<Option<String>, LogError> {
         let start = self.offset_index.last().copied().unwrap_or(ZERO_ENTRY);
         let start_position = u64::from(start.position);
-        let log = Arc::clone(&self.log);
+        let log = self.open_file()?;
         let mut cursor = BatchCursor::new(
             &log,
             self.base_offset,
@@ -358,7 +361,7 @@ impl Segment {
     /// rebuild both indexes.
     fn recover(&mut self, info: &mut RecoveryInfo) -> Result<(), LogError> {
         self.clear_indexes()?;
-        let log = Arc::clone(&self.log);
+        let log = self.open_file()?;
         let end = self.size_bytes;
         let mut cursor = BatchCursor::new(&log, self.base_offset, 0, self.base_offset, end, true);
         loop {
@@ -398,7 +401,7 @@ impl Segment {
         info: &mut RecoveryInfo,
     ) -> Result<(), LogError> {
         self.clear_indexes()?;
-        let log = Arc::clone(&self.log);
+        let log = self.open_file()?;
         // The structure is walked without CRCs so that one rotten batch does not hide the
         // sound ones after it; CRCs are checked batch by batch below.
         let mut cursor = BatchCursor::new(
@@ -523,7 +526,8 @@ impl Segment {
     ) -> Result<(), LogError> {
         self.cut_torn_tail()?;
         let start = self.size_bytes;
-        if let Err(source) = fault::write_all_at(&self.log, bytes, start) {
+        let log = self.open_file()?;
+        if let Err(source) = fault::write_all_at(&log, bytes, start) {
             // Drop whatever part landed so the file stays whole batches; nothing in
             // memory changed, so the segment is exactly as it was before the call.
             self.torn_tail = true;
@@ -551,7 +555,7 @@ impl Segment {
     /// so no torn batch is ever followed by a good one or vouched for by a clean close.
     fn cut_torn_tail(&mut self) -> Result<(), LogError> {
         if self.torn_tail {
-            self.log
+            self.open_file()?
                 .set_len(self.size_bytes)
                 .at("truncate a failed append off", &self.log_path)?;
             self.torn_tail = false;
@@ -588,7 +592,8 @@ impl Segment {
             .persist()
             .at("write", self.time_index.path())?;
         if self.dirty {
-            fault::sync_data(&self.log).at("fsync", &self.log_path)?;
+            let log = self.open_file()?;
+            fault::sync_data(&log).at("fsync", &self.log_path)?;
         }
         self.offset_index
             .sync()
@@ -627,8 +632,20 @@ impl Segment {
         self.dirty
     }
 
-    pub fn log_file(&self) -> &Arc<File> {
-        &self.log
+    /// This segment's file handle; the same `Arc` for the segment's whole life, so it
+    /// also identifies the segment (the cleaner checks it before a swap).
+    pub fn log_file(&self) -> &Arc<SegmentFile> {
+        &self.file
+    }
+
+    /// The open file, opened now if the cache had closed it.
+    pub fn open_file(&self) -> Result<Arc<File>, LogError> {
+        self.file.get().at("open segment", &self.log_path)
+    }
+
+    /// The segment is sealed: its descriptor may be closed when not in use.
+    pub fn unpin_file(&self) {
+        self.file.unpin();
     }
 
     pub fn log_path(&self) -> &Path {
@@ -649,7 +666,8 @@ impl Segment {
                 .floor(self.relative(offset))
                 .unwrap_or(ZERO_ENTRY)
         };
-        let mut cursor = self.header_cursor(start);
+        let log = self.open_file()?;
+        let mut cursor = self.header_cursor(&log, start);
         loop {
             match cursor.step().at("read", &self.log_path)? {
                 Step::Batch { position, header } if header.last_offset() >= offset => {
@@ -689,6 +707,7 @@ impl Segment {
         verify_crc: bool,
     ) -> Result<bool, LogError> {
         let verify_crc = verify_crc || position < self.unchecked_bytes;
+        let log = self.open_file()?;
         let available = self.size_bytes - position;
         let room = max_bytes.saturating_sub(out.len()) as u64;
         let mut window = room.min(available);
@@ -697,8 +716,7 @@ impl Segment {
                 return Err(self.corrupt(position, BatchError::Truncated.to_string()));
             }
             let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
-            self.log
-                .read_exact_at(&mut header_bytes, position)
+            log.read_exact_at(&mut header_bytes, position)
                 .at("read", &self.log_path)?;
             let header = BatchHeader::parse(&header_bytes)
                 .map_err(|e| self.corrupt(position, e.to_string()))?;
@@ -709,7 +727,7 @@ impl Segment {
         }
         let start = out.len();
         out.resize(start + window as usize, 0);
-        if let Err(e) = self.log.read_exact_at(&mut out[start..], position) {
+        if let Err(e) = log.read_exact_at(&mut out[start..], position) {
             out.truncate(start);
             return Err(LogError::File {
                 op: "read",
@@ -793,7 +811,8 @@ impl Segment {
             .last_before(timestamp_ms)
             .and_then(|t| self.offset_index.floor(t.relative_offset))
             .unwrap_or(ZERO_ENTRY);
-        let mut cursor = self.header_cursor(start);
+        let log = self.open_file()?;
+        let mut cursor = self.header_cursor(&log, start);
         loop {
             match cursor.step().at("read", &self.log_path)? {
                 Step::Batch { position, header } if header.max_timestamp >= timestamp_ms => {
@@ -816,7 +835,7 @@ impl Segment {
             ));
         }
         let mut bytes = vec![0u8; total];
-        self.log
+        self.open_file()?
             .read_exact_at(&mut bytes, position)
             .at("read", &self.log_path)?;
         Ok(bytes)
@@ -824,7 +843,8 @@ impl Segment {
 
     /// Push the header of every batch, oldest first.
     pub fn headers(&self, out: &mut Vec<BatchHeader>) -> Result<(), LogError> {
-        let mut cursor = self.header_cursor(ZERO_ENTRY);
+        let log = self.open_file()?;
+        let mut cursor = self.header_cursor(&log, ZERO_ENTRY);
         loop {
             match cursor.step().at("read", &self.log_path)? {
                 Step::Batch { header, .. } => out.push(header),
@@ -835,9 +855,9 @@ impl Segment {
     }
 
     /// A header-only walk from an index entry to the end of the segment.
-    fn header_cursor(&self, start: OffsetEntry) -> BatchCursor<'_> {
+    fn header_cursor<'a>(&self, log: &'a File, start: OffsetEntry) -> BatchCursor<'a> {
         BatchCursor::new(
-            &self.log,
+            log,
             self.base_offset,
             u64::from(start.position),
             self.offset_of(start.relative_offset),

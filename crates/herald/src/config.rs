@@ -27,6 +27,7 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_CONNECTIONS_MAX",
     "HERALD_FETCH_BYTES_MAX",
     "HERALD_PARTITIONS_PER_TOPIC_MAX",
+    "HERALD_OPEN_SEALED_FILES_MAX",
     "HERALD_GROUP_INITIAL_REBALANCE_DELAY_MS",
     "HERALD_GROUP_SESSION_TIMEOUT_MIN_MS",
     "HERALD_GROUP_SESSION_TIMEOUT_MAX_MS",
@@ -87,6 +88,9 @@ pub struct ServeSettings {
     /// Most partitions in one topic [default: 10000]
     #[arg(long, env = "HERALD_PARTITIONS_PER_TOPIC_MAX")]
     pub partitions_per_topic_max: Option<u32>,
+    /// Sealed-segment files kept open at once; more are opened on demand [default: 4096]
+    #[arg(long, env = "HERALD_OPEN_SEALED_FILES_MAX")]
+    pub open_sealed_files_max: Option<usize>,
     /// How long a new group waits for more members before its first rebalance [default: 3000]
     #[arg(long, env = "HERALD_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -144,6 +148,7 @@ impl ServeSettings {
             connections_max,
             fetch_bytes_max,
             partitions_per_topic_max,
+            open_sealed_files_max,
             group_initial_rebalance_delay_ms,
             group_session_timeout_min_ms,
             group_session_timeout_max_ms,
@@ -213,6 +218,12 @@ impl ServeSettings {
         }
         if let Some(v) = self.partitions_per_topic_max {
             c.partitions_per_topic_max = v;
+        }
+        if let Some(v) = self.open_sealed_files_max {
+            if v == 0 {
+                bail!("open_sealed_files_max must be at least 1");
+            }
+            c.open_sealed_files_max = v;
         }
         if let Some(v) = self.group_initial_rebalance_delay_ms {
             c.group_initial_rebalance_delay_ms = v;

@@ -221,9 +221,7 @@ impl PartitionLog {
 fn newest_timestamp_ms(segment: &Segment) -> i64 {
     match segment.max_timestamp_ms() {
         Some(ts) if ts >= 0 => ts,
-        _ => segment
-            .log_file()
-            .metadata()
+        _ => std::fs::metadata(segment.log_path())
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

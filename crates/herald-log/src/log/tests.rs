@@ -669,3 +669,25 @@ fn appending_after_close_withdraws_the_clean_shutdown_marker() {
     assert!(!log.recovery_info().clean_shutdown);
     assert_eq!(read_all(&log), stored.concat());
 }
+
+#[test]
+fn reads_are_whole_when_sealed_files_are_closed_and_reopened_by_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(600, 150);
+    let mut log = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
+    let stored = fill(&mut log, 60);
+    assert!(log.segment_count() > 5);
+    // A bound far below the segment count: every read reopens files the cache closed.
+    crate::set_open_sealed_files_max(1);
+    for _ in 0..3 {
+        assert_eq!(read_all(&log), stored.concat());
+        for batch in &stored {
+            let h = headers_of(batch)[0];
+            assert_eq!(&log.read(h.base_offset, 0).unwrap(), batch);
+        }
+    }
+    log.close().unwrap();
+    let log = PartitionLog::open(dir.path(), cfg).unwrap();
+    assert_eq!(read_all(&log), stored.concat());
+    crate::set_open_sealed_files_max(crate::OPEN_SEALED_FILES_MAX_DEFAULT);
+}
