@@ -149,3 +149,25 @@ def test_cli_errors_when_broker_unreachable():
         env={k: v for k, v in os.environ.items() if not k.startswith("HERALD_")})
     assert unreachable.returncode != 0
     assert unreachable.stderr.strip()
+
+
+def test_bench_produce_then_consume_reports_what_the_broker_stored(broker):
+    import json
+
+    topic = unique("cli-bench")
+    out = ok(herald(broker, "bench", "produce", "--topic", topic, "--partitions", "3", "--producers", "2",
+                    "--count", "3000", "--message-bytes", "100", "--batch-bytes", "1000", "--json"))
+    produced = json.loads(out)
+    # Whole batches of 10 records: 3000 exactly, all acknowledged, latencies measured.
+    assert produced["records"] == 3000 and produced["errors"] == 0
+    assert produced["bytes"] == 300_000
+    assert 0 < produced["latency"]["p50_ms"] <= produced["latency"]["max_ms"]
+    # The broker holds exactly what the bench says it sent.
+    client = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique("g")})
+    stored = sum(client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(3))
+    client.close()
+    assert stored == 3000
+    consumed = json.loads(ok(herald(broker, "bench", "consume", "--topic", topic, "--json")))
+    assert consumed["records"] == 3000 and consumed["bytes"] == 300_000 and consumed["errors"] == 0
+    missing = herald(broker, "bench", "consume", "--topic", unique("nosuch"))
+    assert missing.returncode != 0 and "does not exist" in missing.stderr

@@ -2,6 +2,7 @@
 //! like any other client. Each command lives in its own file; this one holds what
 //! they share (the bootstrap address, argument parsers, table output).
 
+mod bench;
 mod consume;
 mod groups;
 mod produce;
@@ -27,6 +28,8 @@ pub enum ClientCommand {
     /// List and describe consumer groups.
     #[command(subcommand)]
     Groups(groups::GroupsCommand),
+    /// Measure a broker: produce throughput and ack latency, or consume throughput.
+    Bench(bench::BenchArgs),
 }
 
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
@@ -35,6 +38,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Produce(args) => produce::run(args).await,
         ClientCommand::Consume(args) => consume::run(args).await,
         ClientCommand::Groups(command) => groups::run(command).await,
+        ClientCommand::Bench(args) => bench::run(args).await,
     }
 }
 

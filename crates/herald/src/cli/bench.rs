@@ -1,0 +1,357 @@
+//! `herald bench`: measure a Kafka-protocol broker (Herald or any other) from outside,
+//! the way users measure Kafka: N producers sending fixed-size records in batches with
+//! a bounded number of requests in flight, acknowledgement latency in an HDR
+//! histogram; or one consumer reading a topic from the start.
+//!
+//! This slice has the `produce` and `consume` modes; `end-to-end` latency, a progress
+//! bar and the comparison script are still to come (issue 4).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use herald_client::{
+    Acks, Client, FetchOptions, NewTopic, ProduceOptions, ProduceRecord, TopicPartition,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::ConnectArgs;
+use super::produce::{CompressionArg, parse_acks};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Send records and time each acknowledgement.
+    Produce,
+    /// Read a topic from its start as fast as the broker serves it.
+    Consume,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub mode: BenchMode,
+    /// Topic to use; created with `--partitions` if missing.
+    #[arg(long, default_value = "herald-bench")]
+    pub topic: String,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+    /// Concurrent producers, each with its own connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub producers: u32,
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub message_bytes: u32,
+    /// Bytes of record values per produce request (one batch per request).
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=67_108_864))]
+    pub batch_bytes: u32,
+    /// Produce requests each producer keeps in flight.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub in_flight: u32,
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    pub acks: Acks,
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    pub compression: CompressionArg,
+    /// Records to send (produce) or read (consume).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub count: u64,
+    /// Stop after this many seconds even if `--count` is not reached.
+    #[arg(long, default_value_t = 300)]
+    pub duration_secs: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    pub mode: BenchMode,
+    pub records: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub errors: u64,
+    /// Acknowledgement latency of each produce request, microseconds.
+    pub latency_us: Option<Histogram<u64>>,
+}
+
+impl Report {
+    fn records_per_sec(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / 1_000_000.0 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn percentiles_ms(&self) -> Vec<(&'static str, f64)> {
+        let Some(h) = &self.latency_us else {
+            return Vec::new();
+        };
+        [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)]
+            .into_iter()
+            .map(|(name, q)| (name, h.value_at_quantile(q / 100.0) as f64 / 1000.0))
+            .chain([("max", h.max() as f64 / 1000.0)])
+            .collect()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut latency = serde_json::Map::new();
+        for (name, ms) in self.percentiles_ms() {
+            latency.insert(format!("{name}_ms"), serde_json::json!(ms));
+        }
+        serde_json::json!({
+            "mode": format!("{:?}", self.mode).to_lowercase(),
+            "records": self.records,
+            "bytes": self.bytes,
+            "seconds": self.elapsed.as_secs_f64(),
+            "records_per_sec": self.records_per_sec(),
+            "mb_per_sec": self.mb_per_sec(),
+            "errors": self.errors,
+            "latency": latency,
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "{} records, {:.1} MB in {:.2} s: {:.0} records/s, {:.1} MB/s, {} errors",
+            self.records,
+            self.bytes as f64 / 1_000_000.0,
+            self.elapsed.as_secs_f64(),
+            self.records_per_sec(),
+            self.mb_per_sec(),
+            self.errors
+        );
+        let p = self.percentiles_ms();
+        if !p.is_empty() {
+            out.push_str("\nack latency ms:");
+            for (name, ms) in p {
+                out.push_str(&format!(" {name} {ms:.2}"));
+            }
+        }
+        out
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let client = args.connect.connect().await?;
+    let report = match args.mode {
+        BenchMode::Produce => produce(&client, &args).await?,
+        BenchMode::Consume => consume(&client, &args).await?,
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.to_text());
+    }
+    if report.errors > 0 {
+        bail!("{} requests failed", report.errors);
+    }
+    Ok(())
+}
+
+/// Create the topic with `--partitions` unless it exists; its partition count.
+async fn ensure_topic(client: &Client, args: &BenchArgs) -> anyhow::Result<i32> {
+    let mut topic = NewTopic::new(args.topic.clone());
+    topic.partitions = args.partitions;
+    if let Err(e) = client.create_topic(&topic).await
+        && e.kafka_code() != Some(kafka_protocol::ResponseError::TopicAlreadyExists)
+    {
+        return Err(e).with_context(|| format!("cannot create topic {}", args.topic));
+    }
+    let metadata = client
+        .topic(&args.topic)
+        .await
+        .with_context(|| format!("cannot read the metadata of {}", args.topic))?;
+    Ok(metadata.partitions.len().max(1) as i32)
+}
+
+async fn produce(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
+    let partitions = ensure_topic(client, args).await?;
+    let per_batch = (args.batch_bytes / args.message_bytes).max(1) as usize;
+    let value = Bytes::from(vec![b'x'; args.message_bytes as usize]);
+    let batch: Arc<Vec<ProduceRecord>> = Arc::new(
+        (0..per_batch)
+            .map(|_| ProduceRecord::new(None, Some(value.clone())))
+            .collect(),
+    );
+    let options = Arc::new(ProduceOptions {
+        acks: args.acks,
+        compression: args.compression.into(),
+        ..ProduceOptions::default()
+    });
+    let batches_total = args.count.div_ceil(per_batch as u64);
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let started = Instant::now();
+    let mut producers = JoinSet::new();
+    for producer in 0..args.producers {
+        let client = Client::new(&args.connect.bootstrap).await?;
+        let topic = args.topic.clone();
+        let (batch, options) = (batch.clone(), options.clone());
+        // Batches are shared out so the producers send `count` records between them.
+        let mine = batches_total / u64::from(args.producers)
+            + u64::from(u64::from(producer) < batches_total % u64::from(args.producers));
+        let in_flight = args.in_flight as usize;
+        producers.spawn(async move {
+            let permits = Arc::new(Semaphore::new(in_flight));
+            let mut requests = JoinSet::new();
+            let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+            let (mut sent, mut errors) = (0u64, 0u64);
+            for i in 0..mine {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let partition = ((u64::from(producer) + i) % partitions as u64) as i32;
+                let (client, topic, records, options) = (
+                    client.clone(),
+                    topic.clone(),
+                    batch.clone(),
+                    options.clone(),
+                );
+                requests.spawn(async move {
+                    let at = Instant::now();
+                    let result = client.produce(&topic, partition, &records, &options).await;
+                    drop(permit);
+                    (result.is_ok(), at.elapsed())
+                });
+                while let Some(done) = requests.try_join_next() {
+                    record(done, &mut histogram, &mut sent, &mut errors, batch.len());
+                }
+            }
+            while let Some(done) = requests.join_next().await {
+                record(done, &mut histogram, &mut sent, &mut errors, batch.len());
+            }
+            (histogram, sent, errors)
+        });
+    }
+    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let (mut records, mut errors) = (0u64, 0u64);
+    while let Some(done) = producers.join_next().await {
+        let (h, sent, failed) = done.context("a producer task failed")?;
+        histogram.add(&h).context("merging latency histograms")?;
+        records += sent;
+        errors += failed;
+    }
+    Ok(Report {
+        mode: BenchMode::Produce,
+        records,
+        bytes: records * u64::from(args.message_bytes),
+        elapsed: started.elapsed(),
+        errors,
+        latency_us: (args.acks != Acks::None).then_some(histogram),
+    })
+}
+
+fn record(
+    done: Result<(bool, Duration), tokio::task::JoinError>,
+    histogram: &mut Histogram<u64>,
+    sent: &mut u64,
+    errors: &mut u64,
+    batch_len: usize,
+) {
+    match done {
+        Ok((true, latency)) => {
+            *sent += batch_len as u64;
+            let _ = histogram.record(latency.as_micros().max(1) as u64);
+        }
+        _ => *errors += 1,
+    }
+}
+
+async fn consume(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
+    let topic = client
+        .topic(&args.topic)
+        .await
+        .with_context(|| format!("topic {} does not exist", args.topic))?;
+    let mut positions: Vec<(TopicPartition, i64)> = topic
+        .partitions
+        .iter()
+        .map(|p| (TopicPartition::new(&args.topic, p.partition), 0))
+        .collect();
+    let options = FetchOptions {
+        max_wait: Duration::from_millis(100),
+        max_bytes: 64 << 20,
+        partition_max_bytes: 16 << 20,
+        ..FetchOptions::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let started = Instant::now();
+    let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    while records < args.count && Instant::now() < deadline {
+        let fetched = client.fetch_many(&positions, &options).await?;
+        let mut progressed = false;
+        for part in fetched {
+            if part.error.is_some() {
+                errors += 1;
+                continue;
+            }
+            records += part.records.len() as u64;
+            bytes += part
+                .records
+                .iter()
+                .map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64))
+                .sum::<u64>();
+            if let Some(position) = positions
+                .iter_mut()
+                .find(|(tp, _)| tp.partition == part.partition)
+                && part.next_offset > position.1
+            {
+                position.1 = part.next_offset;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            // Every partition is at its end.
+            break;
+        }
+    }
+    Ok(Report {
+        mode: BenchMode::Consume,
+        records,
+        bytes,
+        elapsed: started.elapsed(),
+        errors,
+        latency_us: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_gives_rates_and_percentiles() {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for us in 1..=1000 {
+            h.record(us).unwrap();
+        }
+        let report = Report {
+            mode: BenchMode::Produce,
+            records: 2_000,
+            bytes: 2_000_000,
+            elapsed: Duration::from_secs(2),
+            errors: 0,
+            latency_us: Some(h),
+        };
+        let json = report.to_json();
+        assert_eq!(json["records_per_sec"], 1000.0);
+        assert_eq!(json["mb_per_sec"], 1.0);
+        let p50 = json["latency"]["p50_ms"].as_f64().unwrap();
+        assert!((0.49..=0.51).contains(&p50), "{p50}");
+        assert!((json["latency"]["max_ms"].as_f64().unwrap() - 1.0).abs() < 0.01);
+        assert!(report.to_text().contains("1000 records/s"));
+        let consume = Report {
+            mode: BenchMode::Consume,
+            latency_us: None,
+            ..report
+        };
+        assert!(consume.to_json()["latency"].as_object().unwrap().is_empty());
+    }
+}
