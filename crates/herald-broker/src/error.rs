@@ -33,6 +33,12 @@ pub enum BrokerError {
     CorruptBatch(#[from] BatchError),
     #[error("record batch rejected: {0}")]
     InvalidRecord(String),
+    #[error("record batch of {bytes} bytes is larger than max.message.bytes {max}")]
+    MessageTooLarge { bytes: usize, max: usize },
+    #[error("acks must be -1, 0 or 1, not {0}")]
+    InvalidRequiredAcks(i16),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     #[error(
         "out of order sequence number for producer {producer_id}: expected {expected}, got {got}"
     )]

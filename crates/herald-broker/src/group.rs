@@ -21,6 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
 
+/// How long a member id handed out with MEMBER_ID_REQUIRED waits for its rejoin.
+const PENDING_MEMBER_TTL: Duration = Duration::from_secs(300);
+
 /// How often deadlines (rebalance, session) are checked.
 pub const GROUP_TICK_MS: u64 = 100;
 
@@ -724,7 +727,7 @@ impl GroupCoordinator {
             group.maybe_complete_join(now);
             group
                 .pending_members
-                .retain(|_, since| now.duration_since(*since) < Duration::from_secs(300));
+                .retain(|_, since| now.duration_since(*since) < PENDING_MEMBER_TTL);
             if matches!(
                 group.state,
                 GroupState::Stable | GroupState::CompletingRebalance

@@ -541,8 +541,29 @@ mod tests {
             p.read(6, 1024),
             Err(BrokerError::OffsetOutOfRange { .. })
         ));
-        assert!(p.append(&batch(-1, -1, 1), false, 10, now_ms()).is_err());
+        assert!(matches!(
+            p.append(&batch(-1, -1, 1), false, 10, now_ms()),
+            Err(BrokerError::MessageTooLarge { max: 10, .. })
+        ));
         assert_eq!(p.offset_for_timestamp(1_001).unwrap(), Some((1, 1_001)));
+    }
+
+    #[tokio::test]
+    async fn a_produce_waiting_for_its_fsync_is_answered_when_the_partition_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(BrokerConfig::new(dir.path().to_path_buf())).unwrap();
+        let topic = broker
+            .create_topic("orders", Some(1), BTreeMap::new(), false)
+            .unwrap();
+        let p = topic.partition(0).unwrap();
+        // No await between append and close: on this single-threaded runtime the
+        // flusher cannot run first, so only `close` can answer the wait.
+        let pending = p.append(&batch(5, 0, 2), false, 1 << 20, now_ms()).unwrap();
+        p.close().unwrap();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), pending.durable())
+            .await
+            .expect("the wait for durability hung after close");
+        assert_eq!(done.unwrap().base_offset, 0);
     }
 
     #[tokio::test]

@@ -181,10 +181,10 @@ impl Partition {
         now_ms: i64,
     ) -> Result<PendingAppend> {
         if records.len() > max_message_bytes {
-            return Err(BrokerError::InvalidRecord(format!(
-                "record batch of {} bytes is larger than max.message.bytes {max_message_bytes}",
-                records.len()
-            )));
+            return Err(BrokerError::MessageTooLarge {
+                bytes: records.len(),
+                max: max_message_bytes,
+            });
         }
         let headers = validate_batches(records)?;
         if headers.is_empty() {
@@ -497,11 +497,21 @@ impl Partition {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        state.log.close()?;
+        let closed = state.log.close();
+        let next_offset = state.log.next_offset();
         drop(state);
+        // Answer every produce still waiting for durability: the close flushed the log
+        // (unless it failed, or an earlier fsync failure fenced the partition), and the
+        // flusher is about to end, so nobody else will.
+        if closed.is_ok() && !self.fenced.load(Ordering::Acquire) {
+            self.durable
+                .send_modify(|d| d.next_offset = d.next_offset.max(next_offset));
+        } else {
+            self.durable.send_modify(|d| d.failures += 1);
+        }
         // Wake the flusher so it sees `closed` and ends.
         self.flush_wanted.notify_one();
-        Ok(())
+        closed.map_err(BrokerError::from)
     }
 }
 

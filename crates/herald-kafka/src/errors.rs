@@ -17,9 +17,9 @@ pub fn broker_code(error: &BrokerError) -> i16 {
         BrokerError::InvalidConfig { .. } => E::InvalidConfig.code(),
         BrokerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
         BrokerError::CorruptBatch(_) | BrokerError::CorruptLog(_) => E::CorruptMessage.code(),
-        BrokerError::InvalidRecord(reason) if reason.contains("max.message.bytes") => {
-            E::MessageTooLarge.code()
-        }
+        BrokerError::MessageTooLarge { .. } => E::MessageTooLarge.code(),
+        BrokerError::InvalidRequiredAcks(_) => E::InvalidRequiredAcks.code(),
+        BrokerError::InvalidRequest(_) => E::InvalidRequest.code(),
         BrokerError::InvalidRecord(_) => E::InvalidRecord.code(),
         BrokerError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),
         BrokerError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),

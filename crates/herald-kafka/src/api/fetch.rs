@@ -32,14 +32,14 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: FetchRequest
         changes.borrow_and_update();
         let (responses, bytes, any_error) = read_all(ctx, version, &request, max_bytes);
         let now = Instant::now();
-        if bytes >= min_bytes.max(1) || any_error || now >= deadline || (min_bytes == 0) {
+        if min_bytes == 0 || bytes >= min_bytes || any_error || now >= deadline {
             return FetchResponse::default().with_responses(responses);
         }
-        // Wait for new data anywhere, then read again.
-        let _ = tokio::time::timeout(deadline - now, changes.changed()).await;
-        if Instant::now() >= deadline {
-            let (responses, _, _) = read_all(ctx, version, &request, max_bytes);
-            return FetchResponse::default().with_responses(responses);
+        // Wait for new data anywhere. If none comes in time (or the broker is going
+        // away), what was just read is the answer: nothing changed since.
+        match tokio::time::timeout(deadline - now, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return FetchResponse::default().with_responses(responses),
         }
     }
 }

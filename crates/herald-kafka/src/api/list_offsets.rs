@@ -61,7 +61,7 @@ fn lookup(partition: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, B
         EARLIEST | EARLIEST_LOCAL => Ok(Some((partition.log_start_offset(), -1))),
         MAX_TIMESTAMP => partition.max_timestamp_offset(),
         t if t >= 0 => partition.offset_for_timestamp(t),
-        other => Err(BrokerError::InvalidRecord(format!(
+        other => Err(BrokerError::InvalidRequest(format!(
             "unsupported ListOffsets timestamp {other}"
         ))),
     }

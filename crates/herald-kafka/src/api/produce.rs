@@ -122,9 +122,7 @@ fn append(
         }
     };
     if !matches!(acks, -1..=1) {
-        return Err(BrokerError::InvalidRecord(format!(
-            "acks must be -1, 0 or 1, not {acks}"
-        )));
+        return Err(BrokerError::InvalidRequiredAcks(acks));
     }
     if transactional {
         return Err(BrokerError::TransactionsUnsupported);
@@ -150,14 +148,9 @@ fn partition_response(
             r
         }
         Err(e) => {
-            let code = if matches!(e, BrokerError::InvalidRecord(ref m) if m.starts_with("acks")) {
-                kafka_protocol::ResponseError::InvalidRequiredAcks.code()
-            } else {
-                broker_code(&e)
-            };
             let mut r = PartitionProduceResponse::default()
                 .with_index(index)
-                .with_error_code(code)
+                .with_error_code(broker_code(&e))
                 .with_base_offset(-1);
             if version >= 8 {
                 r = r.with_error_message(Some(str(&e.to_string())));
