@@ -8,10 +8,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+#[cfg(test)]
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use herald_broker::Broker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -94,8 +96,8 @@ impl Connection {
     }
 }
 
-async fn write_responses(
-    writer: tokio::net::tcp::OwnedWriteHalf,
+async fn write_responses<W: AsyncWrite + Unpin>(
+    writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
     peer: SocketAddr,
 ) {
@@ -103,7 +105,18 @@ async fn write_responses(
     while let Some(outgoing) = rx.recv().await {
         let bytes = match outgoing {
             Outgoing::Ready(bytes) => Some(bytes),
-            Outgoing::Later(future) => future.await,
+            Outgoing::Later(mut future) => match poll_once(future.as_mut()) {
+                Some(ready) => ready,
+                None => {
+                    // Not ready (a produce waiting for its fsync): send what is already
+                    // written first, or those responses would wait for this fsync too.
+                    if let Err(e) = writer.flush().await {
+                        tracing::debug!(%peer, error = %e, "flush failed");
+                        return;
+                    }
+                    future.await
+                }
+            },
             Outgoing::Close => break,
         };
         if let Some(bytes) = bytes
@@ -122,4 +135,43 @@ async fn write_responses(
     }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+/// Poll a future once without registering interest; `None` if it is not ready yet.
+/// Awaiting it afterwards polls it again with the task's real waker.
+fn poll_once<T>(future: Pin<&mut (dyn Future<Output = T> + Send)>) -> Option<T> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut cx) {
+        std::task::Poll::Ready(value) => Some(value),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response that is ready must reach the client even while the next one waits
+    /// (for an fsync, say): otherwise pipelined acks stall behind each other.
+    #[tokio::test]
+    async fn ready_responses_are_sent_before_waiting_on_a_later_one() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Outgoing::Ready(Bytes::from_static(b"first")))
+            .await
+            .unwrap();
+        tx.send(Outgoing::Later(Box::pin(std::future::pending())))
+            .await
+            .unwrap();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let writer = tokio::spawn(write_responses(server, rx, peer));
+        let mut client = client;
+        let mut got = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got))
+            .await
+            .expect("the ready response was held back behind the pending one")
+            .unwrap();
+        assert_eq!(&got, b"first");
+        writer.abort();
+    }
 }

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 300)]
     pub duration_secs: u64,
     /// Print one JSON object instead of text.
+    /// Consume: the most bytes one fetch may return per partition (the Kafka
+    /// consumer's `max.partition.fetch.bytes`, default 1 MiB).
+    #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(i32).range(1..))]
+    pub fetch_bytes: i32,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -277,8 +281,7 @@ async fn consume(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
         .collect();
     let options = FetchOptions {
         max_wait: Duration::from_millis(100),
-        max_bytes: 64 << 20,
-        partition_max_bytes: 16 << 20,
+        partition_max_bytes: args.fetch_bytes,
         ..FetchOptions::default()
     };
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
