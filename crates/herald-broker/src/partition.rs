@@ -198,15 +198,20 @@ impl Partition {
         {
             return Err(BrokerError::TransactionsUnsupported);
         }
-        let mut batches = records.to_vec();
-        if log_append_time {
+        // Stored as sent (the log writes the base offsets in front of each batch without
+        // copying), unless LogAppendTime rewrites timestamps and CRCs in a copy.
+        let batches = if log_append_time {
+            let mut copy = records.to_vec();
             let mut position = 0;
             for header in &headers {
                 let end = position + header.total_bytes();
-                herald_log::set_log_append_time(&mut batches[position..end], now_ms);
+                herald_log::set_log_append_time(&mut copy[position..end], now_ms);
                 position = end;
             }
-        }
+            std::borrow::Cow::Owned(copy)
+        } else {
+            std::borrow::Cow::Borrowed(records)
+        };
 
         let mut state = self.state.write().map_err(|_| poisoned())?;
         if self.closed.load(Ordering::Acquire) {
@@ -224,7 +229,7 @@ impl Partition {
             }
             SequenceCheck::Append => {}
         }
-        let info = state.log.append(&mut batches, now_ms)?;
+        let info = state.log.append(&batches, now_ms)?;
         let mut base = info.base_offset;
         for header in &headers {
             state.producers.record(header, base);

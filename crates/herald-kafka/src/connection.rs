@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use herald_broker::Broker;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -80,11 +80,13 @@ impl Connection {
                 tracing::warn!(%peer, length, max = self.config.request_bytes_max, "closing connection: request length out of bounds");
                 break;
             }
-            let mut frame = BytesMut::zeroed(length);
-            if let Err(e) = reader.read_exact(&mut frame).await {
-                tracing::warn!(%peer, length, error = %e, "closing connection: truncated request");
-                break;
-            }
+            let frame = match read_frame(&mut reader, length).await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::warn!(%peer, length, error = %e, "closing connection: truncated request");
+                    break;
+                }
+            };
             let outgoing = dispatch::handle_frame(&context, frame.freeze()).await;
             let close = matches!(outgoing, Outgoing::Close);
             if tx.send(outgoing).await.is_err() || close {
@@ -137,6 +139,21 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     let _ = writer.shutdown().await;
 }
 
+/// Read exactly `length` bytes into a new buffer (not zeroed first: the socket fills it).
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    length: usize,
+) -> std::io::Result<BytesMut> {
+    let mut frame = BytesMut::with_capacity(length);
+    while frame.len() < length {
+        let wanted = (length - frame.len()) as u64;
+        if reader.take(wanted).read_buf(&mut frame).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(frame)
+}
+
 /// Poll a future once without registering interest; `None` if it is not ready yet.
 /// Awaiting it afterwards polls it again with the task's real waker.
 fn poll_once<T>(future: Pin<&mut (dyn Future<Output = T> + Send)>) -> Option<T> {
@@ -173,5 +190,20 @@ mod tests {
             .unwrap();
         assert_eq!(&got, b"first");
         writer.abort();
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_whole_across_partial_reads_and_truncation_is_an_error() {
+        let (mut client, mut server) = tokio::io::duplex(4);
+        let sender = tokio::spawn(async move {
+            client.write_all(b"0123456789abc").await.unwrap();
+        });
+        assert_eq!(
+            &read_frame(&mut server, 10).await.unwrap()[..],
+            b"0123456789"
+        );
+        sender.await.unwrap();
+        let err = read_frame(&mut server, 10).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

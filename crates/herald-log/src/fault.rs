@@ -19,7 +19,7 @@
 //! Never set it in production; it exists for tests/python/test_disk_faults.py.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -86,6 +86,34 @@ pub(crate) fn write_all_at(file: &File, bytes: &[u8], position: u64) -> io::Resu
         }
     }
     file.write_all_at(bytes, position)
+}
+
+/// Most buffers one `pwritev` takes (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// `write_all_at` of the concatenation of `slices` (advanced as they are written),
+/// unless a `write_fail_after_bytes` rule is in force.
+pub(crate) fn write_all_vectored_at(
+    file: &File,
+    mut slices: &mut [IoSlice<'_>],
+    mut position: u64,
+) -> io::Result<()> {
+    if let Some(Fault::WriteFailAfterBytes(_)) = current() {
+        let joined: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+        return write_all_at(file, &joined, position);
+    }
+    while !slices.is_empty() {
+        let batch = &slices[..slices.len().min(IOV_MAX)];
+        let written = match rustix::io::pwritev(file, batch, position) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        position += written as u64;
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
 }
 
 /// `sync_data`, unless an `fsync_fail` rule is in force.

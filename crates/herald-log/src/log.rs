@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::batch::{BATCH_HEADER_BYTES, BatchError, BatchHeader, set_base_offset};
+use crate::batch::{BATCH_HEADER_BYTES, BatchError, BatchHeader};
 use crate::error::{IoContext, LogError};
 use crate::segment::{Segment, parse_log_file_name, sync_dir};
 
@@ -195,7 +195,7 @@ impl PartitionLog {
     /// Each batch's base offset is written in place, then all of them go to the OS in
     /// one write (no fsync). On error nothing was appended, though base offsets in
     /// `batches` may have been rewritten.
-    pub fn append(&mut self, batches: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError> {
+    pub fn append(&mut self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, LogError> {
         if batches.is_empty() {
             return Err(BatchError::Empty.into());
         }
@@ -440,18 +440,17 @@ impl PartitionLog {
     }
 }
 
-/// Write dense base offsets into each batch of `batches`, starting at `base_offset`.
-/// Only framing is re-checked (enough to never index out of bounds): the caller ran
-/// `validate_batches`. Returns each batch's position in the buffer and its header.
-fn assign_offsets(
-    batches: &mut [u8],
-    base_offset: i64,
-) -> Result<Vec<(u64, BatchHeader)>, LogError> {
+/// Dense base offsets for each batch of `batches`, starting at `base_offset`; the bytes
+/// are not touched (the segment writes each batch's new base offset in front of the
+/// rest of it). Only framing is re-checked (enough to never index out of bounds): the
+/// caller ran `validate_batches`. Returns each batch's position in the buffer and its
+/// header with the assigned base offset.
+fn assign_offsets(batches: &[u8], base_offset: i64) -> Result<Vec<(u64, BatchHeader)>, LogError> {
     let mut placed = Vec::new();
     let mut position = 0usize;
     let mut next_offset = base_offset;
     while position < batches.len() {
-        let rest = &mut batches[position..];
+        let rest = &batches[position..];
         let mut header = BatchHeader::parse(rest)?;
         let total = header.check_length(rest.len())?;
         if header.last_offset_delta < 0 {
@@ -461,7 +460,6 @@ fn assign_offsets(
             }
             .into());
         }
-        set_base_offset(rest, next_offset);
         header.base_offset = next_offset;
         let batch_offsets = i64::from(header.last_offset_delta) + 1;
         next_offset = next_offset

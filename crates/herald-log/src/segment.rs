@@ -12,6 +12,7 @@
 //! batch and truncated at the first torn or corrupt batch.
 
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -516,8 +517,10 @@ impl Segment {
         self.last_batch_offset = Some(header.base_offset);
     }
 
-    /// Write `bytes` (whole batches, offsets already assigned; `batches` gives each
-    /// one's position within `bytes` and its header) with one positioned write.
+    /// Write `bytes` (whole batches; `batches` gives each one's position within `bytes`
+    /// and its header with the base offset assigned to it) with one positioned, vectored
+    /// write: each batch goes out as its new base offset followed by the rest of its
+    /// bytes, so the caller's buffer is neither copied nor changed.
     pub fn append(
         &mut self,
         bytes: &[u8],
@@ -527,7 +530,17 @@ impl Segment {
         self.cut_torn_tail()?;
         let start = self.size_bytes;
         let log = self.open_file()?;
-        if let Err(source) = fault::write_all_at(&log, bytes, start) {
+        let base_offsets: Vec<[u8; 8]> = batches
+            .iter()
+            .map(|(_, header)| header.base_offset.to_be_bytes())
+            .collect();
+        let mut slices = Vec::with_capacity(batches.len() * 2);
+        for ((at, header), base_offset) in batches.iter().zip(&base_offsets) {
+            let at = *at as usize;
+            slices.push(IoSlice::new(base_offset));
+            slices.push(IoSlice::new(&bytes[at + 8..at + header.total_bytes()]));
+        }
+        if let Err(source) = fault::write_all_vectored_at(&log, &mut slices, start) {
             // Drop whatever part landed so the file stays whole batches; nothing in
             // memory changed, so the segment is exactly as it was before the call.
             self.torn_tail = true;

@@ -68,3 +68,17 @@ pub fn batch_at(records: usize, max_timestamp: i64) -> Vec<u8> {
         ..BatchSpec::default()
     })
 }
+
+/// `batches` with dense base offsets from `base_offset` written in, as the log stores
+/// them; checks they end at `last_offset`.
+pub fn stored_as(batches: &[u8], base_offset: i64, last_offset: i64) -> Vec<u8> {
+    let mut stored = batches.to_vec();
+    let (mut next, mut position) = (base_offset, 0);
+    for header in crate::batch::validate_batches(batches).unwrap() {
+        crate::batch::set_base_offset(&mut stored[position..], next);
+        next += i64::from(header.last_offset_delta) + 1;
+        position += header.total_bytes();
+    }
+    assert_eq!(next - 1, last_offset);
+    stored
+}

@@ -26,8 +26,8 @@ fn open(dir: &Path) -> PartitionLog {
 fn filled(dir: &Path, batches: i64) -> PartitionLog {
     let mut log = open(dir);
     for i in 0..batches {
-        let mut b = batch_at(1, 1_000 + i);
-        log.append(&mut b, 0).unwrap();
+        let b = batch_at(1, 1_000 + i);
+        log.append(&b, 0).unwrap();
     }
     log
 }

@@ -20,9 +20,9 @@ fn config(segment_bytes_max: u64, index_interval_bytes: u64) -> LogConfig {
 fn fill(log: &mut PartitionLog, n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
-            let mut bytes = batch_at(i % 3 + 1, 1_000 + i as i64);
-            log.append(&mut bytes, 0).unwrap();
-            bytes
+            let bytes = batch_at(i % 3 + 1, 1_000 + i as i64);
+            let info = log.append(&bytes, 0).unwrap();
+            crate::test_util::stored_as(&bytes, info.base_offset, info.last_offset)
         })
         .collect()
 }
@@ -71,8 +71,8 @@ fn an_append_that_fails_partway_leaves_the_segment_as_it_was() {
     );
 
     let fault = Fault::inject("write_fail_after_bytes:25");
-    let mut batch = batch_at(2, 5_000);
-    let err = log.append(&mut batch, 0).unwrap_err();
+    let batch = batch_at(2, 5_000);
+    let err = log.append(&batch, 0).unwrap_err();
     assert!(err.to_string().contains("No space left"), "{err}");
     // No torn bytes in the file, nothing changed in memory.
     assert_eq!(fs::metadata(&segment).unwrap().len(), len_before);
@@ -82,8 +82,9 @@ fn an_append_that_fails_partway_leaves_the_segment_as_it_was() {
     drop(fault);
 
     // Writes resume at the same offset once the fault is gone.
-    let mut batch = batch_at(2, 5_000);
-    let info = log.append(&mut batch, 0).unwrap();
+    let batch = batch_at(2, 5_000);
+    let info = log.append(&batch, 0).unwrap();
+    let batch = crate::test_util::stored_as(&batch, info.base_offset, info.last_offset);
     assert_eq!(info.base_offset, next_before);
     assert_eq!(read_all(&log), [stored.concat(), batch.clone()].concat());
 
@@ -104,12 +105,13 @@ fn a_failed_roll_can_be_retried() {
     {
         let _fault = Fault::inject("write_fail_after_bytes:0");
         for _ in 0..3 {
-            let mut batch = batch_at(3, 7_000);
-            assert!(log.append(&mut batch, 0).is_err());
+            let batch = batch_at(3, 7_000);
+            assert!(log.append(&batch, 0).is_err());
         }
     }
-    let mut batch = batch_at(3, 7_000);
-    log.append(&mut batch, 0).unwrap();
+    let batch = batch_at(3, 7_000);
+    let info = log.append(&batch, 0).unwrap();
+    let batch = crate::test_util::stored_as(&batch, info.base_offset, info.last_offset);
     assert!(log.segment_count() > segments_before);
     assert_eq!(read_all(&log), [stored.concat(), batch].concat());
     log.close().unwrap();
@@ -213,8 +215,9 @@ fn a_rotten_batch_in_the_active_segment_after_a_clean_restart_is_never_served() 
         Err(LogError::Corrupt { .. })
     ));
     // New appends are readable as usual.
-    let mut batch = batch_at(1, 9_000);
-    let info = log.append(&mut batch, 0).unwrap();
+    let batch = batch_at(1, 9_000);
+    let info = log.append(&batch, 0).unwrap();
+    let batch = crate::test_util::stored_as(&batch, info.base_offset, info.last_offset);
     assert_eq!(log.read(info.base_offset, usize::MAX).unwrap(), batch);
 }
 
@@ -235,12 +238,12 @@ fn crc_cost_of_reading_sealed_segments() {
     });
     let mut total = 0usize;
     while total < 63 << 20 {
-        let mut b = batch.clone();
-        log.append(&mut b, 0).unwrap();
+        let b = batch.clone();
+        log.append(&b, 0).unwrap();
         total += b.len();
     }
-    let mut b = batch.clone();
-    log.append(&mut b, 0).unwrap(); // rolls: the first segment is sealed
+    let b = batch.clone();
+    log.append(&b, 0).unwrap(); // rolls: the first segment is sealed
     let sealed = &log.segments[0];
     let (size, window) = (sealed.size_bytes(), 1usize << 20);
     let mut timings = Vec::new();

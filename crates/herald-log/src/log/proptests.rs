@@ -141,10 +141,12 @@ fn run(config: LogConfig, ops: Vec<Op>) {
                         })
                     })
                     .collect();
-                let mut buf = parts.concat();
+                let buf = parts.concat();
                 let before = current.next_offset();
-                match current.append(&mut buf, now_ms) {
+                match current.append(&buf, now_ms) {
                     Ok(info) => {
+                        let buf =
+                            crate::test_util::stored_as(&buf, info.base_offset, info.last_offset);
                         assert_eq!(info.base_offset, before);
                         assert_eq!(info.batch_count, parts.len());
                         let mut at = 0;

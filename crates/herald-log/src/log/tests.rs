@@ -16,13 +16,8 @@ fn config(segment_bytes_max: u64, index_interval_bytes: u64) -> LogConfig {
 
 /// Appends `batch` and returns the bytes as stored (base offset written in).
 fn append(log: &mut PartitionLog, batch: &[u8], now_ms: i64) -> Vec<u8> {
-    let mut bytes = batch.to_vec();
-    let info = log.append(&mut bytes, now_ms).unwrap();
-    assert_eq!(
-        info.base_offset,
-        validate_batches(&bytes).unwrap()[0].base_offset
-    );
-    bytes
+    let info = log.append(batch, now_ms).unwrap();
+    crate::test_util::stored_as(batch, info.base_offset, info.last_offset)
 }
 
 /// Appends `n` batches of 1..=3 records with timestamps 1000 + i, returns them as stored.
@@ -93,8 +88,8 @@ fn append_assigns_dense_offsets_to_multi_batch_buffers() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     append(&mut log, &batch_at(2, 5), 0);
-    let mut buf = [batch_at(3, 7), batch_at(1, 9), batch_at(4, 8)].concat();
-    let info = log.append(&mut buf, 0).unwrap();
+    let buf = [batch_at(3, 7), batch_at(1, 9), batch_at(4, 8)].concat();
+    let info = log.append(&buf, 0).unwrap();
     assert_eq!(
         info,
         AppendInfo {
@@ -104,6 +99,7 @@ fn append_assigns_dense_offsets_to_multi_batch_buffers() {
             batch_count: 3
         }
     );
+    let buf = crate::test_util::stored_as(&buf, info.base_offset, info.last_offset);
     let bases: Vec<i64> = headers_of(&buf).iter().map(|h| h.base_offset).collect();
     assert_eq!(bases, [2, 5, 6]);
     assert_eq!(log.next_offset(), 10);
@@ -552,19 +548,19 @@ fn rolled_segments_are_named_by_base_offset() {
 fn oversized_appends_and_bad_configs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), config(100, 100)).unwrap();
-    let mut big = batch_at(10, 0);
+    let big = batch_at(10, 0);
     assert!(matches!(
-        log.append(&mut big, 0),
+        log.append(&big, 0),
         Err(LogError::AppendTooLarge { .. })
     ));
     assert!(matches!(
-        log.append(&mut [], 0),
+        log.append(&[], 0),
         Err(LogError::Batch(BatchError::Empty))
     ));
     let mut torn = batch_at(1, 0);
     torn.truncate(50);
     assert!(matches!(
-        log.append(&mut torn, 0),
+        log.append(&torn, 0),
         Err(LogError::Batch(BatchError::Truncated))
     ));
     assert_eq!(log.next_offset(), 0);
@@ -633,7 +629,7 @@ fn log_append_time_batches_are_stored_as_rewritten() {
     let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     let mut batch = batch_at(3, 5);
     set_log_append_time(&mut batch, 123_456);
-    let info = log.append(&mut batch, 123_456).unwrap();
+    let info = log.append(&batch, 123_456).unwrap();
     assert_eq!(info.max_timestamp, 123_456);
     let read = log.read(0, 0).unwrap();
     let h = validate_batches(&read).unwrap()[0];

@@ -19,8 +19,8 @@ fn config() -> LogConfig {
 /// Appends one-record batches with the given timestamps (also used as append times).
 fn append_at(log: &mut PartitionLog, timestamps: &[i64]) {
     for &ts in timestamps {
-        let mut bytes = batch_at(1, ts);
-        log.append(&mut bytes, ts).unwrap();
+        let bytes = batch_at(1, ts);
+        log.append(&bytes, ts).unwrap();
     }
 }
 
@@ -288,7 +288,7 @@ fn records_without_timestamps_use_the_file_time() {
         bytes[27..43].copy_from_slice(&[0xff; 16]);
         let crc = crate::batch::batch_crc(&bytes);
         bytes[17..21].copy_from_slice(&crc.to_be_bytes());
-        log.append(&mut bytes, 0).unwrap();
+        log.append(&bytes, 0).unwrap();
     }
     let limits = RetentionLimits {
         retention_ms: Some(60_000),
