@@ -25,6 +25,11 @@ enum Command {
     Client(cli::ClientCommand),
 }
 
+/// mimalloc keeps freed large buffers (fetch responses, produce requests) for reuse;
+/// glibc maps and unmaps each one above its mmap threshold, paying page faults.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("HERALD_LOG")

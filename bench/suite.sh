@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The README's performance table: starts a release `herald serve` (flush = always) on a
+# fresh data directory, runs each `herald bench` case RUNS times, and prints a Markdown
+# table of medians. Also measures the machine's own limits the same minute: the disk
+# (fio, with and without fdatasync) and loopback TCP (iperf3), when those tools exist.
+#
+#   bench/suite.sh                    # 3 runs per case, data under ./target/bench-data
+#   RUNS=5 DATA_DIR=/mnt/fast bench/suite.sh
+#
+# Bounded: each case is a fixed record count, and every command runs under `timeout`.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+runs="${RUNS:-3}"
+data_dir="${DATA_DIR:-$repo/target/bench-data}"
+port="${PORT:-19392}"
+case_timeout_s=120
+
+herald="${HERALD_BIN:-}"
+if [[ -z "$herald" ]]; then
+    (cd "$repo" && cargo build --release -p herald --quiet)
+    herald="${CARGO_TARGET_DIR:-$repo/target}/release/herald"
+fi
+
+rm -rf "$data_dir"
+mkdir -p "$data_dir"
+"$herald" serve --data-dir "$data_dir/herald" --kafka-listen "127.0.0.1:$port" \
+    --flush always >"$data_dir/herald.log" 2>&1 &
+broker_pid=$!
+trap 'kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    sleep 0.1
+done
+
+bench() { timeout "$case_timeout_s" "$herald" bench --bootstrap "127.0.0.1:$port" --json "$@"; }
+
+# One case: RUNS runs on fresh topics; prints a table row of medians.
+run_case() {
+    local label="$1" mode="$2"
+    shift 2
+    local results=()
+    for run in $(seq "$runs"); do
+        if [[ "$mode" == consume ]]; then
+            results+=("$(bench consume "$@")")
+        else
+            results+=("$(bench "$mode" --topic "suite-$RANDOM-$run" "$@")")
+        fi
+    done
+    printf '%s\n' "${results[@]}" | python3 -c "$median_row" "$label"
+}
+
+# Reads one `herald bench --json` object per line; prints the medians as a table row.
+median_row='
+import json, statistics, sys
+rows = [json.loads(line) for line in sys.stdin if line.strip()]
+def med(key):
+    return statistics.median(r[key] for r in rows)
+def lat(key):
+    if not rows[0].get("latency"):
+        return ""
+    return "%.2f" % statistics.median(r["latency"][key] for r in rows)
+rates = [r["records_per_sec"] for r in rows]
+print("| %s | %s | %s | %s / %s / %s | %s-%s |" % (
+    sys.argv[1], format(round(med("records_per_sec")), ","), format(round(med("mb_per_sec")), ","),
+    lat("p50_ms"), lat("p99_ms"), lat("p99.9_ms"),
+    format(round(min(rates)), ","), format(round(max(rates)), ",")))
+'
+
+
+echo "| case (1 KiB records, acks=all, flush=always; median of $runs) | records/s | MB/s | ack p50 / p99 / p99.9 ms | range records/s |"
+echo "|---|---|---|---|---|"
+run_case "produce 1 producer, 1 partition, 64 KiB batches, 5 in flight" produce \
+    --partitions 1 --producers 1 --batch-bytes 65536 --in-flight 5 --count 1000000
+run_case "produce 1 producer, 1 partition, 64 KiB batches, 8 in flight" produce \
+    --partitions 1 --producers 1 --batch-bytes 65536 --in-flight 8 --count 1000000
+run_case "produce 4 producers, 8 partitions, 64 KiB batches, 8 in flight each" produce \
+    --partitions 8 --producers 4 --batch-bytes 65536 --in-flight 8 --count 2000000
+# A warm log to read: one topic per shape, written once.
+bench produce --topic suite-read-1 --partitions 1 --in-flight 8 --count 1000000 >/dev/null
+bench produce --topic suite-read-8 --partitions 8 --producers 4 --in-flight 8 --count 2000000 >/dev/null
+run_case "consume 1 partition (1 MiB per partition fetch)" consume --topic suite-read-1 --count 1000000
+run_case "consume 8 partitions (1 MiB per partition fetch)" consume --topic suite-read-8 --count 2000000
+
+echo
+echo "Machine limits measured now:"
+if command -v fio >/dev/null 2>&1; then
+    fio_dir="$data_dir/fio"
+    mkdir -p "$fio_dir"
+    fio_case() {
+        local label="$1"
+        shift
+        timeout "$case_timeout_s" fio --name=limit --directory="$fio_dir" --rw=write --ioengine=sync \
+            --minimal "$@" 2>/dev/null | awk -F';' -v label="$label" '{printf "- disk, %s: %d MB/s\n", label, $48/1024}'
+        rm -f "$fio_dir"/limit*
+    }
+    fio_case "64 KiB writes, fdatasync after each" --bs=64k --size=1g --fdatasync=1
+    fio_case "512 KiB writes, fdatasync after each" --bs=512k --size=1g --fdatasync=1
+    fio_case "1 MiB writes, one fsync at the end" --bs=1m --size=2g --end_fsync=1
+else
+    echo "- disk: fio not installed (apt-get install fio)"
+fi
+if command -v iperf3 >/dev/null 2>&1; then
+    iperf3 -s -B 127.0.0.1 -p $((port + 1)) -1 >/dev/null 2>&1 &
+    sleep 0.5
+    timeout 30 iperf3 -c 127.0.0.1 -p $((port + 1)) -t 5 -J 2>/dev/null | python3 -c '
+import json, sys
+bps = json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]
+print(f"- loopback TCP (iperf3, one stream): {bps / 8e6:,.0f} MB/s")'
+else
+    echo "- loopback: iperf3 not installed (apt-get install iperf3)"
+fi
