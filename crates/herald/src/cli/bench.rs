@@ -274,10 +274,18 @@ async fn consume(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
         .topic(&args.topic)
         .await
         .with_context(|| format!("topic {} does not exist", args.topic))?;
+    // From each partition's log start: retention may have moved it past 0.
+    let ranges = client
+        .offset_range(&topic)
+        .await
+        .context("cannot list the topic's offsets")?;
     let mut positions: Vec<(TopicPartition, i64)> = topic
         .partitions
         .iter()
-        .map(|p| (TopicPartition::new(&args.topic, p.partition), 0))
+        .map(|p| {
+            let start = ranges.get(&p.partition).map_or(0, |(start, _)| *start);
+            (TopicPartition::new(&args.topic, p.partition), start)
+        })
         .collect();
     let options = FetchOptions {
         max_wait: Duration::from_millis(100),
