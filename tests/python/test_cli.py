@@ -171,3 +171,29 @@ def test_bench_produce_then_consume_reports_what_the_broker_stored(broker):
     assert consumed["records"] == 3000 and consumed["bytes"] == 300_000 and consumed["errors"] == 0
     missing = herald(broker, "bench", "consume", "--topic", unique("nosuch"))
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_bench_end_to_end_delivers_every_acked_record_and_samples_the_broker(broker):
+    import json
+
+    topic = unique("cli-e2e")
+    # Records already in the topic are not counted: the consumer starts at the log end.
+    ok(herald(broker, "bench", "produce", "--topic", topic, "--partitions", "2", "--count", "50",
+              "--message-bytes", "64", "--json"))
+    out = ok(herald(broker, "bench", "e2e", "--topic", topic, "--producers", "2", "--count", "2000",
+                    "--rate", "4000", "--linger-ms", "5", "--message-bytes", "64", "--acks", "all",
+                    "--broker-pid", str(broker.pid), "--json"))
+    report = json.loads(out)
+    assert report["mode"] == "end-to-end"
+    assert report["records"] == 2000 and report["errors"] == 0
+    e2e = report["end_to_end"]
+    assert e2e["received"] == 2000 and e2e["missing"] == 0
+    lat = e2e["latency"]
+    assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    # Paced at 4,000 records/s, 2,000 records cannot take much less than half a second.
+    assert report["seconds"] >= 0.4
+    rss = report["broker_rss_mb"]
+    assert 0 < rss["min"] <= rss["max"] and rss["samples"] >= 1
+    # A value too short to carry the send time is refused with a clear message.
+    short = herald(broker, "bench", "e2e", "--topic", topic, "--message-bytes", "4", "--count", "10")
+    assert short.returncode != 0 and "at least 8" in short.stderr

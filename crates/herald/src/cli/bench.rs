@@ -1,11 +1,14 @@
 //! `herald bench`: measure a Kafka-protocol broker (Herald or any other) from outside,
 //! the way users measure Kafka: N producers sending fixed-size records in batches with
 //! a bounded number of requests in flight, acknowledgement latency in an HDR
-//! histogram; or one consumer reading a topic from the start.
-//!
-//! This slice has the `produce` and `consume` modes; `end-to-end` latency, a progress
-//! bar and the comparison script are still to come (issue 4).
+//! histogram; one consumer reading a topic from its start; or both at once with
+//! publish-to-delivery latency (`end-to-end`, in `bench/e2e.rs`). A progress bar runs
+//! on a terminal; `--broker-pid` samples the broker's memory (`bench/rss.rs`).
 
+mod e2e;
+mod rss;
+
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,7 @@ use hdrhistogram::Histogram;
 use herald_client::{
     Acks, Client, FetchOptions, NewTopic, ProduceOptions, ProduceRecord, TopicPartition,
 };
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -28,6 +32,10 @@ pub enum BenchMode {
     Produce,
     /// Read a topic from its start as fast as the broker serves it.
     Consume,
+    /// Produce at `--rate` while one consumer reads along; time each record from the
+    /// moment it was batched to the moment the consumer has it.
+    #[value(name = "end-to-end", alias = "e2e")]
+    EndToEnd,
 }
 
 #[derive(Debug, Args)]
@@ -44,7 +52,8 @@ pub struct BenchArgs {
     pub producers: u32,
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub message_bytes: u32,
-    /// Bytes of record values per produce request (one batch per request).
+    /// Bytes of record values per produce request (one batch per request, so records
+    /// per batch = batch bytes / message bytes).
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=67_108_864))]
     pub batch_bytes: u32,
     /// Produce requests each producer keeps in flight.
@@ -60,11 +69,25 @@ pub struct BenchArgs {
     /// Stop after this many seconds even if `--count` is not reached.
     #[arg(long, default_value_t = 300)]
     pub duration_secs: u64,
-    /// Print one JSON object instead of text.
+    /// End-to-end: records per second over all producers (0: as fast as they can).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// End-to-end with a `--rate`: a batch is sent once it holds this many
+    /// milliseconds' worth of records (or is full), like a producer's `linger.ms`.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// Sample this process's resident memory (the broker's) once a second and report
+    /// its start, minimum, maximum and end.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
     /// Consume: the most bytes one fetch may return per partition (the Kafka
     /// consumer's `max.partition.fetch.bytes`, default 1 MiB).
     #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(i32).range(1..))]
     pub fetch_bytes: i32,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -81,7 +104,46 @@ pub struct Report {
     pub errors: u64,
     /// Acknowledgement latency of each produce request, microseconds.
     pub latency_us: Option<Histogram<u64>>,
+    pub end_to_end: Option<EndToEnd>,
+    pub rss: Option<rss::RssStats>,
 }
+
+/// What the consumer of an end-to-end run saw.
+#[derive(Debug)]
+pub struct EndToEnd {
+    /// From a record's send time (in its value) to its arrival, microseconds.
+    pub latency_us: Histogram<u64>,
+    pub received: u64,
+    /// Acknowledged records the consumer never received.
+    pub missing: u64,
+}
+
+/// Latency percentiles in milliseconds, then the maximum.
+fn percentiles_ms(h: &Histogram<u64>) -> Vec<(&'static str, f64)> {
+    [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)]
+        .into_iter()
+        .map(|(name, q)| (name, h.value_at_quantile(q / 100.0) as f64 / 1000.0))
+        .chain([("max", h.max() as f64 / 1000.0)])
+        .collect()
+}
+
+fn percentiles_json(h: Option<&Histogram<u64>>) -> serde_json::Map<String, serde_json::Value> {
+    h.map(percentiles_ms)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, ms)| (format!("{name}_ms"), serde_json::json!(ms)))
+        .collect()
+}
+
+fn percentiles_text(label: &str, h: &Histogram<u64>) -> String {
+    let mut out = format!("\n{label} ms:");
+    for (name, ms) in percentiles_ms(h) {
+        out.push_str(&format!(" {name} {ms:.2}"));
+    }
+    out
+}
+
+const MB: f64 = 1_000_000.0;
 
 impl Report {
     fn records_per_sec(&self) -> f64 {
@@ -92,24 +154,10 @@ impl Report {
         self.bytes as f64 / 1_000_000.0 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    fn percentiles_ms(&self) -> Vec<(&'static str, f64)> {
-        let Some(h) = &self.latency_us else {
-            return Vec::new();
-        };
-        [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)]
-            .into_iter()
-            .map(|(name, q)| (name, h.value_at_quantile(q / 100.0) as f64 / 1000.0))
-            .chain([("max", h.max() as f64 / 1000.0)])
-            .collect()
-    }
-
     pub fn to_json(&self) -> serde_json::Value {
-        let mut latency = serde_json::Map::new();
-        for (name, ms) in self.percentiles_ms() {
-            latency.insert(format!("{name}_ms"), serde_json::json!(ms));
-        }
-        serde_json::json!({
-            "mode": format!("{:?}", self.mode).to_lowercase(),
+        let latency = percentiles_json(self.latency_us.as_ref());
+        let mut json = serde_json::json!({
+            "mode": self.mode.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string()),
             "records": self.records,
             "bytes": self.bytes,
             "seconds": self.elapsed.as_secs_f64(),
@@ -117,7 +165,24 @@ impl Report {
             "mb_per_sec": self.mb_per_sec(),
             "errors": self.errors,
             "latency": latency,
-        })
+        });
+        if let Some(e2e) = &self.end_to_end {
+            json["end_to_end"] = serde_json::json!({
+                "received": e2e.received,
+                "missing": e2e.missing,
+                "latency": percentiles_json(Some(&e2e.latency_us)),
+            });
+        }
+        if let Some(rss) = &self.rss {
+            json["broker_rss_mb"] = serde_json::json!({
+                "start": rss.start as f64 / MB,
+                "min": rss.min as f64 / MB,
+                "max": rss.max as f64 / MB,
+                "end": rss.end as f64 / MB,
+                "samples": rss.samples,
+            });
+        }
+        json
     }
 
     pub fn to_text(&self) -> String {
@@ -130,12 +195,25 @@ impl Report {
             self.mb_per_sec(),
             self.errors
         );
-        let p = self.percentiles_ms();
-        if !p.is_empty() {
-            out.push_str("\nack latency ms:");
-            for (name, ms) in p {
-                out.push_str(&format!(" {name} {ms:.2}"));
-            }
+        if let Some(h) = &self.latency_us {
+            out.push_str(&percentiles_text("ack latency", h));
+        }
+        if let Some(e2e) = &self.end_to_end {
+            out.push_str(&format!(
+                "\nconsumer received {} records, {} acknowledged records missing",
+                e2e.received, e2e.missing
+            ));
+            out.push_str(&percentiles_text("end-to-end latency", &e2e.latency_us));
+        }
+        if let Some(rss) = &self.rss {
+            out.push_str(&format!(
+                "\nbroker RSS MB: start {:.1} min {:.1} max {:.1} end {:.1} ({} samples)",
+                rss.start as f64 / MB,
+                rss.min as f64 / MB,
+                rss.max as f64 / MB,
+                rss.end as f64 / MB,
+                rss.samples
+            ));
         }
         out
     }
@@ -143,10 +221,18 @@ impl Report {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = args.connect.connect().await?;
-    let report = match args.mode {
-        BenchMode::Produce => produce(&client, &args).await?,
-        BenchMode::Consume => consume(&client, &args).await?,
+    let sampler = args.broker_pid.map(rss::Sampler::start).transpose()?;
+    let progress = progress_bar(&args);
+    let result = match args.mode {
+        BenchMode::Produce => produce(&client, &args, &progress).await,
+        BenchMode::Consume => consume(&client, &args, &progress).await,
+        BenchMode::EndToEnd => e2e::run(&client, &args, &progress).await,
     };
+    progress.finish_and_clear();
+    let mut report = result?;
+    if let Some(sampler) = sampler {
+        report.rss = sampler.stop().await;
+    }
     if args.json {
         println!("{}", report.to_json());
     } else {
@@ -155,7 +241,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if report.errors > 0 {
         bail!("{} requests failed", report.errors);
     }
+    if let Some(e2e) = &report.end_to_end
+        && e2e.missing > 0
+    {
+        bail!(
+            "{} acknowledged records never reached the consumer",
+            e2e.missing
+        );
+    }
     Ok(())
+}
+
+/// Records done out of `--count`, with the current rate; drawn on stderr only when it
+/// is a terminal and the output is for a person.
+fn progress_bar(args: &BenchArgs) -> ProgressBar {
+    if args.json || args.quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(args.count), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} records, {per_sec}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new(3).expect("3 significant digits is valid")
 }
 
 /// Create the topic with `--partitions` unless it exists; its partition count.
@@ -174,7 +287,11 @@ async fn ensure_topic(client: &Client, args: &BenchArgs) -> anyhow::Result<i32> 
     Ok(metadata.partitions.len().max(1) as i32)
 }
 
-async fn produce(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
+async fn produce(
+    client: &Client,
+    args: &BenchArgs,
+    progress: &ProgressBar,
+) -> anyhow::Result<Report> {
     let partitions = ensure_topic(client, args).await?;
     let per_batch = (args.batch_bytes / args.message_bytes).max(1) as usize;
     let value = Bytes::from(vec![b'x'; args.message_bytes as usize]);
@@ -195,7 +312,7 @@ async fn produce(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
     for producer in 0..args.producers {
         let client = Client::new(&args.connect.bootstrap).await?;
         let topic = args.topic.clone();
-        let (batch, options) = (batch.clone(), options.clone());
+        let (batch, options, progress) = (batch.clone(), options.clone(), progress.clone());
         // Batches are shared out so the producers send `count` records between them.
         let mine = batches_total / u64::from(args.producers)
             + u64::from(u64::from(producer) < batches_total % u64::from(args.producers));
@@ -203,7 +320,7 @@ async fn produce(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
         producers.spawn(async move {
             let permits = Arc::new(Semaphore::new(in_flight));
             let mut requests = JoinSet::new();
-            let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+            let mut histogram = new_histogram();
             let (mut sent, mut errors) = (0u64, 0u64);
             for i in 0..mine {
                 if Instant::now() >= deadline {
@@ -213,29 +330,33 @@ async fn produce(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
                     break;
                 };
                 let partition = ((u64::from(producer) + i) % partitions as u64) as i32;
-                let (client, topic, records, options) = (
+                let (client, topic, records, options, progress) = (
                     client.clone(),
                     topic.clone(),
                     batch.clone(),
                     options.clone(),
+                    progress.clone(),
                 );
                 requests.spawn(async move {
                     let at = Instant::now();
                     let result = client.produce(&topic, partition, &records, &options).await;
                     drop(permit);
+                    if result.is_ok() {
+                        progress.inc(records.len() as u64);
+                    }
                     (result.is_ok(), at.elapsed())
                 });
                 while let Some(done) = requests.try_join_next() {
-                    record(done, &mut histogram, &mut sent, &mut errors, batch.len());
+                    record_ack(done, &mut histogram, &mut sent, &mut errors, batch.len());
                 }
             }
             while let Some(done) = requests.join_next().await {
-                record(done, &mut histogram, &mut sent, &mut errors, batch.len());
+                record_ack(done, &mut histogram, &mut sent, &mut errors, batch.len());
             }
             (histogram, sent, errors)
         });
     }
-    let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let mut histogram = new_histogram();
     let (mut records, mut errors) = (0u64, 0u64);
     while let Some(done) = producers.join_next().await {
         let (h, sent, failed) = done.context("a producer task failed")?;
@@ -250,10 +371,13 @@ async fn produce(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
         elapsed: started.elapsed(),
         errors,
         latency_us: (args.acks != Acks::None).then_some(histogram),
+        end_to_end: None,
+        rss: None,
     })
 }
 
-fn record(
+/// Count one finished produce request of `batch_len` records into the run's totals.
+fn record_ack(
     done: Result<(bool, Duration), tokio::task::JoinError>,
     histogram: &mut Histogram<u64>,
     sent: &mut u64,
@@ -269,7 +393,11 @@ fn record(
     }
 }
 
-async fn consume(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
+async fn consume(
+    client: &Client,
+    args: &BenchArgs,
+    progress: &ProgressBar,
+) -> anyhow::Result<Report> {
     let topic = client
         .topic(&args.topic)
         .await
@@ -304,6 +432,7 @@ async fn consume(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
                 continue;
             }
             records += part.records.len() as u64;
+            progress.inc(part.records.len() as u64);
             bytes += part
                 .records
                 .iter()
@@ -330,6 +459,8 @@ async fn consume(client: &Client, args: &BenchArgs) -> anyhow::Result<Report> {
         elapsed: started.elapsed(),
         errors,
         latency_us: None,
+        end_to_end: None,
+        rss: None,
     })
 }
 
@@ -350,6 +481,8 @@ mod tests {
             elapsed: Duration::from_secs(2),
             errors: 0,
             latency_us: Some(h),
+            end_to_end: None,
+            rss: None,
         };
         let json = report.to_json();
         assert_eq!(json["records_per_sec"], 1000.0);
