@@ -51,11 +51,17 @@ class Broker:
         port: int | None = None,
         extra_args: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
+        http: bool = True,
     ):
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        # The HTTP API (health, metrics, topics, groups), on its own free port; with
+        # http=False the command line leaves the HTTP listener to the broker's settings
+        # (environment, file, default) and start() does not wait for it.
+        self.http = http
+        self.http_port = free_port()
         self.extra_args = list(extra_args or [])
         self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
@@ -71,6 +77,10 @@ class Broker:
         return f"{self.host}:{self.port}"
 
     @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None, "broker was never started"
         return self.proc.pid
@@ -83,6 +93,7 @@ class Broker:
             str(self.data_dir),
             "--kafka-listen",
             self.bootstrap,
+            *(["--http-listen", f"{self.host}:{self.http_port}"] if self.http else []),
             *self.extra_args,
         ]
 
@@ -125,8 +136,10 @@ class Broker:
                     f"output tail:\n{self.stderr_tail()}"
                 )
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
+                for port in (self.port, self.http_port) if self.http else (self.port,):
+                    with socket.create_connection((self.host, port), timeout=0.5):
+                        pass
+                return
             except OSError:
                 pass
             if time.monotonic() > deadline:
@@ -219,7 +232,7 @@ def broker_factory(tmp_path, request):
     """
     brokers: list[Broker] = []
 
-    def make(extra_args=None, extra_env=None, start=True, port=None) -> Broker:
+    def make(extra_args=None, extra_env=None, start=True, port=None, http=True) -> Broker:
         n = len(brokers)
         b = Broker(
             data_dir=tmp_path / f"data{n}",
@@ -227,6 +240,7 @@ def broker_factory(tmp_path, request):
             port=port,
             extra_args=extra_args,
             extra_env=extra_env,
+            http=http,
         )
         brokers.append(b)
         if start:

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use herald_broker::{BrokerConfig, FlushPolicy};
+use herald_http::HttpConfig;
 use herald_kafka::KafkaConfig;
 use serde::Deserialize;
 
@@ -17,6 +18,7 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_DATA_DIR",
     "HERALD_KAFKA_LISTEN",
     "HERALD_KAFKA_ADVERTISED",
+    "HERALD_HTTP_LISTEN",
     "HERALD_NODE_ID",
     "HERALD_AUTO_CREATE_TOPICS",
     "HERALD_DEFAULT_PARTITIONS",
@@ -58,6 +60,9 @@ pub struct ServeSettings {
     /// host:port clients are told to connect to [default: the listen address]
     #[arg(long, env = "HERALD_KAFKA_ADVERTISED")]
     pub kafka_advertised: Option<String>,
+    /// HTTP listener (health, metrics, API) host:port, or `off` [default: 127.0.0.1:8080]
+    #[arg(long, env = "HERALD_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// This broker's id [default: 1]
     #[arg(long, env = "HERALD_NODE_ID")]
     pub node_id: Option<i32>,
@@ -138,6 +143,7 @@ impl ServeSettings {
             data_dir,
             kafka_listen,
             kafka_advertised,
+            http_listen,
             node_id,
             auto_create_topics,
             default_partitions,
@@ -247,6 +253,24 @@ impl ServeSettings {
             bail!("group_session_timeout_min_ms is larger than group_session_timeout_max_ms");
         }
         Ok(c)
+    }
+
+    /// The HTTP listener's settings, or `None` when it is turned off.
+    pub fn http_config(&self) -> anyhow::Result<Option<HttpConfig>> {
+        let text = self
+            .http_listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:8080")
+            .trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let listen: SocketAddr = text.parse().with_context(|| {
+            format!(
+                "http_listen {text:?} is not a host:port address such as 127.0.0.1:8080, or off"
+            )
+        })?;
+        Ok(Some(HttpConfig::new(listen)))
     }
 
     pub fn kafka_config(&self) -> anyhow::Result<KafkaConfig> {
@@ -391,6 +415,25 @@ mod tests {
         ] {
             assert!(bad.broker_config().is_err());
         }
+    }
+
+    #[test]
+    fn http_listener_defaults_to_8080_and_can_be_turned_off() {
+        let default = ServeSettings::default().http_config().unwrap().unwrap();
+        assert_eq!(default.listen.to_string(), "127.0.0.1:8080");
+        for off in ["off", "OFF", ""] {
+            let s = ServeSettings {
+                http_listen: Some(off.into()),
+                ..Default::default()
+            };
+            assert!(s.http_config().unwrap().is_none(), "{off:?}");
+        }
+        let bad = ServeSettings {
+            http_listen: Some("localhost".into()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", bad.http_config().unwrap_err());
+        assert!(err.contains("http_listen"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker.
-    Serve(config::ServeSettings),
+    Serve(Box<config::ServeSettings>),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -53,7 +53,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(settings) => serve::run(settings).await,
+            Command::Serve(settings) => serve::run(*settings).await,
             Command::Client(command) => cli::run(command).await,
         }
     });

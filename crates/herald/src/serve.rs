@@ -3,7 +3,11 @@
 
 use anyhow::Context;
 use herald_broker::Broker;
+use herald_http::HttpServer;
 use herald_kafka::KafkaServer;
+
+/// How long HTTP requests in progress may take to finish at shutdown.
+const HTTP_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 use crate::config::{ServeSettings, unknown_env_vars};
 
@@ -19,6 +23,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let settings = settings.with_file()?;
     let broker_config = settings.broker_config()?;
     let kafka_config = settings.kafka_config()?;
+    let http_config = settings.http_config()?;
     let data_dir = broker_config.data_dir.clone();
     let flush = broker_config.flush;
     let broker = Broker::open(broker_config)
@@ -26,18 +31,49 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let server = KafkaServer::bind(kafka_config.clone(), broker.clone())
         .await
         .with_context(|| format!("cannot listen on {}", kafka_config.listen))?;
+    let http = match &http_config {
+        Some(config) => Some(
+            HttpServer::bind(config, broker.clone())
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {}", config.listen))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http {
+        Some(h) => h.local_addr().context("HTTP listener address")?.to_string(),
+        None => "off".to_string(),
+    };
     tracing::info!(
         kafka = %server.local_addr(),
+        http = %http_addr,
         advertised = %format!("{}:{}", server.config.advertised_host, server.config.advertised_port),
         data_dir = %data_dir.display(),
         flush = ?flush,
         "herald is ready"
     );
     let accept = tokio::spawn(server.run());
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = http.map(|h| {
+        h.set_ready();
+        tokio::spawn(h.run(async move {
+            let _ = http_stopped.await;
+        }))
+    });
     shutdown.await;
     tracing::info!("shutting down");
     accept.abort();
     let _ = accept.await;
+    let _ = http_stop.send(());
+    if let Some(task) = http_task {
+        // Requests in progress finish; a client holding a connection open does not
+        // hold up the shutdown for longer than this.
+        if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP connections still open at shutdown; closing them");
+        }
+    }
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.shutdown())
         .await

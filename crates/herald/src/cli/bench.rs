@@ -293,7 +293,8 @@ async fn produce(
     progress: &ProgressBar,
 ) -> anyhow::Result<Report> {
     let partitions = ensure_topic(client, args).await?;
-    let per_batch = (args.batch_bytes / args.message_bytes).max(1) as usize;
+    let per_batch = ((args.batch_bytes / args.message_bytes).max(1) as usize)
+        .min(usize::try_from(args.count.max(1)).unwrap_or(usize::MAX));
     let value = Bytes::from(vec![b'x'; args.message_bytes as usize]);
     let batch: Arc<Vec<ProduceRecord>> = Arc::new(
         (0..per_batch)

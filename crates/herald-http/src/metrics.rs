@@ -1,0 +1,106 @@
+//! `/metrics`: Prometheus text, built at scrape time from the broker's own state, so
+//! nothing on the produce or fetch path pays for it. Names follow kafka_exporter where
+//! one fits (`kafka_consumergroup_lag`, `kafka_topic_partition_current_offset`, ...),
+//! so existing dashboards and alerts work; Herald's own figures are `herald_*`.
+
+use herald_broker::Broker;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn gauges(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The exposition text for everything the broker knows now.
+pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    let partitions = gauges(
+        &mut registry,
+        "kafka_topic_partitions",
+        "Number of partitions of a topic",
+    );
+    let current = gauges(
+        &mut registry,
+        "kafka_topic_partition_current_offset",
+        "High watermark of a partition: the offset the next committed record gets",
+    );
+    let oldest = gauges(
+        &mut registry,
+        "kafka_topic_partition_oldest_offset",
+        "Log start offset of a partition: the oldest offset still readable",
+    );
+    let size = gauges(
+        &mut registry,
+        "herald_partition_size_bytes",
+        "Bytes of log segments a partition keeps on disk",
+    );
+    let appended = Family::<Labels, Counter>::default();
+    registry.register(
+        "herald_partition_appended_bytes",
+        "Bytes of record batches appended to a partition since the broker started",
+        appended.clone(),
+    );
+    let group_offset = gauges(
+        &mut registry,
+        "kafka_consumergroup_current_offset",
+        "Committed offset of a consumer group on a partition",
+    );
+    let group_lag = gauges(
+        &mut registry,
+        "kafka_consumergroup_lag",
+        "Records a consumer group has not committed yet on a partition (high watermark - committed)",
+    );
+    let group_members = gauges(
+        &mut registry,
+        "kafka_consumergroup_members",
+        "Members of a consumer group",
+    );
+
+    for topic in broker.topics() {
+        let name = topic.name.to_string();
+        partitions
+            .get_or_create(&vec![("topic", name.clone())])
+            .set(topic.partitions.len() as i64);
+        for p in &topic.partitions {
+            let labels = vec![("topic", name.clone()), ("partition", p.index.to_string())];
+            current.get_or_create(&labels).set(p.high_watermark());
+            oldest.get_or_create(&labels).set(p.log_start_offset());
+            size.get_or_create(&labels).set(p.size_bytes() as i64);
+            appended.get_or_create(&labels).inc_by(p.appended_bytes());
+        }
+    }
+    for group in broker.groups.list() {
+        if let Some(description) = broker.groups.describe(&group.group_id) {
+            group_members
+                .get_or_create(&vec![("consumergroup", group.group_id.clone())])
+                .set(description.members.len() as i64);
+        }
+        for ((topic, partition), record) in broker.groups.committed(&group.group_id, None) {
+            let Some(record) = record else { continue };
+            let labels = vec![
+                ("consumergroup", group.group_id.clone()),
+                ("topic", topic.clone()),
+                ("partition", partition.to_string()),
+            ];
+            group_offset.get_or_create(&labels).set(record.offset);
+            let high_watermark = broker
+                .topic(&topic)
+                .and_then(|t| t.partition(partition).ok().map(|p| p.high_watermark()));
+            if let Some(hw) = high_watermark {
+                group_lag
+                    .get_or_create(&labels)
+                    .set((hw - record.offset).max(0));
+            }
+        }
+    }
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}

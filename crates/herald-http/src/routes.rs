@@ -1,0 +1,353 @@
+//! The routes, their request and response types, and the OpenAPI document built from
+//! them (utoipa), so the document cannot drift from the code.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_broker::group::GroupState;
+use herald_broker::topic::ConfigSource;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald HTTP API",
+        description = "Health, metrics, topics and consumer groups of a Herald broker."
+    ),
+    paths(
+        health,
+        ready,
+        metrics,
+        list_topics,
+        describe_topic,
+        list_groups,
+        describe_group
+    ),
+    components(schemas(
+        ErrorBody,
+        Health,
+        Readiness,
+        TopicSummary,
+        TopicDetail,
+        PartitionDetail,
+        ConfigEntry,
+        GroupSummary,
+        GroupDetail,
+        GroupMember,
+        GroupOffset
+    ))
+)]
+pub struct ApiDoc;
+
+pub fn router(state: AppState, body_bytes_max: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/topics", get(list_topics))
+        .route("/topics/{name}", get(describe_topic))
+        .route("/groups", get(list_groups))
+        .route("/groups/{group_id}", get(describe_group))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the process serves requests.
+    pub status: String,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` once the data directory is open and every listener is bound, else `starting`.
+    pub status: String,
+}
+
+/// The broker takes traffic (503 until every listener is bound).
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, body = Readiness),
+    (status = 503, body = Readiness)
+))]
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    if state.ready.load(Ordering::Acquire) {
+        (
+            StatusCode::OK,
+            Json(Readiness {
+                status: "ready".into(),
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Readiness {
+                status: "starting".into(),
+            }),
+        )
+    }
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+    (status = 500, body = ErrorBody)
+))]
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = crate::metrics::render(&state.broker).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_failed",
+            e.to_string(),
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TopicSummary {
+    pub name: String,
+    /// The topic's id, as Kafka clients see it.
+    pub id: String,
+    pub partitions: i32,
+}
+
+/// Every topic.
+#[utoipa::path(get, path = "/topics", responses((status = 200, body = [TopicSummary])))]
+async fn list_topics(State(state): State<AppState>) -> Json<Vec<TopicSummary>> {
+    let mut topics: Vec<TopicSummary> = state
+        .broker
+        .topics()
+        .iter()
+        .map(|t| TopicSummary {
+            name: t.name.to_string(),
+            id: t.id.to_string(),
+            partitions: t.partitions.len() as i32,
+        })
+        .collect();
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(topics)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PartitionDetail {
+    pub partition: i32,
+    /// The oldest offset still readable.
+    pub log_start_offset: i64,
+    /// The offset the next committed record gets; readers see everything below it.
+    pub high_watermark: i64,
+    /// Bytes of log segments on disk.
+    pub size_bytes: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConfigEntry {
+    pub name: String,
+    pub value: String,
+    /// `topic` (set on the topic), `broker` (the operator's default) or `default`.
+    pub source: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TopicDetail {
+    pub name: String,
+    pub id: String,
+    pub partitions: Vec<PartitionDetail>,
+    pub configs: Vec<ConfigEntry>,
+}
+
+/// A topic's partitions (offsets, size) and configs with where each value comes from.
+#[utoipa::path(get, path = "/topics/{name}",
+    params(("name" = String, Path, description = "Topic name")),
+    responses((status = 200, body = TopicDetail), (status = 404, body = ErrorBody)))]
+async fn describe_topic(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TopicDetail>, ApiError> {
+    let topic = state
+        .broker
+        .topic(&name)
+        .ok_or_else(|| ApiError::not_found("unknown_topic", format!("no topic named {name:?}")))?;
+    Ok(Json(TopicDetail {
+        name: topic.name.to_string(),
+        id: topic.id.to_string(),
+        partitions: topic
+            .partitions
+            .iter()
+            .map(|p| PartitionDetail {
+                partition: p.index,
+                log_start_offset: p.log_start_offset(),
+                high_watermark: p.high_watermark(),
+                size_bytes: p.size_bytes(),
+            })
+            .collect(),
+        configs: topic
+            .all_configs(&state.broker.config)
+            .into_iter()
+            .map(|c| ConfigEntry {
+                name: c.name.to_string(),
+                value: c.value,
+                source: match c.source {
+                    ConfigSource::TopicOverride => "topic",
+                    ConfigSource::StaticBroker => "broker",
+                    ConfigSource::Default => "default",
+                }
+                .to_string(),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GroupSummary {
+    pub group_id: String,
+    /// Empty, PreparingRebalance, CompletingRebalance or Stable.
+    pub state: String,
+    pub protocol_type: String,
+}
+
+/// Every consumer group.
+#[utoipa::path(get, path = "/groups", responses((status = 200, body = [GroupSummary])))]
+async fn list_groups(State(state): State<AppState>) -> Json<Vec<GroupSummary>> {
+    Json(
+        state
+            .broker
+            .groups
+            .list()
+            .into_iter()
+            .map(|g| GroupSummary {
+                group_id: g.group_id,
+                state: g.state.name().to_string(),
+                protocol_type: g.protocol_type,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GroupOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset the group will read.
+    pub committed_offset: i64,
+    /// Null when the topic or partition no longer exists.
+    pub high_watermark: Option<i64>,
+    /// high_watermark - committed_offset (never below 0); null with high_watermark.
+    pub lag: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GroupDetail {
+    pub group_id: String,
+    pub state: String,
+    pub protocol_type: String,
+    /// The assignor the members agreed on (e.g. `range`), empty when none.
+    pub protocol: String,
+    pub members: Vec<GroupMember>,
+    pub offsets: Vec<GroupOffset>,
+    /// Sum of every partition's lag.
+    pub total_lag: i64,
+}
+
+/// A consumer group's members, committed offsets and lag per partition.
+#[utoipa::path(get, path = "/groups/{group_id}",
+    params(("group_id" = String, Path, description = "Consumer group id")),
+    responses((status = 200, body = GroupDetail), (status = 404, body = ErrorBody)))]
+async fn describe_group(
+    State(state): State<AppState>,
+    Path(group_id): Path<String>,
+) -> Result<Json<GroupDetail>, ApiError> {
+    let broker = &state.broker;
+    let description = broker
+        .groups
+        .describe(&group_id)
+        .filter(|d| d.state != GroupState::Dead)
+        .ok_or_else(|| {
+            ApiError::not_found("unknown_group", format!("no consumer group {group_id:?}"))
+        })?;
+    let offsets: Vec<GroupOffset> = broker
+        .groups
+        .committed(&group_id, None)
+        .into_iter()
+        .filter_map(|((topic, partition), record)| {
+            let record = record?;
+            let high_watermark = broker
+                .topic(&topic)
+                .and_then(|t| t.partition(partition).ok().map(|p| p.high_watermark()));
+            Some(GroupOffset {
+                lag: high_watermark.map(|hw| (hw - record.offset).max(0)),
+                topic,
+                partition,
+                committed_offset: record.offset,
+                high_watermark,
+            })
+        })
+        .collect();
+    Ok(Json(GroupDetail {
+        total_lag: offsets.iter().filter_map(|o| o.lag).sum(),
+        group_id: description.group_id,
+        state: description.state.name().to_string(),
+        protocol_type: description.protocol_type,
+        protocol: description.protocol_name,
+        members: description
+            .members
+            .into_iter()
+            .map(|m| GroupMember {
+                member_id: m.member_id,
+                group_instance_id: m.group_instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+            })
+            .collect(),
+        offsets,
+    }))
+}

@@ -1,0 +1,152 @@
+"""The HTTP front end: health, readiness, topics, consumer groups with lag, Prometheus
+metrics and the OpenAPI document, driven with httpx, Prometheus' own text parser and
+schemathesis against a real broker that Kafka clients write to and read from."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from herald_support import create_topic, free_port, unique, wait_until
+
+
+def _produce(broker, topic: str, partition_values: dict[int, int]) -> None:
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    for partition, count in partition_values.items():
+        for i in range(count):
+            producer.produce(topic, value=f"v{i}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+
+
+def _metrics(broker) -> dict[tuple[str, tuple], float]:
+    response = httpx.get(f"{broker.http_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_health_ready_and_json_errors(broker):
+    base = broker.http_url
+    assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{base}/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    missing = httpx.get(f"{base}/no/such/route")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong_method = httpx.post(f"{base}/topics/x", json={})
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+    unknown = httpx.get(f"{base}/topics/{unique('nosuch')}")
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_topic"
+    assert "message" in unknown.json()
+    group = httpx.get(f"{base}/groups/{unique('nosuch')}")
+    assert group.status_code == 404 and group.json()["error"] == "unknown_group"
+
+
+def test_topics_show_what_kafka_clients_wrote(broker):
+    topic = unique("http-topic")
+    create_topic(broker.bootstrap, topic, 3, {"retention.ms": "3600000"})
+    _produce(broker, topic, {0: 5, 1: 0, 2: 7})
+    listed = httpx.get(f"{broker.http_url}/topics").json()
+    assert {"name": topic, "partitions": 3} == {k: v for k, v in
+                                                next(t for t in listed if t["name"] == topic).items()
+                                                if k in ("name", "partitions")}
+    detail = httpx.get(f"{broker.http_url}/topics/{topic}").json()
+    assert [p["high_watermark"] for p in detail["partitions"]] == [5, 0, 7]
+    assert all(p["log_start_offset"] == 0 for p in detail["partitions"])
+    assert detail["partitions"][0]["size_bytes"] > 0 and detail["partitions"][1]["size_bytes"] == 0
+    configs = {c["name"]: c for c in detail["configs"]}
+    assert configs["retention.ms"] == {"name": "retention.ms", "value": "3600000", "source": "topic"}
+    assert configs["cleanup.policy"]["source"] == "default"
+
+
+def test_group_lag_over_http_and_in_metrics_matches_what_was_consumed(broker):
+    topic = unique("http-lag")
+    group = unique("http-group")
+    create_topic(broker.bootstrap, topic, 2)
+    _produce(broker, topic, {0: 30, 1: 20})
+    consumer = Consumer({
+        "bootstrap.servers": broker.bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })
+    consumer.subscribe([topic])
+    seen = []
+    while len(seen) < 50:
+        message = consumer.poll(10)
+        assert message is not None, f"only {len(seen)} records arrived"
+        assert message.error() is None
+        seen.append(message)
+    # Commit 12 records of partition 0 and 15 of partition 1 (next offsets to read).
+    consumer.commit(offsets=[TopicPartition(topic, 0, 12), TopicPartition(topic, 1, 15)], asynchronous=False)
+
+    detail = httpx.get(f"{broker.http_url}/groups/{group}").json()
+    offsets = {(o["topic"], o["partition"]): o for o in detail["offsets"]}
+    assert offsets[(topic, 0)]["committed_offset"] == 12 and offsets[(topic, 0)]["lag"] == 18
+    assert offsets[(topic, 1)]["committed_offset"] == 15 and offsets[(topic, 1)]["lag"] == 5
+    assert offsets[(topic, 0)]["high_watermark"] == 30
+    assert detail["total_lag"] == 23
+    assert len(detail["members"]) == 1 and detail["state"] == "Stable"
+    assert any(g["group_id"] == group for g in httpx.get(f"{broker.http_url}/groups").json())
+
+    metrics = _metrics(broker)
+    lag = lambda p: metrics[("kafka_consumergroup_lag",
+                             (("consumergroup", group), ("partition", str(p)), ("topic", topic)))]
+    assert lag(0) == 18 and lag(1) == 5
+    assert metrics[("kafka_consumergroup_current_offset",
+                    (("consumergroup", group), ("partition", "0"), ("topic", topic)))] == 12
+    assert metrics[("kafka_topic_partition_current_offset", (("partition", "1"), ("topic", topic)))] == 20
+    assert metrics[("kafka_topic_partition_oldest_offset", (("partition", "0"), ("topic", topic)))] == 0
+    assert metrics[("kafka_topic_partitions", (("topic", topic),))] == 2
+    assert metrics[("kafka_consumergroup_members", (("consumergroup", group),))] == 1
+    appended = metrics[("herald_partition_appended_bytes_total", (("partition", "0"), ("topic", topic)))]
+    assert appended > 0
+
+    # Consuming the rest and committing brings the lag to 0.
+    consumer.commit(offsets=[TopicPartition(topic, 0, 30), TopicPartition(topic, 1, 20)], asynchronous=False)
+    metrics = _metrics(broker)
+    assert lag(0) == 0 and lag(1) == 0
+    consumer.close()
+
+
+def test_http_listener_can_be_turned_off_and_taken_from_the_environment(broker_factory):
+    off = broker_factory(extra_env={"HERALD_HTTP_LISTEN": "off"}, http=False)
+    wait_until(lambda: "herald is ready" in off.stderr_tail(), 20, "the broker never said it was ready")
+    assert "http=off" in re.sub(r"\x1b\[[0-9;]*m", "", off.stderr_tail())
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{off.http_url}/health", timeout=2)
+    off.stop()
+
+    port = free_port()
+    on = broker_factory(extra_env={"HERALD_HTTP_LISTEN": f"127.0.0.1:{port}"}, http=False)
+    wait_until(lambda: "herald is ready" in on.stderr_tail(), 20, "the broker never said it was ready")
+    assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
+
+
+def test_openapi_document_matches_the_api_under_schemathesis(broker):
+    topic = unique("http-st")
+    create_topic(broker.bootstrap, topic, 1)
+    _produce(broker, topic, {0: 3})
+    spec = httpx.get(f"{broker.http_url}/openapi.json").json()
+    assert {"/health", "/ready", "/metrics", "/topics", "/topics/{name}", "/groups",
+            "/groups/{group_id}"} <= set(spec["paths"])
+    assert "ErrorBody" in spec["components"]["schemas"]
+    schemathesis = Path(sys.executable).parent / "schemathesis"
+    result = subprocess.run(
+        [str(schemathesis), "run", f"{broker.http_url}/openapi.json", "--checks", "all",
+         "--max-examples", "25", "--request-timeout", "10", "--no-color", "--seed", "1"],
+        capture_output=True, text=True, timeout=240,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")},
+    )
+    assert result.returncode == 0, f"schemathesis found problems:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
