@@ -22,6 +22,16 @@ use herald_meta::{MetaStore, TopicRecord};
 use tokio::sync::watch;
 
 pub use config::{BrokerConfig, FlushPolicy};
+
+/// One partition of a consumer group's progress: see [`Broker::group_lag`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    pub high_watermark: Option<i64>,
+    pub lag: Option<i64>,
+}
 pub use error::{BrokerError, Result};
 pub use group::{GroupCoordinator, GroupError};
 pub use partition::{Partition, PendingAppend, ReadResult, StartOffsetMove};
@@ -332,6 +342,28 @@ impl Broker {
 
     pub fn topic_by_id(&self, id: &uuid::Uuid) -> Option<Arc<Topic>> {
         self.topics_by_id.read().ok()?.get(id).cloned()
+    }
+
+    /// A group's committed offsets with each partition's high watermark and the lag
+    /// between them (never below 0); both are `None` for a partition that is gone.
+    pub fn group_lag(&self, group_id: &str) -> Vec<PartitionLag> {
+        self.groups
+            .committed(group_id, None)
+            .into_iter()
+            .filter_map(|((topic, partition), record)| {
+                let committed = record?.offset;
+                let high_watermark = self
+                    .topic(&topic)
+                    .and_then(|t| t.partition(partition).ok().map(|p| p.high_watermark()));
+                Some(PartitionLag {
+                    lag: high_watermark.map(|hw| (hw - committed).max(0)),
+                    topic,
+                    partition,
+                    committed,
+                    high_watermark,
+                })
+            })
+            .collect()
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {

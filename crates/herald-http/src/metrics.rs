@@ -82,21 +82,15 @@ pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
                 .get_or_create(&vec![("consumergroup", group.group_id.clone())])
                 .set(description.members.len() as i64);
         }
-        for ((topic, partition), record) in broker.groups.committed(&group.group_id, None) {
-            let Some(record) = record else { continue };
+        for p in broker.group_lag(&group.group_id) {
             let labels = vec![
                 ("consumergroup", group.group_id.clone()),
-                ("topic", topic.clone()),
-                ("partition", partition.to_string()),
+                ("topic", p.topic),
+                ("partition", p.partition.to_string()),
             ];
-            group_offset.get_or_create(&labels).set(record.offset);
-            let high_watermark = broker
-                .topic(&topic)
-                .and_then(|t| t.partition(partition).ok().map(|p| p.high_watermark()));
-            if let Some(hw) = high_watermark {
-                group_lag
-                    .get_or_create(&labels)
-                    .set((hw - record.offset).max(0));
+            group_offset.get_or_create(&labels).set(p.committed);
+            if let Some(lag) = p.lag {
+                group_lag.get_or_create(&labels).set(lag);
             }
         }
     }

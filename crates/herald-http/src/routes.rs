@@ -315,21 +315,14 @@ async fn describe_group(
             ApiError::not_found("unknown_group", format!("no consumer group {group_id:?}"))
         })?;
     let offsets: Vec<GroupOffset> = broker
-        .groups
-        .committed(&group_id, None)
+        .group_lag(&group_id)
         .into_iter()
-        .filter_map(|((topic, partition), record)| {
-            let record = record?;
-            let high_watermark = broker
-                .topic(&topic)
-                .and_then(|t| t.partition(partition).ok().map(|p| p.high_watermark()));
-            Some(GroupOffset {
-                lag: high_watermark.map(|hw| (hw - record.offset).max(0)),
-                topic,
-                partition,
-                committed_offset: record.offset,
-                high_watermark,
-            })
+        .map(|p| GroupOffset {
+            topic: p.topic,
+            partition: p.partition,
+            committed_offset: p.committed,
+            high_watermark: p.high_watermark,
+            lag: p.lag,
         })
         .collect();
     Ok(Json(GroupDetail {
