@@ -7,12 +7,13 @@
 
 mod error;
 mod metrics;
+mod records;
 mod routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use axum::Router;
 use herald_broker::Broker;
@@ -21,13 +22,38 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 pub use routes::ApiDoc;
 
-/// Largest request body the API accepts (the read-only API takes none today).
-pub const BODY_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Largest request body the API accepts.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 8 << 20;
+/// Most records one publish request may carry.
+pub const PUBLISH_RECORDS_MAX_DEFAULT: usize = 10_000;
+/// Most records one read may return.
+pub const READ_RECORDS_MAX_DEFAULT: usize = 10_000;
+/// Bytes of stored batches one read step takes from the log.
+pub const READ_BYTES_MAX_DEFAULT: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub body_bytes_max: usize,
+    pub limits: HttpLimits,
+}
+
+/// Bounds on what one request may ask for.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub publish_records_max: usize,
+    pub read_records_max: usize,
+    pub read_bytes_max: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            publish_records_max: PUBLISH_RECORDS_MAX_DEFAULT,
+            read_records_max: READ_RECORDS_MAX_DEFAULT,
+            read_bytes_max: READ_BYTES_MAX_DEFAULT,
+        }
+    }
 }
 
 impl HttpConfig {
@@ -35,6 +61,7 @@ impl HttpConfig {
         HttpConfig {
             listen,
             body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            limits: HttpLimits::default(),
         }
     }
 }
@@ -45,6 +72,20 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// Set once every listener is bound: `/ready` answers 200 from then on.
     pub ready: Arc<AtomicBool>,
+    pub limits: Arc<HttpLimits>,
+    /// Where the next keyless record without a partition goes (round robin).
+    pub next_partition: Arc<AtomicU32>,
+}
+
+impl AppState {
+    pub fn new(broker: Arc<Broker>, limits: HttpLimits) -> AppState {
+        AppState {
+            broker,
+            ready: Arc::new(AtomicBool::new(false)),
+            limits: Arc::new(limits),
+            next_partition: Arc::new(AtomicU32::new(0)),
+        }
+    }
 }
 
 pub struct HttpServer {
@@ -56,11 +97,8 @@ pub struct HttpServer {
 impl HttpServer {
     pub async fn bind(config: &HttpConfig, broker: Arc<Broker>) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(config.listen).await?;
-        let ready = Arc::new(AtomicBool::new(false));
-        let state = AppState {
-            broker,
-            ready: ready.clone(),
-        };
+        let state = AppState::new(broker, config.limits.clone());
+        let ready = state.ready.clone();
         Ok(HttpServer {
             listener,
             router: routes::router(state, config.body_bytes_max),

@@ -3,10 +3,11 @@
 
 use std::sync::atomic::Ordering;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_broker::group::GroupState;
 use herald_broker::topic::ConfigSource;
@@ -15,6 +16,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::records;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,7 +31,9 @@ use crate::error::{ApiError, ErrorBody};
         list_topics,
         describe_topic,
         list_groups,
-        describe_group
+        describe_group,
+        records::publish,
+        records::read
     ),
     components(schemas(
         ErrorBody,
@@ -42,7 +46,15 @@ use crate::error::{ApiError, ErrorBody};
         GroupSummary,
         GroupDetail,
         GroupMember,
-        GroupOffset
+        GroupOffset,
+        records::PublishRequest,
+        records::NewRecord,
+        records::Encoding,
+        records::KeyEncoding,
+        records::PublishResponse,
+        records::RecordPosition,
+        records::ReadResponse,
+        records::StoredRecord
     ))
 )]
 pub struct ApiDoc;
@@ -55,6 +67,11 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/topics", get(list_topics))
         .route("/topics/{name}", get(describe_topic))
+        .route("/topics/{name}/records", post(records::publish))
+        .route(
+            "/topics/{name}/partitions/{partition}/records",
+            get(records::read),
+        )
         .route("/groups", get(list_groups))
         .route("/groups/{group_id}", get(describe_group))
         .fallback(not_found)
@@ -200,11 +217,12 @@ pub struct TopicDetail {
 /// A topic's partitions (offsets, size) and configs with where each value comes from.
 #[utoipa::path(get, path = "/topics/{name}",
     params(("name" = String, Path, description = "Topic name")),
-    responses((status = 200, body = TopicDetail), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = TopicDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn describe_topic(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TopicDetail>, ApiError> {
+    let Path(name) = name.map_err(records::path_rejection)?;
     let topic = state
         .broker
         .topic(&name)
@@ -301,11 +319,12 @@ pub struct GroupDetail {
 /// A consumer group's members, committed offsets and lag per partition.
 #[utoipa::path(get, path = "/groups/{group_id}",
     params(("group_id" = String, Path, description = "Consumer group id")),
-    responses((status = 200, body = GroupDetail), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = GroupDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn describe_group(
     State(state): State<AppState>,
-    Path(group_id): Path<String>,
+    group_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<GroupDetail>, ApiError> {
+    let Path(group_id) = group_id.map_err(records::path_rejection)?;
     let broker = &state.broker;
     let description = broker
         .groups

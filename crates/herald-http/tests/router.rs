@@ -1,12 +1,11 @@
 //! The router without a socket: error shapes, readiness, and metrics from a real broker.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use herald_broker::{Broker, BrokerConfig};
-use herald_http::{AppState, BODY_BYTES_MAX_DEFAULT, router};
+use herald_http::{AppState, BODY_BYTES_MAX_DEFAULT, HttpLimits, router};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -28,10 +27,7 @@ async fn call(state: &AppState, method: Method, uri: &str) -> (StatusCode, Strin
 
 fn state(dir: &std::path::Path) -> AppState {
     let broker = Broker::open(BrokerConfig::new(dir.to_path_buf())).unwrap();
-    AppState {
-        broker,
-        ready: Arc::new(AtomicBool::new(false)),
-    }
+    AppState::new(broker, HttpLimits::default())
 }
 
 #[tokio::test]

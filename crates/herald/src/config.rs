@@ -19,6 +19,9 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_KAFKA_LISTEN",
     "HERALD_KAFKA_ADVERTISED",
     "HERALD_HTTP_LISTEN",
+    "HERALD_HTTP_BODY_BYTES_MAX",
+    "HERALD_HTTP_PUBLISH_RECORDS_MAX",
+    "HERALD_HTTP_READ_RECORDS_MAX",
     "HERALD_NODE_ID",
     "HERALD_AUTO_CREATE_TOPICS",
     "HERALD_DEFAULT_PARTITIONS",
@@ -63,6 +66,15 @@ pub struct ServeSettings {
     /// HTTP listener (health, metrics, API) host:port, or `off` [default: 127.0.0.1:8080]
     #[arg(long, env = "HERALD_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// Largest HTTP request body [default: 8388608]
+    #[arg(long, env = "HERALD_HTTP_BODY_BYTES_MAX")]
+    pub http_body_bytes_max: Option<usize>,
+    /// Most records in one HTTP publish [default: 10000]
+    #[arg(long, env = "HERALD_HTTP_PUBLISH_RECORDS_MAX")]
+    pub http_publish_records_max: Option<usize>,
+    /// Most records one HTTP read returns [default: 10000]
+    #[arg(long, env = "HERALD_HTTP_READ_RECORDS_MAX")]
+    pub http_read_records_max: Option<usize>,
     /// This broker's id [default: 1]
     #[arg(long, env = "HERALD_NODE_ID")]
     pub node_id: Option<i32>,
@@ -144,6 +156,9 @@ impl ServeSettings {
             kafka_listen,
             kafka_advertised,
             http_listen,
+            http_body_bytes_max,
+            http_publish_records_max,
+            http_read_records_max,
             node_id,
             auto_create_topics,
             default_partitions,
@@ -270,7 +285,32 @@ impl ServeSettings {
                 "http_listen {text:?} is not a host:port address such as 127.0.0.1:8080, or off"
             )
         })?;
-        Ok(Some(HttpConfig::new(listen)))
+        let mut c = HttpConfig::new(listen);
+        for (name, value, into) in [
+            (
+                "http_body_bytes_max",
+                self.http_body_bytes_max,
+                &mut c.body_bytes_max,
+            ),
+            (
+                "http_publish_records_max",
+                self.http_publish_records_max,
+                &mut c.limits.publish_records_max,
+            ),
+            (
+                "http_read_records_max",
+                self.http_read_records_max,
+                &mut c.limits.read_records_max,
+            ),
+        ] {
+            if let Some(v) = value {
+                if v == 0 {
+                    bail!("{name} must be at least 1");
+                }
+                *into = v;
+            }
+        }
+        Ok(Some(c))
     }
 
     pub fn kafka_config(&self) -> anyhow::Result<KafkaConfig> {
