@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from herald_support import create_topic, free_port, unique, wait_until
+from herald_support import admin, create_topic, free_port, unique, wait_until
 
 
 def _produce(broker, topic: str, partition_values: dict[int, int]) -> None:
@@ -244,3 +244,35 @@ def test_bad_publish_and_read_requests_get_json_4xx(broker_factory):
     # Nothing was written by any of them, and the broker still works.
     assert httpx.get(f"{broker.http_url}/topics/{topic}").json()["partitions"][0]["high_watermark"] == 0
     assert post('{"records": [{"value": 1}]}').status_code == 200
+
+
+def test_create_and_delete_topics_over_http(broker):
+    base = broker.http_url
+    topic = unique("http-admin")
+    created = httpx.post(f"{base}/topics", json={"name": topic, "partitions": 2,
+                                                 "configs": {"cleanup.policy": "compact"}})
+    assert created.status_code == 201, created.text
+    detail = created.json()
+    assert detail["name"] == topic and len(detail["partitions"]) == 2
+    assert {"name": "cleanup.policy", "value": "compact", "source": "topic"} in detail["configs"]
+    # Kafka clients see it at once.
+    metadata = admin(broker.bootstrap).list_topics(topic, timeout=10)
+    assert len(metadata.topics[topic].partitions) == 2
+
+    cases = [
+        (httpx.post(f"{base}/topics", json={"name": topic}), 409, "topic_exists"),
+        (httpx.post(f"{base}/topics", json={"name": "bad name!"}), 400, "invalid_topic"),
+        (httpx.post(f"{base}/topics", json={"name": unique("t"), "partitions": 0}), 400, "invalid_partitions"),
+        (httpx.post(f"{base}/topics", json={"name": unique("t"), "configs": {"retention.ms": "soon"}}),
+         400, "invalid_config"),
+        (httpx.post(f"{base}/topics", json={"partitions": 1}), 400, "invalid_json"),
+    ]
+    for response, status, code in cases:
+        assert response.status_code == status, (code, response.text)
+        assert response.json()["error"] == code
+
+    deleted = httpx.delete(f"{base}/topics/{topic}")
+    assert deleted.status_code == 204
+    assert httpx.get(f"{base}/topics/{topic}").status_code == 404
+    gone = httpx.delete(f"{base}/topics/{topic}")
+    assert gone.status_code == 404 and gone.json()["error"] == "unknown_topic"

@@ -1,17 +1,19 @@
 //! The routes, their request and response types, and the OpenAPI document built from
 //! them (utoipa), so the document cannot drift from the code.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use herald_broker::BrokerError;
 use herald_broker::group::GroupState;
-use herald_broker::topic::ConfigSource;
-use serde::Serialize;
+use herald_broker::topic::{ConfigSource, Topic};
+use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
@@ -29,7 +31,9 @@ use crate::records;
         ready,
         metrics,
         list_topics,
+        create_topic,
         describe_topic,
+        delete_topic,
         list_groups,
         describe_group,
         records::publish,
@@ -40,6 +44,7 @@ use crate::records;
         Health,
         Readiness,
         TopicSummary,
+        NewTopic,
         TopicDetail,
         PartitionDetail,
         ConfigEntry,
@@ -65,8 +70,8 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .route("/topics", get(list_topics))
-        .route("/topics/{name}", get(describe_topic))
+        .route("/topics", get(list_topics).post(create_topic))
+        .route("/topics/{name}", get(describe_topic).delete(delete_topic))
         .route("/topics/{name}/records", post(records::publish))
         .route(
             "/topics/{name}/partitions/{partition}/records",
@@ -187,6 +192,77 @@ async fn list_topics(State(state): State<AppState>) -> Json<Vec<TopicSummary>> {
     Json(topics)
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTopic {
+    /// Letters, digits, `.`, `_` and `-`, at most 249 characters (Kafka's rule).
+    #[schema(pattern = "^[a-zA-Z0-9._-]{1,249}$")]
+    pub name: String,
+    /// Number of partitions (default: the broker's `default_partitions`).
+    #[schema(minimum = 1)]
+    pub partitions: Option<i64>,
+    /// Topic configs as in Kafka (`retention.ms`, `cleanup.policy`, ...).
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Create a topic; the answer describes it.
+#[utoipa::path(post, path = "/topics", request_body = NewTopic, responses(
+    (status = 201, body = TopicDetail),
+    (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+    (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 500, body = ErrorBody)
+))]
+async fn create_topic(
+    State(state): State<AppState>,
+    body: Result<Json<NewTopic>, JsonRejection>,
+) -> Result<(StatusCode, Json<TopicDetail>), ApiError> {
+    let Json(new) = body.map_err(records::json_rejection)?;
+    let broker = state.broker.clone();
+    let topic = tokio::task::spawn_blocking(move || {
+        broker.create_topic(&new.name, new.partitions, new.configs, false)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(topic_error)?;
+    Ok((StatusCode::CREATED, Json(topic_detail(&state, &topic))))
+}
+
+/// Delete a topic and its data.
+#[utoipa::path(delete, path = "/topics/{name}",
+    params(("name" = String, Path, description = "Topic name")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 500, body = ErrorBody)))]
+async fn delete_topic(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(name) = name.map_err(records::path_rejection)?;
+    let broker = state.broker.clone();
+    tokio::task::spawn_blocking(move || broker.delete_topic(&name))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(topic_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn topic_error(error: BrokerError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        BrokerError::TopicExists(_) => ApiError::new(StatusCode::CONFLICT, "topic_exists", message),
+        BrokerError::InvalidTopic { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", message)
+        }
+        BrokerError::InvalidPartitions(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_partitions", message)
+        }
+        BrokerError::InvalidConfig { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_config", message)
+        }
+        other => records::broker_error(other),
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct PartitionDetail {
     pub partition: i32,
@@ -227,7 +303,11 @@ async fn describe_topic(
         .broker
         .topic(&name)
         .ok_or_else(|| ApiError::not_found("unknown_topic", format!("no topic named {name:?}")))?;
-    Ok(Json(TopicDetail {
+    Ok(Json(topic_detail(&state, &topic)))
+}
+
+fn topic_detail(state: &AppState, topic: &Topic) -> TopicDetail {
+    TopicDetail {
         name: topic.name.to_string(),
         id: topic.id.to_string(),
         partitions: topic
@@ -254,7 +334,7 @@ async fn describe_topic(
                 .to_string(),
             })
             .collect(),
-    }))
+    }
 }
 
 #[derive(Serialize, ToSchema)]
