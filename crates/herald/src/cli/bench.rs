@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use herald_client::{
     Acks, Client, FetchOptions, NewTopic, ProduceOptions, ProduceRecord, TopicPartition,
 };
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -298,8 +298,14 @@ fn progress_bar(args: &BenchArgs) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(args.count), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise}/{msg} [{bar:40}] {human_pos}/{human_len} records, {per_sec}",
+        "{elapsed_precise}/{msg} [{bar:40}] {human_pos}/{human_len} records, {rate}",
     ) {
+        let style = style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} records/s", state.per_sec());
+            },
+        );
         bar.set_style(style.progress_chars("=> "));
     }
     // The run also stops at `--duration-secs`, whichever limit comes first.
