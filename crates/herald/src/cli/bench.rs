@@ -362,7 +362,6 @@ async fn produce(
         compression: args.compression.into(),
         ..ProduceOptions::default()
     });
-    let batches_total = args.count.div_ceil(per_batch as u64);
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let started = Instant::now();
     let mut producers = JoinSet::new();
@@ -370,27 +369,31 @@ async fn produce(
         let client = Client::new(&args.connect.bootstrap).await?;
         let topic = args.topic.clone();
         let (batch, options, progress) = (batch.clone(), options.clone(), progress.clone());
-        // Batches are shared out so the producers send `count` records between them.
-        let mine = batches_total / u64::from(args.producers)
-            + u64::from(u64::from(producer) < batches_total % u64::from(args.producers));
+        // Records are shared out so the producers send exactly `count` between them;
+        // a producer's last batch may be short.
+        let mine = args.count / u64::from(args.producers)
+            + u64::from(u64::from(producer) < args.count % u64::from(args.producers));
         let in_flight = args.in_flight as usize;
         producers.spawn(async move {
             let permits = Arc::new(Semaphore::new(in_flight));
             let mut requests = JoinSet::new();
             let mut histogram = new_histogram();
-            let (mut sent, mut errors) = (0u64, 0u64);
-            for i in 0..mine {
-                if Instant::now() >= deadline {
-                    break;
-                }
+            let (mut acked, mut errors, mut queued) = (0u64, 0u64, 0u64);
+            let mut i = 0u64;
+            while queued < mine && Instant::now() < deadline {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
+                let n = batch.len().min((mine - queued) as usize);
+                let records = if n == batch.len() {
+                    batch.clone()
+                } else {
+                    Arc::new(batch[..n].to_vec())
+                };
                 let partition = ((u64::from(producer) + i) % partitions as u64) as i32;
-                let (client, topic, records, options, progress) = (
+                let (client, topic, options, progress) = (
                     client.clone(),
                     topic.clone(),
-                    batch.clone(),
                     options.clone(),
                     progress.clone(),
                 );
@@ -401,16 +404,18 @@ async fn produce(
                     if result.is_ok() {
                         progress.inc(records.len() as u64);
                     }
-                    (result.is_ok(), at.elapsed())
+                    ((result.is_ok(), at.elapsed()), records.len())
                 });
+                queued += n as u64;
+                i += 1;
                 while let Some(done) = requests.try_join_next() {
-                    record_ack(done, &mut histogram, &mut sent, &mut errors, batch.len());
+                    record_done(done, &mut histogram, &mut acked, &mut errors);
                 }
             }
             while let Some(done) = requests.join_next().await {
-                record_ack(done, &mut histogram, &mut sent, &mut errors, batch.len());
+                record_done(done, &mut histogram, &mut acked, &mut errors);
             }
-            (histogram, sent, errors)
+            (histogram, acked, errors)
         });
     }
     let mut histogram = new_histogram();
@@ -431,6 +436,21 @@ async fn produce(
         end_to_end: None,
         rss: None,
     })
+}
+
+/// Count one finished produce request task (its outcome and how many records it
+/// carried) into the run's totals.
+fn record_done(
+    done: Result<((bool, Duration), usize), tokio::task::JoinError>,
+    histogram: &mut Histogram<u64>,
+    acked: &mut u64,
+    errors: &mut u64,
+) {
+    let (outcome, records) = match done {
+        Ok((outcome, records)) => (Ok(outcome), records),
+        Err(e) => (Err(e), 0),
+    };
+    record_ack(outcome, histogram, acked, errors, records);
 }
 
 /// Count one finished produce request of `batch_len` records into the run's totals.

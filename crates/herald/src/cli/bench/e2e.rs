@@ -16,7 +16,7 @@ use indicatif::ProgressBar;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{BenchArgs, BenchMode, EndToEnd, Report, ensure_topic, new_histogram, record_ack};
+use super::{BenchArgs, BenchMode, EndToEnd, Report, ensure_topic, new_histogram, record_done};
 
 /// Bytes at the start of each value that carry the send time.
 pub const TIMESTAMP_BYTES: usize = 8;
@@ -219,19 +219,6 @@ pub async fn run(
         }),
         rss: None,
     })
-}
-
-fn record_done(
-    done: Result<((bool, Duration), usize), tokio::task::JoinError>,
-    histogram: &mut Histogram<u64>,
-    acked: &mut u64,
-    errors: &mut u64,
-) {
-    let (outcome, records) = match done {
-        Ok((outcome, records)) => (Ok(outcome), records),
-        Err(e) => (Err(e), 0),
-    };
-    record_ack(outcome, histogram, acked, errors, records);
 }
 
 /// Deal `positions` out to `consumers` consumers, round robin (none left empty when
