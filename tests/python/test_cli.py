@@ -169,6 +169,15 @@ def test_bench_produce_then_consume_reports_what_the_broker_stored(broker):
     assert stored == 3000
     consumed = json.loads(ok(herald(broker, "bench", "consume", "--topic", topic, "--json")))
     assert consumed["records"] == 3000 and consumed["bytes"] == 300_000 and consumed["errors"] == 0
+    # --batch-size is records per batch; a count it does not divide still sends exactly
+    # --count (the last batches are short).
+    odd = json.loads(ok(herald(broker, "bench", "produce", "--topic", topic, "--producers", "3",
+                               "--count", "1000", "--message-bytes", "100", "--batch-size", "7", "--json")))
+    assert odd["records"] == 1000 and odd["errors"] == 0
+    client = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique("g")})
+    stored = sum(client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(3))
+    client.close()
+    assert stored == 4000
     missing = herald(broker, "bench", "consume", "--topic", unique("nosuch"))
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 
@@ -180,16 +189,19 @@ def test_bench_end_to_end_delivers_every_acked_record_and_samples_the_broker(bro
     # Records already in the topic are not counted: the consumer starts at the log end.
     ok(herald(broker, "bench", "produce", "--topic", topic, "--partitions", "2", "--count", "50",
               "--message-bytes", "64", "--json"))
-    out = ok(herald(broker, "bench", "e2e", "--topic", topic, "--producers", "2", "--count", "2000",
-                    "--rate", "4000", "--linger-ms", "5", "--message-bytes", "64", "--acks", "all",
-                    "--broker-pid", str(broker.pid), "--json"))
+    out = ok(herald(broker, "bench", "e2e", "--topic", topic, "--producers", "2", "--consumers", "2",
+                    "--count", "2000", "--rate", "4000", "--linger-ms", "5", "--batch-size", "50",
+                    "--message-bytes", "64", "--acks", "all", "--broker-pid", str(broker.pid), "--json"))
+    # --json: the whole of stdout is one JSON object (no progress bar in it).
     report = json.loads(out)
     assert report["mode"] == "end-to-end"
-    assert report["records"] == 2000 and report["errors"] == 0
+    assert report["records"] == 2000 and report["errors"] == 0 and report["records_per_sec"] > 0
     e2e = report["end_to_end"]
-    assert e2e["received"] == 2000 and e2e["missing"] == 0
+    assert e2e["received"] == 2000 and e2e["missing"] == 0 and e2e["records_per_sec"] > 0
     lat = e2e["latency"]
-    assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["p99.9_ms"] <= lat["max_ms"]
+    ack = report["latency"]
+    assert 0 < ack["p50_ms"] <= ack["p99_ms"] <= ack["max_ms"]
     # Paced at 4,000 records/s, 2,000 records cannot take much less than half a second.
     assert report["seconds"] >= 0.4
     rss = report["broker_rss_mb"]
@@ -197,3 +209,11 @@ def test_bench_end_to_end_delivers_every_acked_record_and_samples_the_broker(bro
     # A value too short to carry the send time is refused with a clear message.
     short = herald(broker, "bench", "e2e", "--topic", topic, "--message-bytes", "4", "--count", "10")
     assert short.returncode != 0 and "at least 8" in short.stderr
+    # At most one consumer per partition.
+    crowded = herald(broker, "bench", "e2e", "--topic", topic, "--consumers", "3", "--count", "10")
+    assert crowded.returncode != 0 and "more than the 2 partitions" in crowded.stderr
+    # acks=1, compressed, one consumer, text output: the same counts hold.
+    text = ok(herald(broker, "bench", "e2e", "--topic", topic, "--count", "500", "--rate", "0",
+                     "--acks", "1", "--compression", "lz4", "--message-bytes", "100"))
+    assert "received 500 records" in text and " 0 acknowledged records missing" in text
+    assert "end-to-end latency ms: p50" in text

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use herald_client::{
     Acks, Client, FetchOptions, NewTopic, ProduceOptions, ProduceRecord, TopicPartition,
 };
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -53,9 +53,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub message_bytes: u32,
     /// Bytes of record values per produce request (one batch per request, so records
-    /// per batch = batch bytes / message bytes).
+    /// per batch = batch bytes / message bytes, at least 1). `--batch-size` instead
+    /// gives the record count directly.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=67_108_864))]
     pub batch_bytes: u32,
+    /// Records per batch (one batch per produce request); overrides `--batch-bytes`.
+    /// End-to-end with a `--rate`: a batch goes out when it holds this many records or
+    /// `--linger-ms` worth of them, whichever comes first.
+    #[arg(long, conflicts_with = "batch_bytes", value_parser = clap::value_parser!(u32).range(1..=BATCH_RECORDS_MAX))]
+    pub batch_size: Option<u32>,
     /// Produce requests each producer keeps in flight.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub in_flight: u32,
@@ -74,8 +80,13 @@ pub struct BenchArgs {
     pub rate: u64,
     /// End-to-end with a `--rate`: a batch is sent once it holds this many
     /// milliseconds' worth of records (or is full), like a producer's `linger.ms`.
+    /// Produce mode sends full batches as fast as `--in-flight` allows and ignores it.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// End-to-end: consumers, each with its own connection reading every
+    /// `--consumers`-th partition (at most one per partition).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub consumers: u32,
     /// Sample this process's resident memory (the broker's) once a second and report
     /// its start, minimum, maximum and end.
     #[arg(long)]
@@ -92,6 +103,20 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// The most records `--batch-size` may put in one batch.
+pub const BATCH_RECORDS_MAX: i64 = 1_000_000;
+
+impl BenchArgs {
+    /// Records per batch: `--batch-size`, else as many `--message-bytes` records as
+    /// `--batch-bytes` holds (at least one).
+    pub fn batch_records(&self) -> usize {
+        match self.batch_size {
+            Some(n) => n as usize,
+            None => (self.batch_bytes / self.message_bytes).max(1) as usize,
+        }
+    }
 }
 
 /// What a run measured.
@@ -116,6 +141,14 @@ pub struct EndToEnd {
     pub received: u64,
     /// Acknowledged records the consumer never received.
     pub missing: u64,
+    /// From the start of the run to the last record received.
+    pub elapsed: Duration,
+}
+
+impl EndToEnd {
+    fn records_per_sec(&self) -> f64 {
+        self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
 }
 
 /// Latency percentiles in milliseconds, then the maximum.
@@ -170,6 +203,8 @@ impl Report {
             json["end_to_end"] = serde_json::json!({
                 "received": e2e.received,
                 "missing": e2e.missing,
+                "seconds": e2e.elapsed.as_secs_f64(),
+                "records_per_sec": e2e.records_per_sec(),
                 "latency": percentiles_json(Some(&e2e.latency_us)),
             });
         }
@@ -200,8 +235,11 @@ impl Report {
         }
         if let Some(e2e) = &self.end_to_end {
             out.push_str(&format!(
-                "\nconsumer received {} records, {} acknowledged records missing",
-                e2e.received, e2e.missing
+                "\nconsumers received {} records in {:.2} s: {:.0} records/s, {} acknowledged records missing",
+                e2e.received,
+                e2e.elapsed.as_secs_f64(),
+                e2e.records_per_sec(),
+                e2e.missing
             ));
             out.push_str(&percentiles_text("end-to-end latency", &e2e.latency_us));
         }
@@ -260,11 +298,28 @@ fn progress_bar(args: &BenchArgs) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(args.count), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} records, {per_sec}",
+        "{elapsed_precise}/{msg} [{bar:40}] {human_pos}/{human_len} records, {rate}",
     ) {
+        let style = style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} records/s", state.per_sec());
+            },
+        );
         bar.set_style(style.progress_chars("=> "));
     }
+    // The run also stops at `--duration-secs`, whichever limit comes first.
+    bar.set_message(format_hms(args.duration_secs));
+    bar.enable_steady_tick(PROGRESS_TICK);
     bar
+}
+
+/// How often the progress bar redraws when no record arrived (so the clock moves).
+const PROGRESS_TICK: Duration = Duration::from_millis(200);
+
+/// Seconds as `HH:MM:SS`, like the bar's `{elapsed_precise}`.
+fn format_hms(secs: u64) -> String {
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -293,7 +348,8 @@ async fn produce(
     progress: &ProgressBar,
 ) -> anyhow::Result<Report> {
     let partitions = ensure_topic(client, args).await?;
-    let per_batch = ((args.batch_bytes / args.message_bytes).max(1) as usize)
+    let per_batch = args
+        .batch_records()
         .min(usize::try_from(args.count.max(1)).unwrap_or(usize::MAX));
     let value = Bytes::from(vec![b'x'; args.message_bytes as usize]);
     let batch: Arc<Vec<ProduceRecord>> = Arc::new(
@@ -306,7 +362,6 @@ async fn produce(
         compression: args.compression.into(),
         ..ProduceOptions::default()
     });
-    let batches_total = args.count.div_ceil(per_batch as u64);
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let started = Instant::now();
     let mut producers = JoinSet::new();
@@ -314,27 +369,31 @@ async fn produce(
         let client = Client::new(&args.connect.bootstrap).await?;
         let topic = args.topic.clone();
         let (batch, options, progress) = (batch.clone(), options.clone(), progress.clone());
-        // Batches are shared out so the producers send `count` records between them.
-        let mine = batches_total / u64::from(args.producers)
-            + u64::from(u64::from(producer) < batches_total % u64::from(args.producers));
+        // Records are shared out so the producers send exactly `count` between them;
+        // a producer's last batch may be short.
+        let mine = args.count / u64::from(args.producers)
+            + u64::from(u64::from(producer) < args.count % u64::from(args.producers));
         let in_flight = args.in_flight as usize;
         producers.spawn(async move {
             let permits = Arc::new(Semaphore::new(in_flight));
             let mut requests = JoinSet::new();
             let mut histogram = new_histogram();
-            let (mut sent, mut errors) = (0u64, 0u64);
-            for i in 0..mine {
-                if Instant::now() >= deadline {
-                    break;
-                }
+            let (mut acked, mut errors, mut queued) = (0u64, 0u64, 0u64);
+            let mut i = 0u64;
+            while queued < mine && Instant::now() < deadline {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
+                let n = batch.len().min((mine - queued) as usize);
+                let records = if n == batch.len() {
+                    batch.clone()
+                } else {
+                    Arc::new(batch[..n].to_vec())
+                };
                 let partition = ((u64::from(producer) + i) % partitions as u64) as i32;
-                let (client, topic, records, options, progress) = (
+                let (client, topic, options, progress) = (
                     client.clone(),
                     topic.clone(),
-                    batch.clone(),
                     options.clone(),
                     progress.clone(),
                 );
@@ -345,16 +404,18 @@ async fn produce(
                     if result.is_ok() {
                         progress.inc(records.len() as u64);
                     }
-                    (result.is_ok(), at.elapsed())
+                    ((result.is_ok(), at.elapsed()), records.len())
                 });
+                queued += n as u64;
+                i += 1;
                 while let Some(done) = requests.try_join_next() {
-                    record_ack(done, &mut histogram, &mut sent, &mut errors, batch.len());
+                    record_done(done, &mut histogram, &mut acked, &mut errors);
                 }
             }
             while let Some(done) = requests.join_next().await {
-                record_ack(done, &mut histogram, &mut sent, &mut errors, batch.len());
+                record_done(done, &mut histogram, &mut acked, &mut errors);
             }
-            (histogram, sent, errors)
+            (histogram, acked, errors)
         });
     }
     let mut histogram = new_histogram();
@@ -375,6 +436,21 @@ async fn produce(
         end_to_end: None,
         rss: None,
     })
+}
+
+/// Count one finished produce request task (its outcome and how many records it
+/// carried) into the run's totals.
+fn record_done(
+    done: Result<((bool, Duration), usize), tokio::task::JoinError>,
+    histogram: &mut Histogram<u64>,
+    acked: &mut u64,
+    errors: &mut u64,
+) {
+    let (outcome, records) = match done {
+        Ok((outcome, records)) => (Ok(outcome), records),
+        Err(e) => (Err(e), 0),
+    };
+    record_ack(outcome, histogram, acked, errors, records);
 }
 
 /// Count one finished produce request of `batch_len` records into the run's totals.
@@ -498,5 +574,96 @@ mod tests {
             ..report
         };
         assert!(consume.to_json()["latency"].as_object().unwrap().is_empty());
+    }
+
+    #[test]
+    fn end_to_end_report_has_consumer_rate_latency_and_rss() {
+        let mut e2e = Histogram::<u64>::new(3).unwrap();
+        for us in [500, 700, 900, 20_000] {
+            e2e.record(us).unwrap();
+        }
+        let report = Report {
+            mode: BenchMode::EndToEnd,
+            records: 1_000,
+            bytes: 64_000,
+            elapsed: Duration::from_secs(1),
+            errors: 0,
+            latency_us: Some(Histogram::<u64>::new(3).unwrap()),
+            end_to_end: Some(EndToEnd {
+                latency_us: e2e,
+                received: 1_000,
+                missing: 0,
+                elapsed: Duration::from_millis(500),
+            }),
+            rss: Some(rss::RssStats {
+                start: 20_000_000,
+                min: 19_000_000,
+                max: 25_000_000,
+                end: 21_000_000,
+                samples: 3,
+            }),
+        };
+        let json = report.to_json();
+        assert_eq!(json["mode"], "end-to-end");
+        assert_eq!(json["end_to_end"]["records_per_sec"], 2000.0);
+        assert_eq!(json["end_to_end"]["missing"], 0);
+        let lat = &json["end_to_end"]["latency"];
+        for key in ["p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"] {
+            assert!(lat[key].as_f64().unwrap() > 0.0, "{key}");
+        }
+        assert!((lat["max_ms"].as_f64().unwrap() - 20.0).abs() < 0.05);
+        assert_eq!(json["broker_rss_mb"]["max"], 25.0);
+        let text = report.to_text();
+        assert!(
+            text.contains(
+                "received 1000 records in 0.50 s: 2000 records/s, 0 acknowledged records missing"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("end-to-end latency ms: p50 0.70"), "{text}");
+        assert!(
+            text.contains("broker RSS MB: start 20.0 min 19.0 max 25.0 end 21.0 (3 samples)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn batch_size_is_records_and_overrides_batch_bytes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(["herald", "produce"].iter().chain(extra)).map(|c| c.bench)
+        };
+        assert_eq!(parse(&[]).unwrap().batch_records(), 64);
+        assert_eq!(
+            parse(&["--batch-bytes", "1000", "--message-bytes", "100"])
+                .unwrap()
+                .batch_records(),
+            10
+        );
+        assert_eq!(
+            parse(&["--batch-bytes", "10", "--message-bytes", "100"])
+                .unwrap()
+                .batch_records(),
+            1
+        );
+        assert_eq!(
+            parse(&["--batch-size", "500"]).unwrap().batch_records(),
+            500
+        );
+        assert!(parse(&["--batch-size", "5", "--batch-bytes", "100"]).is_err());
+        assert!(parse(&["--batch-size", "0"]).is_err());
+        let e2e = parse(&["--consumers", "2"]).unwrap();
+        assert_eq!((e2e.consumers, e2e.linger_ms), (2, 5));
+    }
+
+    #[test]
+    fn duration_limit_reads_like_elapsed_time() {
+        assert_eq!(format_hms(300), "00:05:00");
+        assert_eq!(format_hms(3_725), "01:02:05");
     }
 }

@@ -1,7 +1,8 @@
-//! `herald bench end-to-end`: producers publish at a paced rate while one consumer reads
-//! the same topic from its end; each record's value starts with the time it was put
-//! into a batch (nanoseconds since the UNIX epoch, little-endian), so the consumer
-//! measures publish-to-delivery latency. Every acknowledged record must arrive.
+//! `herald bench end-to-end`: producers publish at a paced rate while `--consumers`
+//! consumers read the same topic from its end; each record's value starts with the
+//! time it was put into a batch (nanoseconds since the UNIX epoch, little-endian), so
+//! the consumers measure publish-to-delivery latency. Every acknowledged record must
+//! arrive.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,7 @@ use indicatif::ProgressBar;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{BenchArgs, BenchMode, EndToEnd, Report, ensure_topic, new_histogram, record_ack};
+use super::{BenchArgs, BenchMode, EndToEnd, Report, ensure_topic, new_histogram, record_done};
 
 /// Bytes at the start of each value that carry the send time.
 pub const TIMESTAMP_BYTES: usize = 8;
@@ -34,15 +35,11 @@ pub fn batch_due(k: u64, records_per_batch: usize, rate: f64) -> Duration {
     Duration::from_secs_f64((k + 1) as f64 * records_per_batch as f64 / rate)
 }
 
-/// Records per batch: what `batch_bytes` holds, and at a paced rate no more than
-/// `linger` worth of records, so a slow producer sends small batches often.
-pub fn records_per_batch(
-    batch_bytes: u32,
-    message_bytes: u32,
-    rate: f64,
-    linger: Duration,
-) -> usize {
-    let by_size = (batch_bytes / message_bytes).max(1) as usize;
+/// Records per batch: `by_size` (`--batch-size`, or what `--batch-bytes` holds), and at
+/// a paced rate no more than `linger` worth of records, so a slow producer sends small
+/// batches often.
+pub fn records_per_batch(by_size: usize, rate: f64, linger: Duration) -> usize {
+    let by_size = by_size.max(1);
     if rate <= 0.0 {
         return by_size;
     }
@@ -89,16 +86,33 @@ pub async fn run(
             (TopicPartition::new(&args.topic, p.partition), end)
         })
         .collect();
+    if args.consumers as usize > positions.len() {
+        bail!(
+            "--consumers {} is more than the {} partitions of {}",
+            args.consumers,
+            positions.len(),
+            args.topic
+        );
+    }
 
     let (total_tx, total_rx) = watch::channel(None::<u64>);
-    let consumer_client = Client::new(&args.connect.bootstrap).await?;
-    let fetch_bytes = args.fetch_bytes;
-    let consumer = tokio::spawn(consume(consumer_client, positions, fetch_bytes, total_rx));
+    let received = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut consumers = JoinSet::new();
+    for share in share_partitions(positions, args.consumers as usize) {
+        let client = Client::new(&args.connect.bootstrap).await?;
+        consumers.spawn(consume(
+            client,
+            share,
+            args.fetch_bytes,
+            total_rx.clone(),
+            received.clone(),
+        ));
+    }
 
     let rate_per_producer = args.rate as f64 / f64::from(args.producers);
     let per_batch = records_per_batch(
-        args.batch_bytes,
-        args.message_bytes,
+        args.batch_records(),
         rate_per_producer,
         Duration::from_millis(args.linger_ms),
     );
@@ -109,7 +123,6 @@ pub async fn run(
         ..ProduceOptions::default()
     });
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
-    let started = Instant::now();
     let mut producers = JoinSet::new();
     for producer in 0..args.producers {
         let client = Client::new(&args.connect.bootstrap).await?;
@@ -183,7 +196,14 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     let _ = total_tx.send(Some(acked));
-    let (e2e_us, received) = consumer.await.context("the consumer task failed")??;
+    let mut e2e_us = new_histogram();
+    let mut last_received = started;
+    while let Some(done) = consumers.join_next().await {
+        let (h, last) = done.context("a consumer task failed")??;
+        e2e_us.add(&h).context("merging latency histograms")?;
+        last_received = last_received.max(last);
+    }
+    let received = received.load(Ordering::Relaxed);
     Ok(Report {
         mode: BenchMode::EndToEnd,
         records: acked,
@@ -195,40 +215,42 @@ pub async fn run(
             latency_us: e2e_us,
             received,
             missing: acked.saturating_sub(received),
+            elapsed: last_received - started,
         }),
         rss: None,
     })
 }
 
-fn record_done(
-    done: Result<((bool, Duration), usize), tokio::task::JoinError>,
-    histogram: &mut Histogram<u64>,
-    acked: &mut u64,
-    errors: &mut u64,
-) {
-    let (outcome, records) = match done {
-        Ok((outcome, records)) => (Ok(outcome), records),
-        Err(e) => (Err(e), 0),
-    };
-    record_ack(outcome, histogram, acked, errors, records);
+/// Deal `positions` out to `consumers` consumers, round robin (none left empty when
+/// there are at least as many partitions as consumers).
+pub fn share_partitions<T>(positions: Vec<T>, consumers: usize) -> Vec<Vec<T>> {
+    let mut shares: Vec<Vec<T>> = (0..consumers.max(1)).map(|_| Vec::new()).collect();
+    let n = shares.len();
+    for (i, position) in positions.into_iter().enumerate() {
+        shares[i % n].push(position);
+    }
+    shares.retain(|share| !share.is_empty());
+    shares
 }
 
-/// Read from `positions` until `total` records arrived after the producers said how many
-/// were acknowledged, or the drain timeout passed. Returns the latency histogram
-/// (microseconds) and the number of records received.
+/// Read from `positions` until all consumers together received `total` records (known
+/// once the producers finish and say how many were acknowledged), or the drain timeout
+/// passed. Returns the latency histogram (microseconds) and when the last record
+/// arrived.
 async fn consume(
     client: Client,
     mut positions: Vec<(TopicPartition, i64)>,
     fetch_bytes: i32,
     mut total: watch::Receiver<Option<u64>>,
-) -> anyhow::Result<(Histogram<u64>, u64)> {
+    received: Arc<AtomicU64>,
+) -> anyhow::Result<(Histogram<u64>, Instant)> {
     let options = FetchOptions {
         max_wait: FETCH_WAIT,
         partition_max_bytes: fetch_bytes,
         ..FetchOptions::default()
     };
     let mut histogram = new_histogram();
-    let received = AtomicU64::new(0);
+    let mut last = Instant::now();
     let mut drain_deadline = None;
     loop {
         if let Some(expected) = *total.borrow_and_update() {
@@ -249,6 +271,10 @@ async fn consume(
             if let Some(error) = part.error {
                 bail!("end-to-end consumer: partition {}: {error}", part.partition);
             }
+            if part.records.is_empty() {
+                continue;
+            }
+            last = Instant::now();
             for record in &part.records {
                 if let Some(sent) = record.value.as_deref().and_then(stamped_at) {
                     let _ = histogram.record((now.saturating_sub(sent) / 1_000).max(1));
@@ -263,7 +289,7 @@ async fn consume(
             }
         }
     }
-    Ok((histogram, received.into_inner()))
+    Ok((histogram, last))
 }
 
 #[cfg(test)]
@@ -273,25 +299,40 @@ mod tests {
     #[test]
     fn pacing_is_absolute_and_batches_respect_linger() {
         // 50,000 records/s, linger 5 ms: 250 records per batch, one batch every 5 ms.
-        let n = records_per_batch(65_536, 100, 50_000.0, Duration::from_millis(5));
+        let n = records_per_batch(655, 50_000.0, Duration::from_millis(5));
         assert_eq!(n, 250);
         assert_eq!(batch_due(0, n, 50_000.0), Duration::from_millis(5));
         assert_eq!(batch_due(199, n, 50_000.0), Duration::from_secs(1));
+        // No drift: batch k is due at (k + 1) * 5 ms however many came before.
+        assert_eq!(
+            batch_due(200 * 3_600 - 1, n, 50_000.0),
+            Duration::from_secs(3_600)
+        );
         // Size wins when the linger would allow more than a batch holds.
         assert_eq!(
-            records_per_batch(65_536, 1_024, 50_000.0, Duration::from_millis(5)),
+            records_per_batch(64, 50_000.0, Duration::from_millis(5)),
             64
         );
+        assert_eq!(batch_due(0, 64, 50_000.0), Duration::from_micros(1_280));
         // Unpaced: as fast as possible, full batches.
         assert_eq!(batch_due(1_000, 64, 0.0), Duration::ZERO);
-        assert_eq!(
-            records_per_batch(65_536, 1_024, 0.0, Duration::from_millis(5)),
-            64
-        );
+        assert_eq!(records_per_batch(64, 0.0, Duration::from_millis(5)), 64);
         // A slow rate still sends one record at a time, not none.
+        assert_eq!(records_per_batch(64, 10.0, Duration::from_millis(5)), 1);
+        assert_eq!(records_per_batch(0, 0.0, Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn consumers_share_the_partitions() {
         assert_eq!(
-            records_per_batch(65_536, 1_024, 10.0, Duration::from_millis(5)),
-            1
+            share_partitions((0..5).collect(), 2),
+            vec![vec![0, 2, 4], vec![1, 3]]
+        );
+        assert_eq!(share_partitions((0..3).collect(), 1), vec![vec![0, 1, 2]]);
+        // More consumers than partitions: nobody gets an empty share.
+        assert_eq!(
+            share_partitions((0..2).collect(), 3),
+            vec![vec![0], vec![1]]
         );
     }
 
