@@ -37,7 +37,8 @@ use crate::records;
         list_groups,
         describe_group,
         records::publish,
-        records::read
+        records::read,
+        crate::tail::tail
     ),
     components(schemas(
         ErrorBody,
@@ -76,6 +77,10 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         .route(
             "/topics/{name}/partitions/{partition}/records",
             get(records::read),
+        )
+        .route(
+            "/topics/{name}/partitions/{partition}/tail",
+            get(crate::tail::tail),
         )
         .route("/groups", get(list_groups))
         .route("/groups/{group_id}", get(describe_group))
