@@ -580,7 +580,35 @@ mod tests {
             headers: BTreeMap::new(),
             partition: None,
             timestamp_ms: None,
+            deliver_at: None,
+            message_id: None,
         }
+    }
+
+    #[test]
+    fn deliver_at_and_message_id_become_headers() {
+        let mut r = record(serde_json::json!(1), Encoding::Json);
+        r.deliver_at = Some(1_700_000_000_123);
+        r.message_id = Some("order-7".into());
+        r.headers.insert("trace".into(), "t1".into());
+        let headers = record_headers(&r, 0).unwrap();
+        let text: Vec<(String, String)> = headers
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.unwrap().to_vec()).unwrap()))
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                ("trace".to_string(), "t1".to_string()),
+                (DELIVER_AT_HEADER.to_string(), "1700000000123".to_string()),
+                (MESSAGE_ID_HEADER.to_string(), "order-7".to_string()),
+            ]
+        );
+        r.headers.insert(MESSAGE_ID_HEADER.into(), "x".into());
+        assert_eq!(record_headers(&r, 0).unwrap_err().code, "duplicate_header");
+        r.headers.clear();
+        r.deliver_at = Some(-1);
+        assert_eq!(record_headers(&r, 0).unwrap_err().code, "invalid_deliver_at");
     }
 
     #[test]
