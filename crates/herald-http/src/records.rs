@@ -608,7 +608,10 @@ mod tests {
         assert_eq!(record_headers(&r, 0).unwrap_err().code, "duplicate_header");
         r.headers.clear();
         r.deliver_at = Some(-1);
-        assert_eq!(record_headers(&r, 0).unwrap_err().code, "invalid_deliver_at");
+        assert_eq!(
+            record_headers(&r, 0).unwrap_err().code,
+            "invalid_deliver_at"
+        );
     }
 
     #[test]
