@@ -382,3 +382,33 @@ def test_broker_with_an_open_tail_shuts_down_cleanly(broker_factory):
         # of holding graceful shutdown up until the drain timeout cut it off.
         assert list(response.iter_lines()) == []
     assert "still open at shutdown" not in broker.stderr_tail()
+
+
+def test_metrics_count_records_and_bytes_appended_and_read_per_partition(broker):
+    topic = unique("http-count")
+    create_topic(broker.bootstrap, topic, 2)
+    # 3 records in one batch over HTTP, 2 more from a Kafka producer, all on partition 1.
+    sent = httpx.post(f"{broker.http_url}/topics/{topic}/records", json={"records": [
+        {"value": i, "partition": 1} for i in range(3)]})
+    assert sent.status_code == 200, sent.text
+    _produce_to(broker, topic, 1, 2)
+    labels = (("partition", "1"), ("topic", topic))
+    before = _metrics(broker)
+    assert before[("herald_partition_appended_records_total", labels)] == 5
+    assert before[("herald_partition_appended_records_total", (("partition", "0"), ("topic", topic)))] == 0
+    assert before[("herald_partition_appended_bytes_total", labels)] > 0
+    assert before[("herald_partition_read_records_total", labels)] == 0
+    read = httpx.get(f"{broker.http_url}/topics/{topic}/partitions/1/records").json()
+    assert len(read["records"]) == 5
+    after = _metrics(broker)
+    # Whole batches are served: both batches, all 5 records, once each.
+    assert after[("herald_partition_read_records_total", labels)] == 5
+    assert after[("herald_partition_read_bytes_total", labels)] == after[
+        ("herald_partition_appended_bytes_total", labels)]
+
+
+def _produce_to(broker, topic: str, partition: int, count: int) -> None:
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 50})
+    for i in range(count):
+        producer.produce(topic, value=f"k{i}".encode(), partition=partition)
+    assert producer.flush(30) == 0

@@ -47,6 +47,24 @@ pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
         "Bytes of record batches appended to a partition since the broker started",
         appended.clone(),
     );
+    let appended_records = Family::<Labels, Counter>::default();
+    registry.register(
+        "herald_partition_appended_records",
+        "Records appended to a partition since the broker started (Kafka and HTTP producers)",
+        appended_records.clone(),
+    );
+    let read_bytes = Family::<Labels, Counter>::default();
+    registry.register(
+        "herald_partition_read_bytes",
+        "Bytes of record batches served from a partition (Kafka fetches, HTTP reads and tails) since the broker started",
+        read_bytes.clone(),
+    );
+    let read_records = Family::<Labels, Counter>::default();
+    registry.register(
+        "herald_partition_read_records",
+        "Records in the batches served from a partition since the broker started (whole batches)",
+        read_records.clone(),
+    );
     let group_offset = gauges(
         &mut registry,
         "kafka_consumergroup_current_offset",
@@ -74,8 +92,16 @@ pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
             oldest.get_or_create(&labels).set(p.log_start_offset());
             size.get_or_create(&labels).set(p.size_bytes() as i64);
             appended.get_or_create(&labels).inc_by(p.appended_bytes());
+            appended_records
+                .get_or_create(&labels)
+                .inc_by(p.appended_records());
+            read_bytes.get_or_create(&labels).inc_by(p.read_bytes());
+            read_records.get_or_create(&labels).inc_by(p.read_records());
         }
     }
+    // Hook for work-queue subscriptions: their depth, in-flight, delayed, redelivered and
+    // dead-lettered figures belong here, read from the broker at scrape time like the
+    // partition figures above (e.g. `herald_subscription_depth{topic,subscription}`).
     for group in broker.groups.list() {
         if let Some(description) = broker.groups.describe(&group.group_id) {
             group_members
