@@ -412,3 +412,25 @@ def _produce_to(broker, topic: str, partition: int, count: int) -> None:
     for i in range(count):
         producer.produce(topic, value=f"k{i}".encode(), partition=partition)
     assert producer.flush(30) == 0
+
+
+def test_metrics_time_http_requests_per_method_and_route(broker):
+    topic = unique("http-latency")
+    create_topic(broker.bootstrap, topic, 1)
+    read_route = (("method", "GET"), ("route", "/topics/{name}/partitions/{partition}/records"))
+    count = "herald_http_request_duration_seconds_count"
+    before = _metrics(broker).get((count, read_route), 0)
+    for _ in range(3):
+        assert httpx.get(f"{broker.http_url}/topics/{topic}/partitions/0/records").status_code == 200
+    # A 4xx is timed under its route too; an unknown route is not a route label.
+    assert httpx.get(f"{broker.http_url}/topics/{topic}/partitions/7/records").status_code == 404
+    assert httpx.get(f"{broker.http_url}/no/such/route").status_code == 404
+    samples = _metrics(broker)
+    assert samples[(count, read_route)] == before + 4
+    assert samples[("herald_http_request_duration_seconds_bucket", read_route + (("le", "+Inf"),))] \
+        == before + 4
+    assert samples[("herald_http_request_duration_seconds_sum", read_route)] > 0
+    routes = {dict(labels).get("route") for (name, labels) in samples if name == count}
+    assert "/no/such/route" not in routes
+    # The scrape that produced `samples` is timed once it has answered.
+    assert _metrics(broker)[(count, (("method", "GET"), ("route", "/metrics")))] >= 2

@@ -323,8 +323,7 @@ impl Partition {
         let records_read = truncate_at_offset(&mut bytes, high_watermark);
         self.read_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        self.read_records
-            .fetch_add(records_read, Ordering::Relaxed);
+        self.read_records.fetch_add(records_read, Ordering::Relaxed);
         Ok(ReadResult {
             records: Bytes::from(bytes),
             high_watermark,

@@ -80,6 +80,8 @@ pub struct AppState {
     /// Turns true when the server shuts down, so endless responses (SSE tails) end and
     /// graceful shutdown does not wait on them.
     pub shutdown: Arc<watch::Sender<bool>>,
+    /// Latency histograms per HTTP method and route, shown by `/metrics`.
+    pub http_latency: metrics::RouteLatency,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ impl AppState {
             limits: Arc::new(limits),
             next_partition: Arc::new(AtomicU32::new(0)),
             shutdown: Arc::new(watch::Sender::new(false)),
+            http_latency: metrics::route_latency(),
         }
     }
 }

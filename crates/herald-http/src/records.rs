@@ -586,6 +586,55 @@ mod tests {
     }
 
     #[test]
+    fn broker_errors_map_to_statuses_and_stable_codes() {
+        let cases = [
+            (
+                BrokerError::UnknownTopic("t".into()),
+                StatusCode::NOT_FOUND,
+                "unknown_topic",
+            ),
+            (
+                BrokerError::UnknownPartition {
+                    topic: "t".into(),
+                    partition: 9,
+                },
+                StatusCode::NOT_FOUND,
+                "unknown_partition",
+            ),
+            (
+                BrokerError::OffsetOutOfRange {
+                    offset: 5,
+                    log_start: 0,
+                    log_end: 3,
+                },
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "offset_out_of_range",
+            ),
+            (
+                BrokerError::MessageTooLarge { bytes: 10, max: 5 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "records_too_large",
+            ),
+            (
+                BrokerError::InvalidRecord("x".into()),
+                StatusCode::BAD_REQUEST,
+                "invalid_record",
+            ),
+            (
+                BrokerError::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let text = error.to_string();
+            let api = broker_error(error);
+            assert_eq!((api.status, api.code), (status, code), "{text}");
+            assert_eq!(api.message, text);
+        }
+    }
+
+    #[test]
     fn deliver_at_and_message_id_become_headers() {
         let mut r = record(serde_json::json!(1), Encoding::Json);
         r.deliver_at = Some(1_700_000_000_123);
