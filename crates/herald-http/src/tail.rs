@@ -1,8 +1,9 @@
 //! Live tail of a partition as Server-Sent Events. The stream sleeps on the broker's
 //! data-change watch (the one Kafka long-poll fetches wait on), so an idle tail costs
 //! nothing; when the watch moves it reads what became visible, in bounded steps.
-//! It ends when the server shuts down (so graceful shutdown is not held up by tails)
-//! or when the partition can no longer be read (topic deleted).
+//! It ends when the server shuts down (so graceful shutdown is not held up by tails),
+//! when the client goes away, or after a read error (sent as a last `error` event).
+//! A tail on a topic that is then deleted stays open, idle, until one of those.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
