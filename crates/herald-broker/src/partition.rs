@@ -56,6 +56,9 @@ pub struct Partition {
     /// Bumped whenever any partition's high watermark moves; long-polling fetches wait on it.
     data_changed: Arc<watch::Sender<u64>>,
     appended_bytes: AtomicU64,
+    appended_records: AtomicU64,
+    read_bytes: AtomicU64,
+    read_records: AtomicU64,
 }
 
 /// The outcome of an append, before it is durable.
@@ -160,6 +163,9 @@ impl Partition {
             fenced: AtomicBool::new(false),
             data_changed,
             appended_bytes: AtomicU64::new(0),
+            appended_records: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+            read_records: AtomicU64::new(0),
         });
         if flush != FlushPolicy::Os {
             tokio::spawn(flusher(
@@ -240,6 +246,12 @@ impl Partition {
 
         self.appended_bytes
             .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let appended_records: u64 = headers
+            .iter()
+            .map(|h| u64::try_from(h.records_count).unwrap_or(0))
+            .sum();
+        self.appended_records
+            .fetch_add(appended_records, Ordering::Relaxed);
         let append_time = if log_append_time { now_ms } else { -1 };
         match self.flush {
             FlushPolicy::Always => {
@@ -308,7 +320,10 @@ impl Partition {
         }
         let mut bytes = state.log.read(offset, max_bytes)?;
         drop(state);
-        truncate_at_offset(&mut bytes, high_watermark);
+        let records_read = truncate_at_offset(&mut bytes, high_watermark);
+        self.read_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.read_records.fetch_add(records_read, Ordering::Relaxed);
         Ok(ReadResult {
             records: Bytes::from(bytes),
             high_watermark,
@@ -397,6 +412,23 @@ impl Partition {
 
     pub fn appended_bytes(&self) -> u64 {
         self.appended_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records appended since the broker started (the batches' record counts).
+    pub fn appended_records(&self) -> u64 {
+        self.appended_records.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of batches served by reads (Kafka fetches, HTTP reads and tails) since the
+    /// broker started. A record read twice counts twice.
+    pub fn read_bytes(&self) -> u64 {
+        self.read_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records in the batches served by reads since the broker started (whole batches,
+    /// as served: a batch that starts before the requested offset counts in full).
+    pub fn read_records(&self) -> u64 {
+        self.read_records.load(Ordering::Relaxed)
     }
 
     /// DeleteRecords: make every offset below `offset` unreadable (-1 means the high
@@ -589,8 +621,11 @@ fn first_record_from(
 }
 
 /// Drop whole batches at or past `limit` (not yet visible).
-fn truncate_at_offset(bytes: &mut Vec<u8>, limit: i64) {
+/// Cuts `bytes` before the first batch at or past `limit`; returns the record count of
+/// the batches kept.
+fn truncate_at_offset(bytes: &mut Vec<u8>, limit: i64) -> u64 {
     let mut position = 0;
+    let mut records = 0u64;
     while position + herald_log::BATCH_HEADER_BYTES <= bytes.len() {
         let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
             break;
@@ -599,8 +634,10 @@ fn truncate_at_offset(bytes: &mut Vec<u8>, limit: i64) {
             break;
         }
         position += header.total_bytes();
+        records += u64::try_from(header.records_count).unwrap_or(0);
     }
     bytes.truncate(position.min(bytes.len()));
+    records
 }
 
 /// Makes appended data durable: one fsync for everything appended since the last one.

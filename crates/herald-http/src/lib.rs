@@ -9,6 +9,7 @@ mod error;
 mod metrics;
 mod records;
 mod routes;
+mod tail;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use axum::Router;
 use herald_broker::Broker;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use routes::ApiDoc;
@@ -75,6 +77,11 @@ pub struct AppState {
     pub limits: Arc<HttpLimits>,
     /// Where the next keyless record without a partition goes (round robin).
     pub next_partition: Arc<AtomicU32>,
+    /// Turns true when the server shuts down, so endless responses (SSE tails) end and
+    /// graceful shutdown does not wait on them.
+    pub shutdown: Arc<watch::Sender<bool>>,
+    /// Latency histograms per HTTP method and route, shown by `/metrics`.
+    pub http_latency: metrics::RouteLatency,
 }
 
 impl AppState {
@@ -84,6 +91,8 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             limits: Arc::new(limits),
             next_partition: Arc::new(AtomicU32::new(0)),
+            shutdown: Arc::new(watch::Sender::new(false)),
+            http_latency: metrics::route_latency(),
         }
     }
 }
@@ -92,6 +101,7 @@ pub struct HttpServer {
     listener: TcpListener,
     router: Router,
     ready: Arc<AtomicBool>,
+    shutdown: Arc<watch::Sender<bool>>,
 }
 
 impl HttpServer {
@@ -99,10 +109,12 @@ impl HttpServer {
         let listener = TcpListener::bind(config.listen).await?;
         let state = AppState::new(broker, config.limits.clone());
         let ready = state.ready.clone();
+        let shutdown = state.shutdown.clone();
         Ok(HttpServer {
             listener,
             router: routes::router(state, config.body_bytes_max),
             ready,
+            shutdown,
         })
     }
 
@@ -115,11 +127,17 @@ impl HttpServer {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Serve until `shutdown` resolves; requests in progress then finish.
+    /// Serve until `shutdown` resolves; requests in progress then finish and live tails
+    /// end.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let stop = self.shutdown;
+        let shutdown = async move {
+            shutdown.await;
+            stop.send_replace(true);
+        };
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await

@@ -3,11 +3,14 @@
 //! one fits (`kafka_consumergroup_lag`, `kafka_topic_partition_current_offset`, ...),
 //! so existing dashboards and alerts work; Herald's own figures are `herald_*`.
 
+use axum::http::Method;
 use herald_broker::Broker;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -18,9 +21,62 @@ fn gauges(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gau
     family
 }
 
-/// The exposition text for everything the broker knows now.
-pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
+/// Labels of an HTTP request's latency: the method and the route pattern it matched
+/// (`/topics/{name}/records`, not the concrete path, so the label set stays bounded;
+/// requests that matched no route are `unmatched`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: &'static str,
+    pub route: String,
+}
+
+/// Smallest bucket bound of the request latency histograms, in seconds (100 µs).
+pub const LATENCY_BUCKET_START_SECS: f64 = 0.0001;
+/// Factor between consecutive latency bucket bounds.
+pub const LATENCY_BUCKET_FACTOR: f64 = 4.0;
+/// Number of latency buckets (100 µs .. ~26 s, then +Inf).
+pub const LATENCY_BUCKETS: u16 = 10;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        LATENCY_BUCKET_START_SECS,
+        LATENCY_BUCKET_FACTOR,
+        LATENCY_BUCKETS,
+    ))
+}
+
+/// Request latency per HTTP route; lives as long as the server (unlike the scrape-time
+/// registry below) and is shared with every handler through `AppState`.
+pub type RouteLatency = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+pub fn route_latency() -> RouteLatency {
+    Family::new_with_constructor(latency_histogram)
+}
+
+/// A method as a static label value (the standard ones by name, anything else `OTHER`).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// The exposition text for everything the broker knows now, plus the HTTP request
+/// latencies recorded so far.
+pub fn render(broker: &Broker, http_latency: &RouteLatency) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
+    registry.register(
+        "herald_http_request_duration_seconds",
+        "Time from an HTTP request's arrival to its response head, per method and route \
+         (for an SSE tail: until the stream starts)",
+        http_latency.clone(),
+    );
     let partitions = gauges(
         &mut registry,
         "kafka_topic_partitions",
@@ -46,6 +102,24 @@ pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
         "herald_partition_appended_bytes",
         "Bytes of record batches appended to a partition since the broker started",
         appended.clone(),
+    );
+    let appended_records = Family::<Labels, Counter>::default();
+    registry.register(
+        "herald_partition_appended_records",
+        "Records appended to a partition since the broker started (Kafka and HTTP producers)",
+        appended_records.clone(),
+    );
+    let read_bytes = Family::<Labels, Counter>::default();
+    registry.register(
+        "herald_partition_read_bytes",
+        "Bytes of record batches served from a partition (Kafka fetches, HTTP reads and tails) since the broker started",
+        read_bytes.clone(),
+    );
+    let read_records = Family::<Labels, Counter>::default();
+    registry.register(
+        "herald_partition_read_records",
+        "Records in the batches served from a partition since the broker started (whole batches)",
+        read_records.clone(),
     );
     let group_offset = gauges(
         &mut registry,
@@ -74,8 +148,16 @@ pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
             oldest.get_or_create(&labels).set(p.log_start_offset());
             size.get_or_create(&labels).set(p.size_bytes() as i64);
             appended.get_or_create(&labels).inc_by(p.appended_bytes());
+            appended_records
+                .get_or_create(&labels)
+                .inc_by(p.appended_records());
+            read_bytes.get_or_create(&labels).inc_by(p.read_bytes());
+            read_records.get_or_create(&labels).inc_by(p.read_records());
         }
     }
+    // Hook for work-queue subscriptions: their depth, in-flight, delayed, redelivered and
+    // dead-lettered figures belong here, read from the broker at scrape time like the
+    // partition figures above (e.g. `herald_subscription_depth{topic,subscription}`).
     for group in broker.groups.list() {
         if let Some(description) = broker.groups.describe(&group.group_id) {
             group_members
@@ -97,4 +179,29 @@ pub fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_methods_are_named_and_others_are_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        let custom = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(method_label(&custom), "OTHER");
+    }
+
+    #[test]
+    fn latency_buckets_span_100us_to_seconds() {
+        let bounds: Vec<f64> = exponential_buckets(
+            LATENCY_BUCKET_START_SECS,
+            LATENCY_BUCKET_FACTOR,
+            LATENCY_BUCKETS,
+        )
+        .collect();
+        assert_eq!(bounds.len(), usize::from(LATENCY_BUCKETS));
+        assert!(bounds[0] <= 0.0001 && *bounds.last().unwrap() > 10.0);
+    }
 }

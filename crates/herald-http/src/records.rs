@@ -15,6 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use herald_broker::BrokerError;
+use herald_broker::partition::Partition;
 use herald_client::partitioner::partition_for_key;
 use herald_client::{
     Compression, ProduceRecord, TopicPartition, decode_records, encode_record_batch,
@@ -63,6 +64,58 @@ pub struct NewRecord {
     /// Creation time in ms since the UNIX epoch (default: now).
     #[serde(default, deserialize_with = "integral")]
     pub timestamp_ms: Option<i64>,
+    /// Do not hand this record to a subscription before this time (ms since the UNIX
+    /// epoch). Stored as the header `herald-deliver-at` (decimal text), so Kafka
+    /// producers can set the same thing.
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0)]
+    pub deliver_at: Option<i64>,
+    /// The publisher's id for this message, for deduplication by subscriptions. Stored as
+    /// the header `herald-message-id`.
+    pub message_id: Option<String>,
+}
+
+/// Header a subscription reads a record's earliest delivery time from (ms, decimal).
+pub const DELIVER_AT_HEADER: &str = "herald-deliver-at";
+/// Header a subscription reads a record's message id from.
+pub const MESSAGE_ID_HEADER: &str = "herald-message-id";
+
+/// The record's headers: the ones sent, then `deliver_at` and `message_id` as headers.
+/// Sending one of those fields and the same header at once is ambiguous, so refused.
+fn record_headers(
+    record: &NewRecord,
+    index: usize,
+) -> Result<Vec<(String, Option<Bytes>)>, ApiError> {
+    let mut headers: Vec<(String, Option<Bytes>)> = record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(Bytes::from(v.clone().into_bytes()))))
+        .collect();
+    let fields = [
+        (
+            "deliver_at",
+            DELIVER_AT_HEADER,
+            record.deliver_at.map(|ms| ms.to_string()),
+        ),
+        ("message_id", MESSAGE_ID_HEADER, record.message_id.clone()),
+    ];
+    for (field, header, value) in fields {
+        let Some(value) = value else { continue };
+        if record.headers.contains_key(header) {
+            return Err(bad_request(
+                "duplicate_header",
+                format!("records[{index}] sets both {field} and the header {header:?}"),
+            ));
+        }
+        if field == "deliver_at" && record.deliver_at.is_some_and(|ms| ms < 0) {
+            return Err(bad_request(
+                "invalid_deliver_at",
+                format!("records[{index}].deliver_at must be ms since the epoch, not negative"),
+            ));
+        }
+        headers.push((header.to_string(), Some(Bytes::from(value.into_bytes()))));
+    }
+    Ok(headers)
 }
 
 /// An optional integer that also accepts a JSON number with no fraction (`5.0`), as
@@ -277,11 +330,7 @@ pub async fn publish(
         let produce = ProduceRecord {
             key,
             value: value_bytes(record, index)?,
-            headers: record
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(Bytes::from(v.clone().into_bytes()))))
-                .collect(),
+            headers: record_headers(record, index)?,
             timestamp_ms: record.timestamp_ms,
         };
         by_partition
@@ -404,6 +453,50 @@ fn stored_record(r: herald_client::ConsumedRecord) -> StoredRecord {
     }
 }
 
+/// Up to `max_records` records of `partition` from offset `from`, none at or past
+/// `high_watermark`, and the offset to read next. Each log read takes at most
+/// `read_bytes_max` bytes of whole batches.
+pub(crate) fn read_records(
+    partition: &Partition,
+    topic: &str,
+    from: i64,
+    high_watermark: i64,
+    max_records: usize,
+    read_bytes_max: usize,
+) -> Result<(Vec<StoredRecord>, i64), ApiError> {
+    let mut records = Vec::new();
+    let mut next = from;
+    let tp = TopicPartition::new(topic, partition.index);
+    // Whole batches come back; keep reading until enough records or the end.
+    while records.len() < max_records && next < high_watermark {
+        let read = partition.read(next, read_bytes_max).map_err(broker_error)?;
+        if read.records.is_empty() {
+            break;
+        }
+        let (decoded, after) = decode_records(&tp, read.records, next).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt_records",
+                e.to_string(),
+            )
+        })?;
+        if after <= next {
+            break;
+        }
+        for record in decoded {
+            if records.len() == max_records || record.offset >= high_watermark {
+                break;
+            }
+            next = record.offset + 1;
+            records.push(stored_record(record));
+        }
+        if records.len() < max_records {
+            next = after.min(high_watermark);
+        }
+    }
+    Ok((records, next))
+}
+
 /// Read committed records of one partition from an offset or a timestamp.
 #[utoipa::path(get, path = "/topics/{name}/partitions/{partition}/records",
     params(
@@ -457,38 +550,14 @@ pub async fn read(
             ),
         ));
     }
-    let mut records = Vec::new();
-    let mut next = from;
-    // Whole batches come back; keep reading until enough records or the end.
-    while records.len() < max_records && next < high_watermark {
-        let read = p
-            .read(next, state.limits.read_bytes_max)
-            .map_err(broker_error)?;
-        if read.records.is_empty() {
-            break;
-        }
-        let tp = TopicPartition::new(&name, partition);
-        let (decoded, after) = decode_records(&tp, read.records, next).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "corrupt_records",
-                e.to_string(),
-            )
-        })?;
-        if after <= next {
-            break;
-        }
-        for record in decoded {
-            if records.len() == max_records || record.offset >= high_watermark {
-                break;
-            }
-            next = record.offset + 1;
-            records.push(stored_record(record));
-        }
-        if records.len() < max_records {
-            next = after.min(high_watermark);
-        }
-    }
+    let (records, next) = read_records(
+        &p,
+        &name,
+        from,
+        high_watermark,
+        max_records,
+        state.limits.read_bytes_max,
+    )?;
     Ok(Json(ReadResponse {
         records,
         next_offset: next,
@@ -511,7 +580,87 @@ mod tests {
             headers: BTreeMap::new(),
             partition: None,
             timestamp_ms: None,
+            deliver_at: None,
+            message_id: None,
         }
+    }
+
+    #[test]
+    fn broker_errors_map_to_statuses_and_stable_codes() {
+        let cases = [
+            (
+                BrokerError::UnknownTopic("t".into()),
+                StatusCode::NOT_FOUND,
+                "unknown_topic",
+            ),
+            (
+                BrokerError::UnknownPartition {
+                    topic: "t".into(),
+                    partition: 9,
+                },
+                StatusCode::NOT_FOUND,
+                "unknown_partition",
+            ),
+            (
+                BrokerError::OffsetOutOfRange {
+                    offset: 5,
+                    log_start: 0,
+                    log_end: 3,
+                },
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "offset_out_of_range",
+            ),
+            (
+                BrokerError::MessageTooLarge { bytes: 10, max: 5 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "records_too_large",
+            ),
+            (
+                BrokerError::InvalidRecord("x".into()),
+                StatusCode::BAD_REQUEST,
+                "invalid_record",
+            ),
+            (
+                BrokerError::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let text = error.to_string();
+            let api = broker_error(error);
+            assert_eq!((api.status, api.code), (status, code), "{text}");
+            assert_eq!(api.message, text);
+        }
+    }
+
+    #[test]
+    fn deliver_at_and_message_id_become_headers() {
+        let mut r = record(serde_json::json!(1), Encoding::Json);
+        r.deliver_at = Some(1_700_000_000_123);
+        r.message_id = Some("order-7".into());
+        r.headers.insert("trace".into(), "t1".into());
+        let headers = record_headers(&r, 0).unwrap();
+        let text: Vec<(String, String)> = headers
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.unwrap().to_vec()).unwrap()))
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                ("trace".to_string(), "t1".to_string()),
+                (DELIVER_AT_HEADER.to_string(), "1700000000123".to_string()),
+                (MESSAGE_ID_HEADER.to_string(), "order-7".to_string()),
+            ]
+        );
+        r.headers.insert(MESSAGE_ID_HEADER.into(), "x".into());
+        assert_eq!(record_headers(&r, 0).unwrap_err().code, "duplicate_header");
+        r.headers.clear();
+        r.deliver_at = Some(-1);
+        assert_eq!(
+            record_headers(&r, 0).unwrap_err().code,
+            "invalid_deliver_at"
+        );
     }
 
     #[test]

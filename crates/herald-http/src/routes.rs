@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,6 +20,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::metrics::method_label;
 use crate::records;
 
 #[derive(OpenApi)]
@@ -37,7 +40,8 @@ use crate::records;
         list_groups,
         describe_group,
         records::publish,
-        records::read
+        records::read,
+        crate::tail::tail
     ),
     components(schemas(
         ErrorBody,
@@ -77,12 +81,35 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
             "/topics/{name}/partitions/{partition}/records",
             get(records::read),
         )
+        .route(
+            "/topics/{name}/partitions/{partition}/tail",
+            get(crate::tail::tail),
+        )
         .route("/groups", get(list_groups))
         .route("/groups/{group_id}", get(describe_group))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .route_layer(middleware::from_fn_with_state(state.clone(), time_request))
         .with_state(state)
+}
+
+/// Records each request's latency under its route pattern in `http_latency`.
+async fn time_request(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = method_label(request.method());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    state
+        .http_latency
+        .get_or_create(&crate::metrics::RouteLabels { method, route })
+        .observe(start.elapsed().as_secs_f64());
+    response
 }
 
 async fn not_found() -> ApiError {
@@ -146,7 +173,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     (status = 500, body = ErrorBody)
 ))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = crate::metrics::render(&state.broker).map_err(|e| {
+    let text = crate::metrics::render(&state.broker, &state.http_latency).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "metrics_failed",
