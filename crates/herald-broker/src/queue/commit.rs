@@ -1,0 +1,94 @@
+//! Group commit of queue state: every partition-state write queued while the previous
+//! redb transaction ran goes into the next one, so many acks share one fsync.
+
+use std::sync::{Arc, Mutex};
+
+use herald_meta::{MetaStore, QueueStateWrite};
+use tokio::sync::{Notify, oneshot};
+
+use crate::error::{BrokerError, Result};
+
+/// (topic, subscription, partition, encoded state).
+pub type Write = (String, String, u32, Vec<u8>);
+type Waiter = oneshot::Sender<std::result::Result<(), String>>;
+
+pub struct GroupCommit {
+    queued: Mutex<(Vec<Write>, Vec<Waiter>)>,
+    wake: Arc<Notify>,
+}
+
+/// A queued write's answer.
+pub type Wait = oneshot::Receiver<std::result::Result<(), String>>;
+
+impl GroupCommit {
+    pub fn spawn(meta: Arc<MetaStore>) -> Arc<GroupCommit> {
+        let gc = Arc::new(GroupCommit {
+            queued: Mutex::new((Vec::new(), Vec::new())),
+            wake: Arc::new(Notify::new()),
+        });
+        let weak = Arc::downgrade(&gc);
+        let wake = gc.wake.clone();
+        tokio::spawn(async move {
+            loop {
+                let notified = wake.notified();
+                let taken = {
+                    let Some(gc) = weak.upgrade() else { return };
+                    let Ok(mut q) = gc.queued.lock() else { return };
+                    std::mem::take(&mut *q)
+                };
+                let (writes, waiters) = taken;
+                if waiters.is_empty() {
+                    // A timeout too, so the task sees the broker dropped (weak handle).
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), notified)
+                        .await;
+                    continue;
+                }
+                let meta = meta.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    // Later writes of one partition replace earlier ones in the same
+                    // transaction, in queue order.
+                    let refs: Vec<QueueStateWrite<'_>> = writes
+                        .iter()
+                        .map(|(t, s, p, b)| QueueStateWrite {
+                            topic: t,
+                            subscription: s,
+                            partition: *p,
+                            state: b,
+                        })
+                        .collect();
+                    meta.put_queue_states(&refs).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                for w in waiters {
+                    let _ = w.send(outcome.clone());
+                }
+            }
+        });
+        gc
+    }
+
+    /// Queue writes for the next transaction; await the answer with [`wait`].
+    pub fn enqueue(&self, writes: Vec<Write>) -> Wait {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut q) = self.queued.lock() {
+            q.0.extend(writes);
+            q.1.push(tx);
+        }
+        self.wake.notify_one();
+        rx
+    }
+
+    pub async fn submit(&self, writes: Vec<Write>) -> Result<()> {
+        wait(self.enqueue(writes)).await
+    }
+}
+
+/// Wait until the queued writes are durable.
+pub async fn wait(rx: Wait) -> Result<()> {
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BrokerError::Storage(format!("queue state commit: {e}"))),
+        Err(_) => Err(BrokerError::ShuttingDown),
+    }
+}
