@@ -28,6 +28,8 @@ impl GroupCommit {
         });
         let weak = Arc::downgrade(&gc);
         let wake = gc.wake.clone();
+        // Weak, so that dropping the broker closes the database even while this waits.
+        let meta = Arc::downgrade(&meta);
         tokio::spawn(async move {
             loop {
                 let notified = wake.notified();
@@ -43,7 +45,7 @@ impl GroupCommit {
                         .await;
                     continue;
                 }
-                let meta = meta.clone();
+                let Some(meta) = meta.upgrade() else { return };
                 let outcome = tokio::task::spawn_blocking(move || {
                     // Later writes of one partition replace earlier ones in the same
                     // transaction, in queue order.

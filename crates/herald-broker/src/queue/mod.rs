@@ -9,6 +9,8 @@
 pub mod commit;
 pub mod settings;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -512,28 +514,46 @@ impl Broker {
         Ok((sub, r))
     }
 
-    /// Apply `f` to the receipt's partition state and make the result durable.
+    /// Apply `f` to the receipt's partition state and queue the new state for the next
+    /// group commit; the caller awaits the returned wait before answering.
+    #[allow(clippy::type_complexity)]
+    fn begin_transition<T>(
+        &self,
+        receipt: &str,
+        f: impl FnOnce(
+            &mut PartitionQueue,
+            &Receipt,
+            &SubscriptionSettings,
+        ) -> std::result::Result<T, Refusal>,
+    ) -> Result<(Arc<Subscription>, Receipt, T, commit::Wait)> {
+        let (sub, r) = self.locate(receipt)?;
+        let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
+        let mut q = sub.partitions[r.partition as usize]
+            .lock()
+            .map_err(|_| poisoned())?;
+        let value = f(&mut q, &r, &settings).map_err(|e| refusal(e, receipt))?;
+        // Queued under the partition lock so snapshots are written in order.
+        let wait = self.queues.commit.enqueue(vec![(
+            sub.topic.clone(),
+            sub.name.clone(),
+            r.partition as u32,
+            encode(&q),
+        )]);
+        drop(q);
+        Ok((sub, r, value, wait))
+    }
+
+    #[allow(clippy::type_complexity)]
     async fn transition<T>(
         &self,
         receipt: &str,
-        f: impl FnOnce(&mut PartitionQueue, &Receipt, &SubscriptionSettings) -> std::result::Result<T, Refusal>,
+        f: impl FnOnce(
+            &mut PartitionQueue,
+            &Receipt,
+            &SubscriptionSettings,
+        ) -> std::result::Result<T, Refusal>,
     ) -> Result<(Arc<Subscription>, Receipt, T)> {
-        let (sub, r) = self.locate(receipt)?;
-        let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
-        let (value, wait) = {
-            let mut q = sub.partitions[r.partition as usize]
-                .lock()
-                .map_err(|_| poisoned())?;
-            let value = f(&mut q, &r, &settings).map_err(|e| refusal(e, receipt))?;
-            // Submitted under the partition lock so snapshots are written in order.
-            let wait = self.queues.commit.enqueue(vec![(
-                sub.topic.clone(),
-                sub.name.clone(),
-                r.partition as u32,
-                encode(&q),
-            )]);
-            (value, wait)
-        };
+        let (sub, r, value, wait) = self.begin_transition(receipt, f)?;
         commit::wait(wait).await?;
         sub.changed.notify_waiters();
         Ok((sub, r, value))
@@ -546,10 +566,25 @@ impl Broker {
             .map(|_| ())
     }
 
-    /// Ack many receipts; each gets its own outcome (one group commit covers them).
+    /// Ack many receipts; each gets its own outcome. All are queued before any is
+    /// awaited, so one group commit covers them.
     pub async fn ack_many(&self, receipts: &[String]) -> Vec<Result<()>> {
-        let futures = receipts.iter().map(|r| self.ack(r));
-        futures_join_all(futures).await
+        let begun: Vec<_> = receipts
+            .iter()
+            .map(|r| self.begin_transition(r, |q, r, _| q.ack(r.offset, r.attempt)))
+            .collect();
+        let mut out = Vec::with_capacity(begun.len());
+        for b in begun {
+            out.push(match b {
+                Ok((sub, _, (), wait)) => {
+                    let done = commit::wait(wait).await;
+                    sub.changed.notify_waiters();
+                    done
+                }
+                Err(e) => Err(e),
+            });
+        }
+        out
     }
 
     /// The delivery failed: redeliver after the backoff, or dead-letter the record once it
@@ -819,20 +854,6 @@ impl Broker {
         }
         Ok(moved)
     }
-}
-
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(f);
-    }
-    let mut out = Vec::with_capacity(set.len());
-    // Acks queued together share the next group commit even when awaited in turn,
-    // because each one enqueues its write before it waits.
-    for f in set {
-        out.push(f.await);
-    }
-    out
 }
 
 /// Encode records as one batch from a non-idempotent producer, numbered from 0.
