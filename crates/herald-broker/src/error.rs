@@ -72,8 +72,13 @@ pub enum BrokerError {
     #[error("receipt {0:?} is not a valid receipt handle")]
     InvalidReceipt(String),
     /// The record was handed out again since this receipt: only the newest receipt counts.
-    #[error("receipt {receipt:?} is stale: the record was redelivered (now delivery {current_attempt})")]
-    StaleReceipt { receipt: String, current_attempt: u32 },
+    #[error(
+        "receipt {receipt:?} is stale: the record was redelivered (now delivery {current_attempt})"
+    )]
+    StaleReceipt {
+        receipt: String,
+        current_attempt: u32,
+    },
     #[error("receipt {receipt:?} does not hold a lease: {reason}")]
     ReceiptNotLeased { receipt: String, reason: String },
     #[error("the broker is shutting down")]

@@ -344,7 +344,10 @@ impl MetaStore {
     pub fn redrive_floor(&self, topic: &str, partition: u32) -> Result<i64> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(REDRIVE_FLOORS)?;
-        Ok(table.get((topic, partition))?.map(|v| v.value()).unwrap_or(0))
+        Ok(table
+            .get((topic, partition))?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 }
 

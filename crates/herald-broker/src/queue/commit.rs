@@ -1,5 +1,8 @@
 //! Group commit of queue state: every partition-state write queued while the previous
 //! redb transaction ran goes into the next one, so many acks share one fsync.
+//! A write only names a (subscription, partition); its state is encoded when the
+//! transaction is built, once per partition however many transitions it holds, and
+//! always after those transitions (so the newest state is what lands).
 
 use std::sync::{Arc, Mutex};
 
@@ -8,11 +11,11 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::error::{BrokerError, Result};
 
-/// (topic, subscription, partition, encoded state).
-pub type Write = (String, String, u32, Vec<u8>);
+/// A partition of a subscription whose state changed.
+pub(crate) type Write = (Arc<super::Subscription>, u32);
 type Waiter = oneshot::Sender<std::result::Result<(), String>>;
 
-pub struct GroupCommit {
+pub(crate) struct GroupCommit {
     queued: Mutex<(Vec<Write>, Vec<Waiter>)>,
     wake: Arc<Notify>,
 }
@@ -41,21 +44,28 @@ impl GroupCommit {
                 let (writes, waiters) = taken;
                 if waiters.is_empty() {
                     // A timeout too, so the task sees the broker dropped (weak handle).
-                    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), notified)
-                        .await;
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_millis(500), notified).await;
                     continue;
                 }
                 let Some(meta) = meta.upgrade() else { return };
                 let outcome = tokio::task::spawn_blocking(move || {
-                    // Later writes of one partition replace earlier ones in the same
-                    // transaction, in queue order.
-                    let refs: Vec<QueueStateWrite<'_>> = writes
+                    let mut seen = std::collections::HashSet::new();
+                    let mut encoded = Vec::new();
+                    for (sub, p) in &writes {
+                        if seen.insert((Arc::as_ptr(sub), *p))
+                            && let Some(state) = sub.snapshot(*p)
+                        {
+                            encoded.push((sub, *p, state));
+                        }
+                    }
+                    let refs: Vec<QueueStateWrite<'_>> = encoded
                         .iter()
-                        .map(|(t, s, p, b)| QueueStateWrite {
-                            topic: t,
-                            subscription: s,
+                        .map(|(sub, p, state)| QueueStateWrite {
+                            topic: &sub.topic,
+                            subscription: &sub.name,
                             partition: *p,
-                            state: b,
+                            state,
                         })
                         .collect();
                     meta.put_queue_states(&refs).map_err(|e| e.to_string())

@@ -19,8 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -74,6 +73,8 @@ pub struct SubscriptionStats {
 }
 
 pub(crate) struct Subscription {
+    /// Set when deleted: the committer no longer writes its state.
+    deleted: std::sync::atomic::AtomicBool,
     topic: String,
     name: String,
     settings: RwLock<SubscriptionSettings>,
@@ -229,18 +230,11 @@ impl Broker {
         name: String,
         settings: SubscriptionSettings,
         parts: Vec<PartitionQueue>,
-    ) -> Arc<Subscription> {
-        let sub = Arc::new(Subscription {
-            topic: topic.clone(),
-            name: name.clone(),
-            settings: RwLock::new(settings),
-            partitions: parts.into_iter().map(Mutex::new).collect(),
-            changed: Notify::new(),
-        });
+    ) {
+        let sub = new_subscription(topic.clone(), name.clone(), settings, parts);
         if let Ok(mut subs) = self.queues.subs.write() {
-            subs.insert((topic, name), sub.clone());
+            subs.insert((topic, name), sub);
         }
-        sub
     }
 
     fn subscription(&self, topic: &str, name: &str) -> Result<Arc<Subscription>> {
@@ -262,9 +256,9 @@ impl Broker {
         name: &str,
         settings: SubscriptionSettings,
     ) -> Result<SubscriptionSettings> {
-        crate::topic::validate_topic_name(name).map_err(|_| BrokerError::InvalidSubscription(
-            format!("name {name:?}: use 1-249 of [a-zA-Z0-9._-]"),
-        ))?;
+        crate::topic::validate_topic_name(name).map_err(|_| {
+            BrokerError::InvalidSubscription(format!("name {name:?}: use 1-249 of [a-zA-Z0-9._-]"))
+        })?;
         settings.validate()?;
         let t = self
             .topic(topic)
@@ -284,15 +278,19 @@ impl Broker {
                 StartPosition::Latest => PartitionQueue::new(p.high_watermark()),
             })
             .collect();
-        let writes: Vec<(String, String, u32, Vec<u8>)> = parts
-            .iter()
-            .enumerate()
-            .map(|(i, q)| (topic.to_string(), name.to_string(), i as u32, encode(q)))
+        let sub = new_subscription(topic.to_string(), name.to_string(), settings.clone(), parts);
+        let writes: Vec<commit::Write> = (0..sub.partitions.len())
+            .map(|i| (sub.clone(), i as u32))
             .collect();
         self.queues.commit.submit(writes).await?;
-        self.meta
-            .put_subscription(topic, name, &serde_json::to_vec(&settings).unwrap_or_default())?;
-        self.insert_subscription(topic.to_string(), name.to_string(), settings.clone(), parts);
+        self.meta.put_subscription(
+            topic,
+            name,
+            &serde_json::to_vec(&settings).unwrap_or_default(),
+        )?;
+        if let Ok(mut subs) = self.queues.subs.write() {
+            subs.insert((topic.to_string(), name.to_string()), sub);
+        }
         tracing::info!(topic, name, "created subscription");
         Ok(settings)
     }
@@ -332,8 +330,11 @@ impl Broker {
         settings.validate()?;
         let _admin = self.queues.admin.lock().await;
         let sub = self.subscription(topic, name)?;
-        self.meta
-            .put_subscription(topic, name, &serde_json::to_vec(&settings).unwrap_or_default())?;
+        self.meta.put_subscription(
+            topic,
+            name,
+            &serde_json::to_vec(&settings).unwrap_or_default(),
+        )?;
         if let Ok(mut s) = sub.settings.write() {
             *s = settings.clone();
         }
@@ -343,10 +344,13 @@ impl Broker {
 
     pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
         let _admin = self.queues.admin.lock().await;
-        self.subscription(topic, name)?;
+        let sub = self.subscription(topic, name)?;
         if let Ok(mut subs) = self.queues.subs.write() {
             subs.remove(&(topic.to_string(), name.to_string()));
         }
+        // The committer skips it from now on; the barrier below waits for a commit
+        // that may still hold it.
+        sub.deleted.store(true, std::sync::atomic::Ordering::SeqCst);
         // Queued state writes of this subscription land before the delete.
         self.queues.commit.submit(Vec::new()).await?;
         self.meta.delete_subscription(topic, name)?;
@@ -364,8 +368,8 @@ impl Broker {
     ) -> Result<Vec<ReceivedRecord>> {
         let sub = self.subscription(topic, name)?;
         let max_records = max_records.clamp(1, RECEIVE_MAX_RECORDS);
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(wait_ms.min(RECEIVE_WAIT_MAX_MS));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(RECEIVE_WAIT_MAX_MS));
         let mut data = self.data_changes();
         loop {
             let notified = sub.changed.notified();
@@ -430,7 +434,9 @@ impl Broker {
                         Err(()) => {
                             q.bad_deliver_at += 1;
                             tracing::warn!(
-                                topic = sub.topic, partition = index, offset = r.offset,
+                                topic = sub.topic,
+                                partition = index,
+                                offset = r.offset,
                                 "bad {DELIVER_AT_HEADER} header; delivering now"
                             );
                             0
@@ -448,7 +454,7 @@ impl Broker {
             let want = max_records - out.len();
             let got = q.lease(now, want, &policy);
             if !got.is_empty() || !dead.is_empty() {
-                writes.push((sub.topic.clone(), sub.name.clone(), index as u32, encode(&q)));
+                writes.push((sub.clone(), index as u32));
             }
             if !got.is_empty() {
                 leased_by_partition.push((index as i32, got.clone()));
@@ -533,12 +539,10 @@ impl Broker {
             .map_err(|_| poisoned())?;
         let value = f(&mut q, &r, &settings).map_err(|e| refusal(e, receipt))?;
         // Queued under the partition lock so snapshots are written in order.
-        let wait = self.queues.commit.enqueue(vec![(
-            sub.topic.clone(),
-            sub.name.clone(),
-            r.partition as u32,
-            encode(&q),
-        )]);
+        let wait = self
+            .queues
+            .commit
+            .enqueue(vec![(sub.clone(), r.partition as u32)]);
         drop(q);
         Ok((sub, r, value, wait))
     }
@@ -594,7 +598,9 @@ impl Broker {
         let error = error.map(|e| e.chars().take(settings::LAST_ERROR_CHARS_MAX).collect());
         let (sub, r, dead) = self
             .transition(receipt, |q, r, s| {
-                q.nack(r.offset, r.attempt, error, &s.policy(), |f| s.retry_at_ms(now, f))
+                q.nack(r.offset, r.attempt, error, &s.policy(), |f| {
+                    s.retry_at_ms(now, f)
+                })
             })
             .await?;
         if dead {
@@ -618,9 +624,7 @@ impl Broker {
         let now = now_ms();
         let (_, _, deadline) = self
             .transition(receipt, |q, r, s| {
-                let ms = lease_ms
-                    .unwrap_or(s.lease_ms)
-                    .min(settings::LEASE_MS_MAX) as i64;
+                let ms = lease_ms.unwrap_or(s.lease_ms).min(settings::LEASE_MS_MAX) as i64;
                 let deadline = now.saturating_add(ms);
                 q.extend(r.offset, r.attempt, deadline).map(|_| deadline)
             })
@@ -630,7 +634,12 @@ impl Broker {
 
     /// Copy a record that failed `max_deliveries` times to the dead-letter topic, then
     /// mark it done. A crash between the two copies it again after restart (at least once).
-    async fn dead_letter(&self, sub: &Arc<Subscription>, partition: i32, offset: i64) -> Result<()> {
+    async fn dead_letter(
+        &self,
+        sub: &Arc<Subscription>,
+        partition: i32,
+        offset: i64,
+    ) -> Result<()> {
         let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
         let dlq_name = settings.dead_letter_topic(&sub.topic, &sub.name);
         let entry = {
@@ -646,7 +655,9 @@ impl Broker {
             .topic(&sub.topic)
             .ok_or_else(|| BrokerError::UnknownTopic(sub.topic.clone()))?;
         let read = source.partition(partition)?.read(offset, 1)?;
-        let Some(mut record) = decode(read.records)?.into_iter().find(|r| r.offset == offset)
+        let Some(mut record) = decode(read.records)?
+            .into_iter()
+            .find(|r| r.offset == offset)
         else {
             return Ok(());
         };
@@ -661,7 +672,10 @@ impl Broker {
         add("herald-dlq-source-offset", offset.to_string());
         add("herald-dlq-subscription", sub.name.clone());
         add("herald-dlq-delivery-count", entry.deliveries.to_string());
-        add("herald-dlq-last-error", entry.last_error.clone().unwrap_or_default());
+        add(
+            "herald-dlq-last-error",
+            entry.last_error.clone().unwrap_or_default(),
+        );
         add(
             "herald-dlq-first-delivery-at",
             entry.first_delivery_ms.unwrap_or(now).to_string(),
@@ -685,12 +699,9 @@ impl Broker {
                 .lock()
                 .map_err(|_| poisoned())?;
             q.dead_lettered(offset);
-            self.queues.commit.enqueue(vec![(
-                sub.topic.clone(),
-                sub.name.clone(),
-                partition as u32,
-                encode(&q),
-            )])
+            self.queues
+                .commit
+                .enqueue(vec![(sub.clone(), partition as u32)])
         };
         commit::wait(wait).await?;
         sub.changed.notify_waiters();
@@ -747,7 +758,7 @@ impl Broker {
                 let changed = !d.is_empty() || q.redeliveries != expired_before;
                 dead.extend(d.into_iter().map(|o| (i as i32, o)));
                 if changed {
-                    writes.push((sub.topic.clone(), sub.name.clone(), i as u32, encode(&q)));
+                    writes.push((sub.clone(), i as u32));
                 }
             }
             if !writes.is_empty() {
@@ -761,7 +772,11 @@ impl Broker {
     }
 
     /// Records in a dead-letter topic from its redrive floor on, at most `max_records`.
-    pub fn list_dead_letters(&self, dlq_topic: &str, max_records: usize) -> Result<Vec<ReceivedRecord>> {
+    pub fn list_dead_letters(
+        &self,
+        dlq_topic: &str,
+        max_records: usize,
+    ) -> Result<Vec<ReceivedRecord>> {
         let t = self
             .topic(dlq_topic)
             .ok_or_else(|| BrokerError::UnknownTopic(dlq_topic.to_string()))?;
@@ -788,7 +803,11 @@ impl Broker {
                         timestamp: r.timestamp,
                         receipt: String::new(),
                         delivery_count: 0,
-                        headers: r.headers.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+                        headers: r
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.clone()))
+                            .collect(),
                         key: r.key,
                         value: r.value,
                     });
@@ -838,7 +857,11 @@ impl Broker {
                         .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
                         .unwrap_or(0);
                     let Some(source) = source.and_then(|s| self.topic(&s)) else {
-                        tracing::warn!(dlq_topic, offset = r.offset, "redrive: source topic gone; skipped");
+                        tracing::warn!(
+                            dlq_topic,
+                            offset = r.offset,
+                            "redrive: source topic gone; skipped"
+                        );
                         continue;
                     };
                     r.headers.retain(|k, _| !k.starts_with("herald-dlq-"));
@@ -883,6 +906,33 @@ fn encode_batch(records: Vec<Record>) -> Result<Vec<u8>> {
     )
     .map_err(|e| BrokerError::InvalidRecord(format!("cannot encode record: {e}")))?;
     Ok(buf.to_vec())
+}
+
+fn new_subscription(
+    topic: String,
+    name: String,
+    settings: SubscriptionSettings,
+    parts: Vec<PartitionQueue>,
+) -> Arc<Subscription> {
+    Arc::new(Subscription {
+        deleted: std::sync::atomic::AtomicBool::new(false),
+        topic,
+        name,
+        settings: RwLock::new(settings),
+        partitions: parts.into_iter().map(Mutex::new).collect(),
+        changed: Notify::new(),
+    })
+}
+
+impl Subscription {
+    /// The partition's current state, encoded for the meta store; None once deleted.
+    pub(crate) fn snapshot(&self, partition: u32) -> Option<Vec<u8>> {
+        if self.deleted.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let q = self.partitions.get(partition as usize)?.lock().ok()?;
+        Some(encode(&q))
+    }
 }
 
 fn encode(q: &PartitionQueue) -> Vec<u8> {

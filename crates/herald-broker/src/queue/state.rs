@@ -92,7 +92,8 @@ impl PartitionQueue {
         self.deadlines.clear();
         for (offset, e) in &self.entries {
             if let EntryState::Leased { deadline_ms } = e.state {
-                self.deadlines.push(std::cmp::Reverse((deadline_ms, *offset)));
+                self.deadlines
+                    .push(std::cmp::Reverse((deadline_ms, *offset)));
             }
         }
     }
@@ -160,14 +161,14 @@ impl PartitionQueue {
                 break;
             }
             let ready = matches!(e.state, EntryState::Available { not_before_ms } if not_before_ms <= now_ms);
-            if policy.ordered_by_key {
-                if let Some(k) = e.key_hash {
-                    if blocked_keys.contains(&k) {
-                        continue;
-                    }
-                    if e.state != EntryState::Done {
-                        blocked_keys.insert(k);
-                    }
+            if policy.ordered_by_key
+                && let Some(k) = e.key_hash
+            {
+                if blocked_keys.contains(&k) {
+                    continue;
+                }
+                if e.state != EntryState::Done {
+                    blocked_keys.insert(k);
                 }
             }
             if !ready {
@@ -214,14 +215,10 @@ impl PartitionQueue {
         Ok(())
     }
 
-    pub fn extend(
-        &mut self,
-        offset: i64,
-        attempt: u32,
-        deadline_ms: i64,
-    ) -> Result<(), Refusal> {
+    pub fn extend(&mut self, offset: i64, attempt: u32, deadline_ms: i64) -> Result<(), Refusal> {
         self.leased(offset, attempt)?.state = EntryState::Leased { deadline_ms };
-        self.deadlines.push(std::cmp::Reverse((deadline_ms, offset)));
+        self.deadlines
+            .push(std::cmp::Reverse((deadline_ms, offset)));
         Ok(())
     }
 
@@ -257,7 +254,11 @@ impl PartitionQueue {
                 continue;
             };
             // A pair left behind by an ack, an extension or a newer lease.
-            if e.state != (EntryState::Leased { deadline_ms: deadline }) {
+            if e.state
+                != (EntryState::Leased {
+                    deadline_ms: deadline,
+                })
+            {
                 continue;
             }
             if fail(e, Some("lease expired".into()), policy, &mut retry_at_ms) {
@@ -278,11 +279,11 @@ impl PartitionQueue {
 
     /// The dead-letter copy of `offset` is durable.
     pub fn dead_lettered(&mut self, offset: i64) {
-        if let Some(e) = self.entries.get_mut(&offset) {
-            if e.state == EntryState::DeadLettering {
-                e.state = EntryState::Done;
-                self.dead_lettered += 1;
-            }
+        if let Some(e) = self.entries.get_mut(&offset)
+            && e.state == EntryState::DeadLettering
+        {
+            e.state = EntryState::Done;
+            self.dead_lettered += 1;
         }
         self.advance_floor();
     }
@@ -368,7 +369,9 @@ mod tests {
             let got = q.lease(1_000 * attempt as i64, 10, &POLICY);
             assert_eq!(got, vec![(0, attempt)]);
             let dead = q
-                .nack(0, attempt, Some("boom".into()), &POLICY, |f| 1_000 * (f as i64 + 1))
+                .nack(0, attempt, Some("boom".into()), &POLICY, |f| {
+                    1_000 * (f as i64 + 1)
+                })
                 .unwrap();
             assert_eq!(dead, attempt == 3);
         }
@@ -426,25 +429,26 @@ mod tests {
             let mut tracked = 0i64;
             for op in ops {
                 match op {
-                    Op::Track(k) => if q.room(&POLICY) > 0 {
+                    Op::Track(k) if q.room(&POLICY) > 0 => {
                         q.track(tracked, Some(u64::from(k)), now);
                         tracked += 1;
-                    },
+                    }
                     Op::Lease(n) => {
                         for (o, a) in q.lease(now, n as usize, &POLICY) {
                             prop_assert!(!finished.contains(&o));
                             let key = q.entries[&o].key_hash.unwrap();
                             for (lo, _) in &leased {
-                                if let Some(e) = q.entries.get(lo) {
-                                    if matches!(e.state, EntryState::Leased { .. }) && *lo != o {
-                                        prop_assert_ne!(e.key_hash, Some(key));
-                                    }
+                                if let Some(e) = q.entries.get(lo)
+                                    && matches!(e.state, EntryState::Leased { .. })
+                                    && *lo != o
+                                {
+                                    prop_assert_ne!(e.key_hash, Some(key));
                                 }
                             }
-                            if a == 1 {
-                                if let Some(prev) = first_delivered.insert(key, o) {
-                                    prop_assert!(prev < o);
-                                }
+                            if a == 1
+                                && let Some(prev) = first_delivered.insert(key, o)
+                            {
+                                prop_assert!(prev < o);
                             }
                             leased.push((o, a));
                         }
