@@ -26,6 +26,12 @@ const SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new
 /// (topic, subscription, partition) -> that partition's delivery state, JSON chosen by
 /// the broker (bounded by the subscription's `max_unacked`).
 const QUEUE_STATE: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("queue_state");
+/// (topic, message id) -> (partition, offset, published_ms) of the first publish.
+const DEDUP: TableDefinition<(&str, &str), (i32, i64, i64)> = TableDefinition::new("dedup");
+/// (published_ms, topic, message id): DEDUP in time order, for pruning expired ids.
+const DEDUP_BY_TIME: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("dedup_by_time");
+/// Expired message ids removed per dedup write, so a write's cost stays bounded.
+pub const DEDUP_PRUNE_PER_WRITE: usize = 64;
 /// (dead-letter topic, partition) -> the redrive floor: records below it were redriven.
 const REDRIVE_FLOORS: TableDefinition<(&str, u32), i64> = TableDefinition::new("redrive_floors");
 
@@ -116,6 +122,8 @@ impl MetaStore {
         txn.open_table(SUBSCRIPTIONS)?;
         txn.open_table(QUEUE_STATE)?;
         txn.open_table(REDRIVE_FLOORS)?;
+        txn.open_table(DEDUP)?;
+        txn.open_table(DEDUP_BY_TIME)?;
         txn.commit()?;
         Ok(MetaStore { db })
     }
@@ -336,6 +344,49 @@ impl MetaStore {
         let txn = self.db.begin_write()?;
         txn.open_table(REDRIVE_FLOORS)?
             .insert((topic, partition), floor)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The first publish of `message_id` on `topic`: (partition, offset, published_ms).
+    pub fn dedup_lookup(&self, topic: &str, message_id: &str) -> Result<Option<(i32, i64, i64)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEDUP)?;
+        Ok(table.get((topic, message_id))?.map(|v| v.value()))
+    }
+
+    /// Remember a publish of `message_id`, and forget up to [`DEDUP_PRUNE_PER_WRITE`] ids
+    /// published before `expired_before_ms`.
+    pub fn dedup_insert(
+        &self,
+        topic: &str,
+        message_id: &str,
+        at: (i32, i64, i64),
+        expired_before_ms: i64,
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut ids = txn.open_table(DEDUP)?;
+            let mut by_time = txn.open_table(DEDUP_BY_TIME)?;
+            let mut expired = Vec::new();
+            for entry in by_time
+                .range((i64::MIN, "", "")..(expired_before_ms, "", ""))?
+                .take(DEDUP_PRUNE_PER_WRITE)
+            {
+                let (key, _) = entry?;
+                let (ms, t, id) = key.value();
+                expired.push((ms, t.to_string(), id.to_string()));
+            }
+            for (ms, t, id) in &expired {
+                by_time.remove((*ms, t.as_str(), id.as_str()))?;
+                // Only if not published again since (then it has a newer time entry).
+                if ids.get((t.as_str(), id.as_str()))?.map(|v| v.value().2) == Some(*ms) {
+                    ids.remove((t.as_str(), id.as_str()))?;
+                }
+            }
+            ids.insert((topic, message_id), at)?;
+            by_time.insert((at.2, topic, message_id), ())?;
+        }
         txn.commit()?;
         Ok(())
     }

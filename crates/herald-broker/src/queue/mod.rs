@@ -7,6 +7,7 @@
 //! this file (the IO shell: reading the log, leasing, dead-letter publishing).
 
 pub mod commit;
+pub mod dedup;
 pub mod settings;
 pub mod state;
 #[cfg(test)]
@@ -26,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::error::{BrokerError, Result};
 use crate::{Broker, now_ms};
+pub use dedup::{MESSAGE_ID_HEADER, PublishOutcome};
 pub use settings::{StartPosition, SubscriptionSettings};
 use state::{PartitionQueue, Refusal};
 
@@ -89,6 +91,8 @@ pub(crate) struct Queues {
     commit: Arc<commit::GroupCommit>,
     /// Serialises create/delete/update of subscriptions.
     admin: tokio::sync::Mutex<()>,
+    /// Serialises dedup publishes (see `dedup.rs`).
+    dedup: tokio::sync::Mutex<()>,
 }
 
 impl Queues {
@@ -97,6 +101,7 @@ impl Queues {
             subs: RwLock::new(BTreeMap::new()),
             commit: commit::GroupCommit::spawn(meta),
             admin: tokio::sync::Mutex::new(()),
+            dedup: tokio::sync::Mutex::new(()),
         }
     }
 }

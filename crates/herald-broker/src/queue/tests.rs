@@ -431,3 +431,57 @@ async fn ordering_per_key_and_max_unacked_bound_what_is_leased() {
         Err(BrokerError::UnknownSubscription { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_message_id_is_not_appended_again_even_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = test_util::batch(&[rec("k", "PaymentTaken", &[])], -1, Compression::None);
+    {
+        let broker = open(dir.path());
+        broker
+            .create_topic("pay", Some(2), BTreeMap::new(), false)
+            .unwrap();
+        let first = broker
+            .publish_dedup("pay", 1, &batch, "m-1", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.partition, first.offset, first.duplicate),
+            (1, 0, false)
+        );
+        let again = broker
+            .publish_dedup("pay", 0, &batch, "m-1", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.partition, again.offset, again.duplicate),
+            (1, 0, true)
+        );
+        let other = broker
+            .publish_dedup("pay", 1, &batch, "m-2", None)
+            .await
+            .unwrap();
+        assert_eq!((other.offset, other.duplicate), (1, false));
+        assert!(
+            broker
+                .publish_dedup("pay", 1, &batch, "", None)
+                .await
+                .is_err()
+        );
+    }
+    let broker = reopen(dir.path()).await;
+    let again = broker
+        .publish_dedup("pay", 1, &batch, "m-1", None)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    // A zero window dedups nothing.
+    let fresh = broker
+        .publish_dedup("pay", 1, &batch, "m-1", Some(0))
+        .await
+        .unwrap();
+    assert_eq!((fresh.offset, fresh.duplicate), (2, false));
+    let t = broker.topic("pay").unwrap();
+    assert_eq!(t.partition(0).unwrap().high_watermark(), 0);
+    assert_eq!(t.partition(1).unwrap().high_watermark(), 3);
+}
