@@ -70,6 +70,8 @@ pub struct SubscriptionStats {
     pub delayed: u64,
     pub dead_lettered: u64,
     pub redeliveries: u64,
+    /// Leases that expired (each also a failed delivery).
+    pub expired_leases: u64,
     pub lost_to_retention: u64,
     pub bad_deliver_at: u64,
 }
@@ -77,6 +79,9 @@ pub struct SubscriptionStats {
 pub(crate) struct Subscription {
     /// Set when deleted: the committer no longer writes its state.
     deleted: std::sync::atomic::AtomicBool,
+    /// Set at load and after a failed dead-letter append: the timer looks for records
+    /// waiting for their dead-letter copy.
+    recover: std::sync::atomic::AtomicBool,
     topic: String,
     name: String,
     settings: RwLock<SubscriptionSettings>,
@@ -470,7 +475,10 @@ impl Broker {
             self.queues.commit.submit(writes).await?;
         }
         for (p, o) in dead {
-            self.dead_letter(sub, p, o).await?;
+            if let Err(e) = self.dead_letter(sub, p, o).await {
+                sub.recover.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(e);
+            }
         }
         let mut records = Vec::new();
         for (p, got) in leased_by_partition {
@@ -608,8 +616,9 @@ impl Broker {
                 })
             })
             .await?;
-        if dead {
-            self.dead_letter(&sub, r.partition, r.offset).await?;
+        if dead && let Err(e) = self.dead_letter(&sub, r.partition, r.offset).await {
+            sub.recover.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(e);
         }
         Ok(dead)
     }
@@ -732,6 +741,7 @@ impl Broker {
             s.delayed += c.delayed;
             s.dead_lettered += q.dead_lettered;
             s.redeliveries += q.redeliveries;
+            s.expired_leases += q.expired_leases;
             s.lost_to_retention += q.lost_to_retention;
             s.bad_deliver_at += q.bad_deliver_at;
         }
@@ -753,14 +763,19 @@ impl Broker {
             let policy = settings.policy();
             let mut dead = Vec::new();
             let mut writes = Vec::new();
+            // Records left half dead-lettered (a restart, a failed append) are looked for
+            // only when flagged, not on every tick.
+            let recover = sub.recover.swap(false, std::sync::atomic::Ordering::SeqCst);
             for (i, slot) in sub.partitions.iter().enumerate() {
                 let mut q = slot.lock().map_err(|_| poisoned())?;
-                let expired_before = q.redeliveries;
+                let expired_before = q.expired_leases;
                 let mut d = q.expire(now, &policy, |f| settings.retry_at_ms(now, f));
-                d.extend(q.dead_lettering());
-                d.sort_unstable();
-                d.dedup();
-                let changed = !d.is_empty() || q.redeliveries != expired_before;
+                if recover {
+                    d.extend(q.dead_lettering());
+                    d.sort_unstable();
+                    d.dedup();
+                }
+                let changed = !d.is_empty() || q.expired_leases != expired_before;
                 dead.extend(d.into_iter().map(|o| (i as i32, o)));
                 if changed {
                     writes.push((sub.clone(), i as u32));
@@ -770,7 +785,10 @@ impl Broker {
                 self.queues.commit.submit(writes).await?;
             }
             for (p, o) in dead {
-                self.dead_letter(&sub, p, o).await?;
+                if let Err(e) = self.dead_letter(&sub, p, o).await {
+                    sub.recover.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -921,6 +939,7 @@ fn new_subscription(
 ) -> Arc<Subscription> {
     Arc::new(Subscription {
         deleted: std::sync::atomic::AtomicBool::new(false),
+        recover: std::sync::atomic::AtomicBool::new(true),
         topic,
         name,
         settings: RwLock::new(settings),

@@ -120,3 +120,38 @@ impl SubscriptionSettings {
         now_ms.saturating_add(base.saturating_add(extra).min(self.backoff_max_ms) as i64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_by_the_factor_up_to_the_max_and_jitter_only_adds() {
+        let s = SubscriptionSettings {
+            backoff_base_ms: 100,
+            backoff_factor: 3.0,
+            backoff_max_ms: 1_000,
+            backoff_jitter: 0.5,
+            ..Default::default()
+        };
+        assert_eq!(
+            (1..=4).map(|f| s.backoff_ms(f)).collect::<Vec<_>>(),
+            vec![100, 300, 900, 1_000]
+        );
+        for f in 1..=4 {
+            for _ in 0..100 {
+                let wait = s.retry_at_ms(0, f);
+                assert!(
+                    wait >= s.backoff_ms(f) as i64 && wait <= 1_000,
+                    "{f}: {wait}"
+                );
+            }
+        }
+        assert!(s.validate().is_ok());
+        let bad = SubscriptionSettings {
+            backoff_factor: 0.5,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

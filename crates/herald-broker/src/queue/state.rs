@@ -65,6 +65,9 @@ pub struct PartitionQueue {
     pub redeliveries: u64,
     pub lost_to_retention: u64,
     pub bad_deliver_at: u64,
+    /// Leases that expired (each counted as a failed delivery).
+    #[serde(default)]
+    pub expired_leases: u64,
     /// (deadline, offset) of leases, earliest first; stale pairs are skipped when popped.
     #[serde(skip)]
     deadlines: BinaryHeap<std::cmp::Reverse<(i64, i64)>>,
@@ -261,6 +264,7 @@ impl PartitionQueue {
             {
                 continue;
             }
+            self.expired_leases += 1;
             if fail(e, Some("lease expired".into()), policy, &mut retry_at_ms) {
                 dead.push(offset);
             }
@@ -392,6 +396,21 @@ mod tests {
         assert_eq!(q.ack(0, 1), Err(Refusal::Stale { current_attempt: 2 }));
         assert_eq!(q.ack(0, 2), Ok(()));
         assert_eq!(q.ack(0, 2), Err(Refusal::NotTracked));
+    }
+
+    #[test]
+    fn retention_past_unfinished_records_counts_them_lost_and_moves_on() {
+        let mut q = PartitionQueue::new(0);
+        for o in 0..4 {
+            q.track(o, None, 0);
+        }
+        let got = q.lease(0, 1, &POLICY);
+        q.ack(got[0].0, got[0].1).unwrap();
+        // Offsets 1..3 unfinished and tracked, 4..9 never read: retention cuts at 10.
+        q.truncate_below(10);
+        assert_eq!(q.lost_to_retention, 9);
+        assert_eq!((q.floor, q.scan_next), (10, 10));
+        assert!(q.entries.is_empty());
     }
 
     #[derive(Debug, Clone)]
