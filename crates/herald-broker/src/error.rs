@@ -63,6 +63,24 @@ pub enum BrokerError {
     CorruptLog(String),
     #[error("meta store error: {0}")]
     Meta(#[from] herald_meta::MetaError),
+    #[error("subscription {name:?} on topic {topic:?} does not exist")]
+    UnknownSubscription { topic: String, name: String },
+    #[error("subscription {name:?} on topic {topic:?} already exists")]
+    SubscriptionExists { topic: String, name: String },
+    #[error("invalid subscription: {0}")]
+    InvalidSubscription(String),
+    #[error("receipt {0:?} is not a valid receipt handle")]
+    InvalidReceipt(String),
+    /// The record was handed out again since this receipt: only the newest receipt counts.
+    #[error(
+        "receipt {receipt:?} is stale: the record was redelivered (now delivery {current_attempt})"
+    )]
+    StaleReceipt {
+        receipt: String,
+        current_attempt: u32,
+    },
+    #[error("receipt {receipt:?} does not hold a lease: {reason}")]
+    ReceiptNotLeased { receipt: String, reason: String },
     #[error("the broker is shutting down")]
     ShuttingDown,
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod group;
 pub mod partition;
 pub mod producer;
+pub mod queue;
 pub mod records;
 #[cfg(test)]
 mod test_util;
@@ -92,6 +93,7 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     data_changed: Arc<watch::Sender<u64>>,
     producer_ids: std::sync::Mutex<(i64, i64)>,
+    queues: queue::Queues,
     /// Held for the broker's lifetime: a second process on the same data directory
     /// would corrupt it.
     _data_dir_lock: std::fs::File,
@@ -129,13 +131,14 @@ impl Broker {
         let broker = Arc::new(Broker {
             config,
             cluster_id,
-            meta,
+            meta: meta.clone(),
             topics: RwLock::new(BTreeMap::new()),
             topics_by_id: RwLock::new(HashMap::new()),
             topic_admin: std::sync::Mutex::new(()),
             groups,
             data_changed,
             producer_ids: std::sync::Mutex::new((0, 0)),
+            queues: queue::Queues::new(meta.clone()),
             _data_dir_lock: data_dir_lock,
         });
         let started = std::time::Instant::now();
@@ -158,6 +161,8 @@ impl Broker {
                 groups.tick();
             }
         });
+        broker.load_subscriptions()?;
+        queue::spawn_timer(Arc::downgrade(&broker));
         cleaner::spawn(Arc::downgrade(&broker));
         tokio::spawn(retention_task(
             Arc::downgrade(&broker),

@@ -665,11 +665,13 @@ async fn flusher(partition: std::sync::Weak<Partition>, wanted: Arc<Notify>, pol
         }
         match tokio::task::spawn_blocking(move || sync_point.sync()).await {
             Ok(Ok(())) => {
-                p.durable
-                    .send_modify(|d| d.next_offset = d.next_offset.max(next));
+                // The high watermark first: a producer told "durable" can then read
+                // (or receive from a subscription) what it wrote.
                 if policy == FlushPolicy::Always {
                     p.advance_high_watermark(next);
                 }
+                p.durable
+                    .send_modify(|d| d.next_offset = d.next_offset.max(next));
             }
             Ok(Err(e)) => {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed; refusing writes to this partition until restart");

@@ -26,6 +26,13 @@ pub fn broker_code(error: &BrokerError) -> i16 {
         BrokerError::TransactionsUnsupported => E::UnsupportedForMessageFormat.code(),
         BrokerError::Storage(_) | BrokerError::Meta(_) => E::KafkaStorageError.code(),
         BrokerError::ShuttingDown => E::NotLeaderOrFollower.code(),
+        // Work-queue errors: no Kafka request reaches a subscription today.
+        BrokerError::UnknownSubscription { .. }
+        | BrokerError::SubscriptionExists { .. }
+        | BrokerError::InvalidSubscription(_)
+        | BrokerError::InvalidReceipt(_)
+        | BrokerError::StaleReceipt { .. }
+        | BrokerError::ReceiptNotLeased { .. } => E::InvalidRequest.code(),
     }
 }
 

@@ -21,6 +21,19 @@ const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const OFFSETS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("offsets");
 /// Small named values: the cluster id and the producer-id counter.
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+/// (topic, subscription) -> the subscription's settings, JSON chosen by the broker.
+const SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("subscriptions");
+/// (topic, subscription, partition) -> that partition's delivery state, JSON chosen by
+/// the broker (bounded by the subscription's `max_unacked`).
+const QUEUE_STATE: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("queue_state");
+/// (topic, message id) -> (partition, offset, published_ms) of the first publish.
+const DEDUP: TableDefinition<(&str, &str), (i32, i64, i64)> = TableDefinition::new("dedup");
+/// (published_ms, topic, message id): DEDUP in time order, for pruning expired ids.
+const DEDUP_BY_TIME: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("dedup_by_time");
+/// Expired message ids removed per dedup write, so a write's cost stays bounded.
+pub const DEDUP_PRUNE_PER_WRITE: usize = 64;
+/// (dead-letter topic, partition) -> the redrive floor: records below it were redriven.
+const REDRIVE_FLOORS: TableDefinition<(&str, u32), i64> = TableDefinition::new("redrive_floors");
 
 const CLUSTER_ID_KEY: &str = "cluster_id";
 const NEXT_PRODUCER_ID_KEY: &str = "next_producer_id";
@@ -106,6 +119,11 @@ impl MetaStore {
         txn.open_table(TOPICS)?;
         txn.open_table(OFFSETS)?;
         txn.open_table(SETTINGS)?;
+        txn.open_table(SUBSCRIPTIONS)?;
+        txn.open_table(QUEUE_STATE)?;
+        txn.open_table(REDRIVE_FLOORS)?;
+        txn.open_table(DEDUP)?;
+        txn.open_table(DEDUP_BY_TIME)?;
         txn.commit()?;
         Ok(MetaStore { db })
     }
@@ -251,6 +269,136 @@ impl MetaStore {
             });
         }
         Ok(out)
+    }
+}
+
+/// One partition's queue state to write, as the broker encoded it.
+pub struct QueueStateWrite<'a> {
+    pub topic: &'a str,
+    pub subscription: &'a str,
+    pub partition: u32,
+    pub state: &'a [u8],
+}
+
+impl MetaStore {
+    /// Create or replace a subscription's settings.
+    pub fn put_subscription(&self, topic: &str, name: &str, settings: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SUBSCRIPTIONS)?
+            .insert((topic, name), settings)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Delete a subscription and all its delivery state in one transaction.
+    pub fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SUBSCRIPTIONS)?.remove((topic, name))?;
+        txn.open_table(QUEUE_STATE)?
+            .retain(|(t, n, _), _| !(t == topic && n == name))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every subscription: (topic, name, settings).
+    pub fn subscriptions(&self) -> Result<Vec<(String, String, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SUBSCRIPTIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (topic, name) = key.value();
+            out.push((topic.to_string(), name.to_string(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Write many partitions' queue states in one transaction (one fsync): the broker's
+    /// group commit for acks, nacks and leases.
+    pub fn put_queue_states(&self, writes: &[QueueStateWrite<'_>]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(QUEUE_STATE)?;
+            for w in writes {
+                table.insert((w.topic, w.subscription, w.partition), w.state)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The stored state of every partition of one subscription: (partition, state).
+    pub fn queue_states(&self, topic: &str, name: &str) -> Result<Vec<(u32, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(QUEUE_STATE)?;
+        let mut out = Vec::new();
+        for entry in table.range((topic, name, 0u32)..=(topic, name, u32::MAX))? {
+            let (key, value) = entry?;
+            out.push((key.value().2, value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Set a dead-letter topic partition's redrive floor.
+    pub fn put_redrive_floor(&self, topic: &str, partition: u32, floor: i64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(REDRIVE_FLOORS)?
+            .insert((topic, partition), floor)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The first publish of `message_id` on `topic`: (partition, offset, published_ms).
+    pub fn dedup_lookup(&self, topic: &str, message_id: &str) -> Result<Option<(i32, i64, i64)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEDUP)?;
+        Ok(table.get((topic, message_id))?.map(|v| v.value()))
+    }
+
+    /// Remember a publish of `message_id`, and forget up to [`DEDUP_PRUNE_PER_WRITE`] ids
+    /// published before `expired_before_ms`.
+    pub fn dedup_insert(
+        &self,
+        topic: &str,
+        message_id: &str,
+        at: (i32, i64, i64),
+        expired_before_ms: i64,
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut ids = txn.open_table(DEDUP)?;
+            let mut by_time = txn.open_table(DEDUP_BY_TIME)?;
+            let mut expired = Vec::new();
+            for entry in by_time
+                .range((i64::MIN, "", "")..(expired_before_ms, "", ""))?
+                .take(DEDUP_PRUNE_PER_WRITE)
+            {
+                let (key, _) = entry?;
+                let (ms, t, id) = key.value();
+                expired.push((ms, t.to_string(), id.to_string()));
+            }
+            for (ms, t, id) in &expired {
+                by_time.remove((*ms, t.as_str(), id.as_str()))?;
+                // Only if not published again since (then it has a newer time entry).
+                if ids.get((t.as_str(), id.as_str()))?.map(|v| v.value().2) == Some(*ms) {
+                    ids.remove((t.as_str(), id.as_str()))?;
+                }
+            }
+            ids.insert((topic, message_id), at)?;
+            by_time.insert((at.2, topic, message_id), ())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A dead-letter topic partition's redrive floor (0 if never redriven).
+    pub fn redrive_floor(&self, topic: &str, partition: u32) -> Result<i64> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REDRIVE_FLOORS)?;
+        Ok(table
+            .get((topic, partition))?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 }
 

@@ -1,0 +1,983 @@
+//! Work queues: shared subscriptions over a topic (the idea of Kafka's KIP-932 share
+//! groups). Records stay in the log, readable by Kafka consumers; a subscription tracks
+//! each record's delivery (lease, ack, nack with backoff, dead-lettering) per partition.
+//!
+//! Files: `settings.rs` (what a subscription is configured with), `state.rs` (the pure
+//! per-partition state machine), `commit.rs` (group commit of state to the meta store),
+//! this file (the IO shell: reading the log, leasing, dead-letter publishing).
+
+pub mod commit;
+pub mod dedup;
+pub mod settings;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::error::{BrokerError, Result};
+use crate::{Broker, now_ms};
+pub use dedup::{MESSAGE_ID_HEADER, PublishOutcome};
+pub use settings::{StartPosition, SubscriptionSettings};
+use state::{PartitionQueue, Refusal};
+
+/// Header holding a record's earliest delivery time, epoch milliseconds as a decimal string.
+pub const DELIVER_AT_HEADER: &str = "herald-deliver-at";
+/// Bytes read from the log per step when filling a subscription's window.
+pub const QUEUE_READ_BYTES: usize = 1 << 20;
+/// Records one receive call may return at most.
+pub const RECEIVE_MAX_RECORDS: usize = 1_000;
+/// Longest long-poll wait a receive may ask for.
+pub const RECEIVE_WAIT_MAX_MS: u64 = 20_000;
+/// How often the broker's timer expires leases and retries dead-lettering.
+pub const QUEUE_TICK_MS: u64 = 100;
+
+/// One record handed out by `receive`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceivedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: i64,
+    #[serde(skip)]
+    pub key: Option<Bytes>,
+    #[serde(skip)]
+    pub value: Option<Bytes>,
+    #[serde(skip)]
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Opaque; names the subscription, partition, offset and delivery attempt.
+    pub receipt: String,
+    /// How many times this record has been handed out, this time included.
+    pub delivery_count: u32,
+}
+
+/// Cheap counters of one subscription (summed over partitions).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubscriptionStats {
+    /// Ready to hand out now (tracked records plus records not read from the log yet).
+    pub depth: u64,
+    pub in_flight: u64,
+    /// Waiting for a delay or a retry backoff.
+    pub delayed: u64,
+    pub dead_lettered: u64,
+    pub redeliveries: u64,
+    /// Leases that expired (each also a failed delivery).
+    pub expired_leases: u64,
+    pub lost_to_retention: u64,
+    pub bad_deliver_at: u64,
+}
+
+pub(crate) struct Subscription {
+    /// Set when deleted: the committer no longer writes its state.
+    deleted: std::sync::atomic::AtomicBool,
+    /// Set at load and after a failed dead-letter append: the timer looks for records
+    /// waiting for their dead-letter copy.
+    recover: std::sync::atomic::AtomicBool,
+    topic: String,
+    name: String,
+    settings: RwLock<SubscriptionSettings>,
+    partitions: Vec<Mutex<PartitionQueue>>,
+    /// Woken when records may have become ready (acks, releases, new data).
+    changed: Notify,
+}
+
+/// All subscriptions of a broker, and the group-commit writer of their state.
+pub(crate) struct Queues {
+    subs: RwLock<BTreeMap<(String, String), Arc<Subscription>>>,
+    commit: Arc<commit::GroupCommit>,
+    /// Serialises create/delete/update of subscriptions.
+    admin: tokio::sync::Mutex<()>,
+    /// Serialises dedup publishes (see `dedup.rs`).
+    dedup: tokio::sync::Mutex<()>,
+}
+
+impl Queues {
+    pub(crate) fn new(meta: Arc<herald_meta::MetaStore>) -> Queues {
+        Queues {
+            subs: RwLock::new(BTreeMap::new()),
+            commit: commit::GroupCommit::spawn(meta),
+            admin: tokio::sync::Mutex::new(()),
+            dedup: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// A parsed receipt handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Receipt {
+    topic: String,
+    name: String,
+    partition: i32,
+    offset: i64,
+    attempt: u32,
+}
+
+impl Receipt {
+    fn encode(&self) -> String {
+        // Topic and subscription names cannot hold ':' (validated), so this splits back.
+        format!(
+            "v1:{}:{}:{}:{}:{}",
+            self.topic, self.name, self.partition, self.offset, self.attempt
+        )
+    }
+
+    fn parse(s: &str) -> Result<Receipt> {
+        let bad = || BrokerError::InvalidReceipt(s.chars().take(200).collect());
+        let parts: Vec<&str> = s.split(':').collect();
+        let [v, topic, name, partition, offset, attempt] = parts.as_slice() else {
+            return Err(bad());
+        };
+        if *v != "v1" {
+            return Err(bad());
+        }
+        Ok(Receipt {
+            topic: topic.to_string(),
+            name: name.to_string(),
+            partition: partition.parse().map_err(|_| bad())?,
+            offset: offset.parse().map_err(|_| bad())?,
+            attempt: attempt.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+fn refusal(r: Refusal, receipt: &str) -> BrokerError {
+    let receipt = receipt.to_string();
+    match r {
+        Refusal::NotTracked => BrokerError::ReceiptNotLeased {
+            receipt,
+            reason: "the record is already acked or dead-lettered".into(),
+        },
+        Refusal::NotLeased => BrokerError::ReceiptNotLeased {
+            receipt,
+            reason: "the lease expired".into(),
+        },
+        Refusal::Stale { current_attempt } => BrokerError::StaleReceipt {
+            receipt,
+            current_attempt,
+        },
+    }
+}
+
+fn key_hash(key: Option<&Bytes>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    key.map(|k| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        k.hash(&mut h);
+        h.finish()
+    })
+}
+
+/// When a record may first be delivered; None for no (or a bad) deliver-at header.
+fn deliver_at(record: &Record) -> std::result::Result<Option<i64>, ()> {
+    match header(record, DELIVER_AT_HEADER) {
+        None => Ok(None),
+        Some(None) => Err(()),
+        Some(Some(v)) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .map(Some)
+            .ok_or(()),
+    }
+}
+
+fn header<'a>(record: &'a Record, name: &str) -> Option<&'a Option<Bytes>> {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| &***k == name)
+        .map(|(_, v)| v)
+}
+
+fn decode(bytes: Bytes) -> Result<Vec<Record>> {
+    let mut buf = bytes;
+    let sets = RecordBatchDecoder::decode_all(&mut buf)
+        .map_err(|e| BrokerError::CorruptLog(format!("cannot decode stored records: {e}")))?;
+    Ok(sets.into_iter().flat_map(|s| s.records).collect())
+}
+
+impl Broker {
+    /// Load every subscription's settings and state; called from `Broker::open`.
+    pub(crate) fn load_subscriptions(&self) -> Result<()> {
+        for (topic, name, bytes) in self.meta.subscriptions()? {
+            let settings: SubscriptionSettings = serde_json::from_slice(&bytes)
+                .map_err(|e| BrokerError::Storage(format!("subscription {topic}/{name}: {e}")))?;
+            let Some(t) = self.topic(&topic) else {
+                tracing::warn!(topic, name, "subscription of a missing topic ignored");
+                continue;
+            };
+            let mut parts: Vec<PartitionQueue> = t
+                .partitions
+                .iter()
+                .map(|p| PartitionQueue::new(p.log_start_offset()))
+                .collect();
+            for (p, state) in self.meta.queue_states(&topic, &name)? {
+                let Some(slot) = parts.get_mut(p as usize) else {
+                    continue;
+                };
+                let mut q: PartitionQueue = serde_json::from_slice(&state).map_err(|e| {
+                    BrokerError::Storage(format!("queue state {topic}/{name}/{p}: {e}"))
+                })?;
+                q.restore();
+                *slot = q;
+            }
+            self.insert_subscription(topic, name, settings, parts);
+        }
+        Ok(())
+    }
+
+    fn insert_subscription(
+        &self,
+        topic: String,
+        name: String,
+        settings: SubscriptionSettings,
+        parts: Vec<PartitionQueue>,
+    ) {
+        let sub = new_subscription(topic.clone(), name.clone(), settings, parts);
+        if let Ok(mut subs) = self.queues.subs.write() {
+            subs.insert((topic, name), sub);
+        }
+    }
+
+    fn subscription(&self, topic: &str, name: &str) -> Result<Arc<Subscription>> {
+        self.queues
+            .subs
+            .read()
+            .ok()
+            .and_then(|s| s.get(&(topic.to_string(), name.to_string())).cloned())
+            .ok_or_else(|| BrokerError::UnknownSubscription {
+                topic: topic.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    /// Create a subscription on an existing topic.
+    pub async fn create_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: SubscriptionSettings,
+    ) -> Result<SubscriptionSettings> {
+        crate::topic::validate_topic_name(name).map_err(|_| {
+            BrokerError::InvalidSubscription(format!("name {name:?}: use 1-249 of [a-zA-Z0-9._-]"))
+        })?;
+        settings.validate()?;
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        let _admin = self.queues.admin.lock().await;
+        if self.subscription(topic, name).is_ok() {
+            return Err(BrokerError::SubscriptionExists {
+                topic: topic.to_string(),
+                name: name.to_string(),
+            });
+        }
+        let parts: Vec<PartitionQueue> = t
+            .partitions
+            .iter()
+            .map(|p| match settings.start {
+                StartPosition::Earliest => PartitionQueue::new(p.log_start_offset()),
+                StartPosition::Latest => PartitionQueue::new(p.high_watermark()),
+            })
+            .collect();
+        let sub = new_subscription(topic.to_string(), name.to_string(), settings.clone(), parts);
+        let writes: Vec<commit::Write> = (0..sub.partitions.len())
+            .map(|i| (sub.clone(), i as u32))
+            .collect();
+        self.queues.commit.submit(writes).await?;
+        self.meta.put_subscription(
+            topic,
+            name,
+            &serde_json::to_vec(&settings).unwrap_or_default(),
+        )?;
+        if let Ok(mut subs) = self.queues.subs.write() {
+            subs.insert((topic.to_string(), name.to_string()), sub);
+        }
+        tracing::info!(topic, name, "created subscription");
+        Ok(settings)
+    }
+
+    pub fn subscription_settings(&self, topic: &str, name: &str) -> Result<SubscriptionSettings> {
+        let sub = self.subscription(topic, name)?;
+        Ok(sub.settings.read().map(|s| s.clone()).unwrap_or_default())
+    }
+
+    /// Every subscription as (topic, name, settings), sorted.
+    pub fn list_subscriptions(&self) -> Vec<(String, String, SubscriptionSettings)> {
+        self.queues
+            .subs
+            .read()
+            .map(|s| {
+                s.values()
+                    .map(|sub| {
+                        (
+                            sub.topic.clone(),
+                            sub.name.clone(),
+                            sub.settings.read().map(|s| s.clone()).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Replace a subscription's settings (the start position is ignored: it only
+    /// matters at creation). Leases already handed out keep their deadlines.
+    pub async fn update_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: SubscriptionSettings,
+    ) -> Result<SubscriptionSettings> {
+        settings.validate()?;
+        let _admin = self.queues.admin.lock().await;
+        let sub = self.subscription(topic, name)?;
+        self.meta.put_subscription(
+            topic,
+            name,
+            &serde_json::to_vec(&settings).unwrap_or_default(),
+        )?;
+        if let Ok(mut s) = sub.settings.write() {
+            *s = settings.clone();
+        }
+        sub.changed.notify_waiters();
+        Ok(settings)
+    }
+
+    pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
+        let _admin = self.queues.admin.lock().await;
+        let sub = self.subscription(topic, name)?;
+        if let Ok(mut subs) = self.queues.subs.write() {
+            subs.remove(&(topic.to_string(), name.to_string()));
+        }
+        // The committer skips it from now on; the barrier below waits for a commit
+        // that may still hold it.
+        sub.deleted.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Queued state writes of this subscription land before the delete.
+        self.queues.commit.submit(Vec::new()).await?;
+        self.meta.delete_subscription(topic, name)?;
+        Ok(())
+    }
+
+    /// Lease up to `max_records` records. With `wait_ms`, wait up to that long (bounded by
+    /// `RECEIVE_WAIT_MAX_MS`) for at least one. Leases are durable before this returns.
+    pub async fn receive(
+        &self,
+        topic: &str,
+        name: &str,
+        max_records: usize,
+        wait_ms: u64,
+    ) -> Result<Vec<ReceivedRecord>> {
+        let sub = self.subscription(topic, name)?;
+        let max_records = max_records.clamp(1, RECEIVE_MAX_RECORDS);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(RECEIVE_WAIT_MAX_MS));
+        let mut data = self.data_changes();
+        loop {
+            let notified = sub.changed.notified();
+            data.borrow_and_update();
+            let got = self.receive_once(&sub, max_records).await?;
+            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
+            // Wake for new data, acks/releases, or the next ready time (bounded by a tick
+            // so delays and expiries are seen without a precise timer).
+            let tick = Duration::from_millis(QUEUE_TICK_MS);
+            tokio::select! {
+                _ = notified => {}
+                _ = data.changed() => {}
+                _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + tick)) => {}
+            }
+        }
+    }
+
+    async fn receive_once(
+        &self,
+        sub: &Arc<Subscription>,
+        max_records: usize,
+    ) -> Result<Vec<ReceivedRecord>> {
+        let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
+        let policy = settings.policy();
+        let topic = self
+            .topic(&sub.topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(sub.topic.clone()))?;
+        let mut out = Vec::new();
+        let mut writes = Vec::new();
+        let mut leased_by_partition: Vec<(i32, Vec<(i64, u32)>)> = Vec::new();
+        let now = now_ms();
+        let mut dead: Vec<(i32, i64)> = Vec::new();
+        for (index, slot) in sub.partitions.iter().enumerate() {
+            if out.len() >= max_records {
+                break;
+            }
+            let partition = topic.partition(index as i32)?;
+            let mut q = slot.lock().map_err(|_| poisoned())?;
+            q.truncate_below(partition.log_start_offset());
+            for o in q.expire(now, &policy, |f| settings.retry_at_ms(now, f)) {
+                dead.push((index as i32, o));
+            }
+            // Fill the window from the log.
+            let hw = partition.high_watermark();
+            while q.room(&policy) > 0 && q.scan_next < hw {
+                let read = partition.read(q.scan_next, QUEUE_READ_BYTES)?;
+                if read.records.is_empty() {
+                    break;
+                }
+                let mut last = q.scan_next;
+                for r in decode(read.records)? {
+                    if r.offset < q.scan_next || r.offset >= hw {
+                        continue;
+                    }
+                    if q.room(&policy) == 0 {
+                        break;
+                    }
+                    let not_before = match deliver_at(&r) {
+                        Ok(at) => at.unwrap_or(0),
+                        Err(()) => {
+                            q.bad_deliver_at += 1;
+                            tracing::warn!(
+                                topic = sub.topic,
+                                partition = index,
+                                offset = r.offset,
+                                "bad {DELIVER_AT_HEADER} header; delivering now"
+                            );
+                            0
+                        }
+                    };
+                    q.track(r.offset, key_hash(r.key.as_ref()), not_before);
+                    last = r.offset + 1;
+                }
+                if last == q.scan_next {
+                    // Only records below scan_next in what was read (a batch boundary
+                    // or compaction gap): step over to the end of what was read.
+                    break;
+                }
+            }
+            let want = max_records - out.len();
+            let got = q.lease(now, want, &policy);
+            if !got.is_empty() || !dead.is_empty() {
+                writes.push((sub.clone(), index as u32));
+            }
+            if !got.is_empty() {
+                leased_by_partition.push((index as i32, got.clone()));
+                out.extend(got);
+            }
+        }
+        if !writes.is_empty() {
+            self.queues.commit.submit(writes).await?;
+        }
+        for (p, o) in dead {
+            if let Err(e) = self.dead_letter(sub, p, o).await {
+                sub.recover.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        let mut records = Vec::new();
+        for (p, got) in leased_by_partition {
+            let partition = topic.partition(p)?;
+            let mut wanted: BTreeMap<i64, u32> = got.into_iter().collect();
+            let mut from = wanted.keys().next().copied().unwrap_or(0);
+            while !wanted.is_empty() {
+                let read = partition.read(from, QUEUE_READ_BYTES)?;
+                if read.records.is_empty() {
+                    break;
+                }
+                for r in decode(read.records)? {
+                    from = from.max(r.offset + 1);
+                    if let Some(attempt) = wanted.remove(&r.offset) {
+                        records.push(ReceivedRecord {
+                            partition: p,
+                            offset: r.offset,
+                            timestamp: r.timestamp,
+                            receipt: Receipt {
+                                topic: sub.topic.clone(),
+                                name: sub.name.clone(),
+                                partition: p,
+                                offset: r.offset,
+                                attempt,
+                            }
+                            .encode(),
+                            delivery_count: attempt,
+                            headers: r
+                                .headers
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.clone()))
+                                .collect(),
+                            key: r.key,
+                            value: r.value,
+                        });
+                    }
+                }
+                if let Some(next) = wanted.keys().next() {
+                    from = from.max(*next);
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    fn locate(&self, receipt: &str) -> Result<(Arc<Subscription>, Receipt)> {
+        let r = Receipt::parse(receipt)?;
+        let sub = self.subscription(&r.topic, &r.name)?;
+        if r.partition < 0 || r.partition as usize >= sub.partitions.len() {
+            return Err(BrokerError::InvalidReceipt(receipt.to_string()));
+        }
+        Ok((sub, r))
+    }
+
+    /// Apply `f` to the receipt's partition state and queue the new state for the next
+    /// group commit; the caller awaits the returned wait before answering.
+    #[allow(clippy::type_complexity)]
+    fn begin_transition<T>(
+        &self,
+        receipt: &str,
+        f: impl FnOnce(
+            &mut PartitionQueue,
+            &Receipt,
+            &SubscriptionSettings,
+        ) -> std::result::Result<T, Refusal>,
+    ) -> Result<(Arc<Subscription>, Receipt, T, commit::Wait)> {
+        let (sub, r) = self.locate(receipt)?;
+        let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
+        let mut q = sub.partitions[r.partition as usize]
+            .lock()
+            .map_err(|_| poisoned())?;
+        let value = f(&mut q, &r, &settings).map_err(|e| refusal(e, receipt))?;
+        // Queued under the partition lock so snapshots are written in order.
+        let wait = self
+            .queues
+            .commit
+            .enqueue(vec![(sub.clone(), r.partition as u32)]);
+        drop(q);
+        Ok((sub, r, value, wait))
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn transition<T>(
+        &self,
+        receipt: &str,
+        f: impl FnOnce(
+            &mut PartitionQueue,
+            &Receipt,
+            &SubscriptionSettings,
+        ) -> std::result::Result<T, Refusal>,
+    ) -> Result<(Arc<Subscription>, Receipt, T)> {
+        let (sub, r, value, wait) = self.begin_transition(receipt, f)?;
+        commit::wait(wait).await?;
+        sub.changed.notify_waiters();
+        Ok((sub, r, value))
+    }
+
+    /// The record is done. Returns once that is durable.
+    pub async fn ack(&self, receipt: &str) -> Result<()> {
+        self.transition(receipt, |q, r, _| q.ack(r.offset, r.attempt))
+            .await
+            .map(|_| ())
+    }
+
+    /// Ack many receipts; each gets its own outcome. All are queued before any is
+    /// awaited, so one group commit covers them.
+    pub async fn ack_many(&self, receipts: &[String]) -> Vec<Result<()>> {
+        let begun: Vec<_> = receipts
+            .iter()
+            .map(|r| self.begin_transition(r, |q, r, _| q.ack(r.offset, r.attempt)))
+            .collect();
+        let mut out = Vec::with_capacity(begun.len());
+        for b in begun {
+            out.push(match b {
+                Ok((sub, _, (), wait)) => {
+                    let done = commit::wait(wait).await;
+                    sub.changed.notify_waiters();
+                    done
+                }
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// The delivery failed: redeliver after the backoff, or dead-letter the record once it
+    /// has failed `max_deliveries` times. Returns true if it was dead-lettered.
+    pub async fn nack(&self, receipt: &str, error: Option<String>) -> Result<bool> {
+        let now = now_ms();
+        let error = error.map(|e| e.chars().take(settings::LAST_ERROR_CHARS_MAX).collect());
+        let (sub, r, dead) = self
+            .transition(receipt, |q, r, s| {
+                q.nack(r.offset, r.attempt, error, &s.policy(), |f| {
+                    s.retry_at_ms(now, f)
+                })
+            })
+            .await?;
+        if dead && let Err(e) = self.dead_letter(&sub, r.partition, r.offset).await {
+            sub.recover.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(dead)
+    }
+
+    /// Put the record back now; not counted as a failed delivery (its delivery count,
+    /// which counts hand-outs, still grows when it is handed out again).
+    pub async fn release(&self, receipt: &str) -> Result<()> {
+        let now = now_ms();
+        self.transition(receipt, |q, r, _| q.release(r.offset, r.attempt, now))
+            .await
+            .map(|_| ())
+    }
+
+    /// Set the lease to end `lease_ms` from now (the subscription's lease if None).
+    /// Returns the new deadline in epoch milliseconds.
+    pub async fn extend_lease(&self, receipt: &str, lease_ms: Option<u64>) -> Result<i64> {
+        let now = now_ms();
+        let (_, _, deadline) = self
+            .transition(receipt, |q, r, s| {
+                let ms = lease_ms.unwrap_or(s.lease_ms).min(settings::LEASE_MS_MAX) as i64;
+                let deadline = now.saturating_add(ms);
+                q.extend(r.offset, r.attempt, deadline).map(|_| deadline)
+            })
+            .await?;
+        Ok(deadline)
+    }
+
+    /// Copy a record that failed `max_deliveries` times to the dead-letter topic, then
+    /// mark it done. A crash between the two copies it again after restart (at least once).
+    async fn dead_letter(
+        &self,
+        sub: &Arc<Subscription>,
+        partition: i32,
+        offset: i64,
+    ) -> Result<()> {
+        let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
+        let dlq_name = settings.dead_letter_topic(&sub.topic, &sub.name);
+        let entry = {
+            let q = sub.partitions[partition as usize]
+                .lock()
+                .map_err(|_| poisoned())?;
+            match q.entries.get(&offset) {
+                Some(e) if e.state == state::EntryState::DeadLettering => e.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let source = self
+            .topic(&sub.topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(sub.topic.clone()))?;
+        let read = source.partition(partition)?.read(offset, 1)?;
+        let Some(mut record) = decode(read.records)?
+            .into_iter()
+            .find(|r| r.offset == offset)
+        else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let mut add = |k: &str, v: String| {
+            record
+                .headers
+                .insert(StrBytes::from_string(k.to_string()), Some(Bytes::from(v)));
+        };
+        add("herald-dlq-source-topic", sub.topic.clone());
+        add("herald-dlq-source-partition", partition.to_string());
+        add("herald-dlq-source-offset", offset.to_string());
+        add("herald-dlq-subscription", sub.name.clone());
+        add("herald-dlq-delivery-count", entry.deliveries.to_string());
+        add(
+            "herald-dlq-last-error",
+            entry.last_error.clone().unwrap_or_default(),
+        );
+        add(
+            "herald-dlq-first-delivery-at",
+            entry.first_delivery_ms.unwrap_or(now).to_string(),
+        );
+        add("herald-dlq-dead-lettered-at", now.to_string());
+        let dlq = match self.topic(&dlq_name) {
+            Some(t) => t,
+            None => match self.create_topic(&dlq_name, Some(1), BTreeMap::new(), false) {
+                Err(BrokerError::TopicExists(_)) => self
+                    .topic(&dlq_name)
+                    .ok_or_else(|| BrokerError::UnknownTopic(dlq_name.clone()))?,
+                other => other?,
+            },
+        };
+        let dlq_partition = (offset.rem_euclid(dlq.partitions.len().max(1) as i64)) as i32;
+        dlq.append(dlq_partition, &encode_batch(vec![record])?, now)?
+            .durable()
+            .await?;
+        let wait = {
+            let mut q = sub.partitions[partition as usize]
+                .lock()
+                .map_err(|_| poisoned())?;
+            q.dead_lettered(offset);
+            self.queues
+                .commit
+                .enqueue(vec![(sub.clone(), partition as u32)])
+        };
+        commit::wait(wait).await?;
+        sub.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Counters of one subscription; reads memory only.
+    pub fn subscription_stats(&self, topic: &str, name: &str) -> Result<SubscriptionStats> {
+        let sub = self.subscription(topic, name)?;
+        let t = self.topic(topic);
+        let now = now_ms();
+        let mut s = SubscriptionStats::default();
+        for (i, slot) in sub.partitions.iter().enumerate() {
+            let q = slot.lock().map_err(|_| poisoned())?;
+            let c = q.counts(now);
+            let hw = t
+                .as_ref()
+                .and_then(|t| t.partition(i as i32).ok())
+                .map(|p| p.high_watermark())
+                .unwrap_or(q.scan_next);
+            s.depth += c.available + (hw - q.scan_next).max(0) as u64;
+            s.in_flight += c.in_flight;
+            s.delayed += c.delayed;
+            s.dead_lettered += q.dead_lettered;
+            s.redeliveries += q.redeliveries;
+            s.expired_leases += q.expired_leases;
+            s.lost_to_retention += q.lost_to_retention;
+            s.bad_deliver_at += q.bad_deliver_at;
+        }
+        Ok(s)
+    }
+
+    /// One timer pass: expire leases, dead-letter what failed too often (also records
+    /// left half dead-lettered by a crash). Cost is proportional to what expired.
+    pub async fn queue_tick(&self) -> Result<()> {
+        let subs: Vec<Arc<Subscription>> = self
+            .queues
+            .subs
+            .read()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
+        let now = now_ms();
+        for sub in subs {
+            let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
+            let policy = settings.policy();
+            let mut dead = Vec::new();
+            let mut writes = Vec::new();
+            // Records left half dead-lettered (a restart, a failed append) are looked for
+            // only when flagged, not on every tick.
+            let recover = sub.recover.swap(false, std::sync::atomic::Ordering::SeqCst);
+            for (i, slot) in sub.partitions.iter().enumerate() {
+                let mut q = slot.lock().map_err(|_| poisoned())?;
+                let expired_before = q.expired_leases;
+                let mut d = q.expire(now, &policy, |f| settings.retry_at_ms(now, f));
+                if recover {
+                    d.extend(q.dead_lettering());
+                    d.sort_unstable();
+                    d.dedup();
+                }
+                let changed = !d.is_empty() || q.expired_leases != expired_before;
+                dead.extend(d.into_iter().map(|o| (i as i32, o)));
+                if changed {
+                    writes.push((sub.clone(), i as u32));
+                }
+            }
+            if !writes.is_empty() {
+                self.queues.commit.submit(writes).await?;
+            }
+            for (p, o) in dead {
+                if let Err(e) = self.dead_letter(&sub, p, o).await {
+                    sub.recover.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records in a dead-letter topic from its redrive floor on, at most `max_records`.
+    pub fn list_dead_letters(
+        &self,
+        dlq_topic: &str,
+        max_records: usize,
+    ) -> Result<Vec<ReceivedRecord>> {
+        let t = self
+            .topic(dlq_topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(dlq_topic.to_string()))?;
+        let mut out = Vec::new();
+        for p in &t.partitions {
+            let index = p.index;
+            let mut from = self
+                .meta
+                .redrive_floor(dlq_topic, index as u32)?
+                .max(p.log_start_offset());
+            while from < p.high_watermark() && out.len() < max_records {
+                let read = p.read(from, QUEUE_READ_BYTES)?;
+                if read.records.is_empty() {
+                    break;
+                }
+                for r in decode(read.records)? {
+                    if r.offset < from || out.len() >= max_records {
+                        continue;
+                    }
+                    from = r.offset + 1;
+                    out.push(ReceivedRecord {
+                        partition: index,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        receipt: String::new(),
+                        delivery_count: 0,
+                        headers: r
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.clone()))
+                            .collect(),
+                        key: r.key,
+                        value: r.value,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Move every record of a dead-letter topic above its redrive floor back to its
+    /// source topic (original key, value and headers; the `herald-dlq-*` headers are
+    /// dropped), then raise the floor. Returns how many were moved. A crash between the
+    /// publish and the floor moves them again (at least once).
+    pub async fn redrive(&self, dlq_topic: &str) -> Result<u64> {
+        let t = self
+            .topic(dlq_topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(dlq_topic.to_string()))?;
+        let mut moved = 0u64;
+        for p in &t.partitions {
+            let index = p.index;
+            let hw = p.high_watermark();
+            let mut from = self
+                .meta
+                .redrive_floor(dlq_topic, index as u32)?
+                .max(p.log_start_offset());
+            while from < hw {
+                let read = p.read(from, QUEUE_READ_BYTES)?;
+                if read.records.is_empty() {
+                    break;
+                }
+                for mut r in decode(read.records)? {
+                    if r.offset < from || r.offset >= hw {
+                        continue;
+                    }
+                    from = r.offset + 1;
+                    let source = r
+                        .headers
+                        .iter()
+                        .find(|(k, _)| &***k == "herald-dlq-source-topic")
+                        .and_then(|(_, v)| v.clone())
+                        .and_then(|b| String::from_utf8(b.to_vec()).ok());
+                    let source_partition: i32 = r
+                        .headers
+                        .iter()
+                        .find(|(k, _)| &***k == "herald-dlq-source-partition")
+                        .and_then(|(_, v)| v.clone())
+                        .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                        .unwrap_or(0);
+                    let Some(source) = source.and_then(|s| self.topic(&s)) else {
+                        tracing::warn!(
+                            dlq_topic,
+                            offset = r.offset,
+                            "redrive: source topic gone; skipped"
+                        );
+                        continue;
+                    };
+                    r.headers.retain(|k, _| !k.starts_with("herald-dlq-"));
+                    let sp = source_partition.clamp(0, source.partitions.len() as i32 - 1);
+                    source
+                        .append(sp, &encode_batch(vec![r])?, now_ms())?
+                        .durable()
+                        .await?;
+                    moved += 1;
+                }
+            }
+            self.meta.put_redrive_floor(dlq_topic, index as u32, from)?;
+        }
+        Ok(moved)
+    }
+}
+
+/// Encode records as one batch from a non-idempotent producer, numbered from 0.
+fn encode_batch(records: Vec<Record>) -> Result<Vec<u8>> {
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            offset: i as i64,
+            sequence: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            transactional: false,
+            control: false,
+            timestamp_type: TimestampType::Creation,
+            ..r
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| BrokerError::InvalidRecord(format!("cannot encode record: {e}")))?;
+    Ok(buf.to_vec())
+}
+
+fn new_subscription(
+    topic: String,
+    name: String,
+    settings: SubscriptionSettings,
+    parts: Vec<PartitionQueue>,
+) -> Arc<Subscription> {
+    Arc::new(Subscription {
+        deleted: std::sync::atomic::AtomicBool::new(false),
+        recover: std::sync::atomic::AtomicBool::new(true),
+        topic,
+        name,
+        settings: RwLock::new(settings),
+        partitions: parts.into_iter().map(Mutex::new).collect(),
+        changed: Notify::new(),
+    })
+}
+
+impl Subscription {
+    /// The partition's current state, encoded for the meta store; None once deleted.
+    pub(crate) fn snapshot(&self, partition: u32) -> Option<Vec<u8>> {
+        if self.deleted.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let q = self.partitions.get(partition as usize)?.lock().ok()?;
+        Some(encode(&q))
+    }
+}
+
+fn encode(q: &PartitionQueue) -> Vec<u8> {
+    // Plain structs of integers and strings always serialise.
+    serde_json::to_vec(q).unwrap_or_default()
+}
+
+fn poisoned() -> BrokerError {
+    BrokerError::Storage("queue state lock poisoned".into())
+}
+
+/// Spawn the broker's queue timer (one task per broker).
+pub(crate) fn spawn_timer(broker: std::sync::Weak<Broker>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(QUEUE_TICK_MS));
+        loop {
+            tick.tick().await;
+            let Some(b) = broker.upgrade() else { return };
+            if let Err(e) = b.queue_tick().await {
+                tracing::warn!(error = %e, "queue timer pass failed");
+            }
+        }
+    });
+}

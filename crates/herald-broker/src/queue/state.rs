@@ -1,0 +1,509 @@
+//! The delivery state of one (subscription, partition): pure transitions, no IO.
+//!
+//! Every offset below `floor` is finished (acked or dead-lettered). Offsets in
+//! `[floor, scan_next)` are tracked in `entries`; offsets from `scan_next` on have not been
+//! read from the log yet. The floor only moves over finished records, so a record is never
+//! skipped; `entries` never holds more than the subscription's `max_unacked`.
+
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Where one tracked record is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryState {
+    /// Can be handed out from `not_before_ms` on (a delay or a retry backoff).
+    Available { not_before_ms: i64 },
+    /// Handed out; comes back if not acked by `deadline_ms`.
+    Leased { deadline_ms: i64 },
+    /// Failed `max_deliveries` times: waiting for its copy in the dead-letter topic.
+    DeadLettering,
+    /// Acked or dead-lettered; removed once the floor passes it.
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub state: EntryState,
+    /// Times handed out (each one is a new attempt; receipts name it).
+    pub deliveries: u32,
+    /// Failed deliveries (nacks and expired leases); releases do not count.
+    pub failures: u32,
+    /// A hash of the record's key, for ordering per key; None for a null key.
+    pub key_hash: Option<u64>,
+    pub first_delivery_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// What a transition refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such record is tracked (already finished, or never handed out).
+    NotTracked,
+    /// The receipt names an earlier delivery: the record was handed out again since.
+    Stale { current_attempt: u32 },
+    /// The record is not leased now (its lease expired).
+    NotLeased,
+}
+
+/// The settings transitions need, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub lease_ms: i64,
+    pub max_deliveries: u32,
+    pub max_unacked: usize,
+    pub ordered_by_key: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PartitionQueue {
+    pub floor: i64,
+    pub scan_next: i64,
+    pub entries: BTreeMap<i64, Entry>,
+    /// Counters for stats, kept with the state so they survive restarts.
+    pub dead_lettered: u64,
+    pub redeliveries: u64,
+    pub lost_to_retention: u64,
+    pub bad_deliver_at: u64,
+    /// Leases that expired (each counted as a failed delivery).
+    #[serde(default)]
+    pub expired_leases: u64,
+    /// (deadline, offset) of leases, earliest first; stale pairs are skipped when popped.
+    #[serde(skip)]
+    deadlines: BinaryHeap<std::cmp::Reverse<(i64, i64)>>,
+}
+
+/// Counts of the partition's tracked records at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub available: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl PartitionQueue {
+    pub fn new(start: i64) -> Self {
+        PartitionQueue {
+            floor: start,
+            scan_next: start,
+            ..Default::default()
+        }
+    }
+
+    /// Rebuild what is not stored (the deadline heap) after loading.
+    pub fn restore(&mut self) {
+        self.deadlines.clear();
+        for (offset, e) in &self.entries {
+            if let EntryState::Leased { deadline_ms } = e.state {
+                self.deadlines
+                    .push(std::cmp::Reverse((deadline_ms, *offset)));
+            }
+        }
+    }
+
+    /// Room for more records from the log.
+    pub fn room(&self, policy: &Policy) -> usize {
+        policy.max_unacked.saturating_sub(self.entries.len())
+    }
+
+    /// Track a record read from the log at `offset` (must be `scan_next`, or later when
+    /// the log has holes such as compacted-away offsets).
+    pub fn track(&mut self, offset: i64, key_hash: Option<u64>, not_before_ms: i64) {
+        debug_assert!(offset >= self.scan_next);
+        self.entries.insert(
+            offset,
+            Entry {
+                state: EntryState::Available { not_before_ms },
+                deliveries: 0,
+                failures: 0,
+                key_hash,
+                first_delivery_ms: None,
+                last_error: None,
+            },
+        );
+        self.scan_next = offset + 1;
+        self.advance_floor();
+    }
+
+    /// The log has no record in `[scan_next, to)` (end of a batch, compaction gaps).
+    pub fn skip_to(&mut self, to: i64) {
+        if to > self.scan_next {
+            self.scan_next = to;
+            self.advance_floor();
+        }
+    }
+
+    /// Retention deleted the log below `log_start`: records there cannot be delivered
+    /// any more; they are counted as lost and the subscription moves on.
+    pub fn truncate_below(&mut self, log_start: i64) {
+        if log_start <= self.floor {
+            return;
+        }
+        let kept = self.entries.split_off(&log_start);
+        let lost = self
+            .entries
+            .values()
+            .filter(|e| e.state != EntryState::Done)
+            .count() as u64;
+        let untracked = (log_start - self.scan_next).max(0);
+        self.lost_to_retention += lost + untracked as u64;
+        self.entries = kept;
+        self.scan_next = self.scan_next.max(log_start);
+        self.floor = log_start;
+        self.advance_floor();
+    }
+
+    /// Lease up to `max` records ready at `now_ms`, in offset order. With ordering per key,
+    /// a record is skipped while an earlier record with its key is not finished.
+    /// Returns (offset, attempt) pairs.
+    pub fn lease(&mut self, now_ms: i64, max: usize, policy: &Policy) -> Vec<(i64, u32)> {
+        let mut out = Vec::new();
+        let mut blocked_keys: HashSet<u64> = HashSet::new();
+        for (offset, e) in self.entries.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            let ready = matches!(e.state, EntryState::Available { not_before_ms } if not_before_ms <= now_ms);
+            if policy.ordered_by_key
+                && let Some(k) = e.key_hash
+            {
+                if blocked_keys.contains(&k) {
+                    continue;
+                }
+                if e.state != EntryState::Done {
+                    blocked_keys.insert(k);
+                }
+            }
+            if !ready {
+                continue;
+            }
+            if e.deliveries > 0 {
+                self.redeliveries += 1;
+            }
+            e.deliveries += 1;
+            e.first_delivery_ms.get_or_insert(now_ms);
+            let deadline_ms = now_ms.saturating_add(policy.lease_ms);
+            e.state = EntryState::Leased { deadline_ms };
+            self.deadlines
+                .push(std::cmp::Reverse((deadline_ms, *offset)));
+            out.push((*offset, e.deliveries));
+        }
+        out
+    }
+
+    fn leased(&mut self, offset: i64, attempt: u32) -> Result<&mut Entry, Refusal> {
+        let e = self.entries.get_mut(&offset).ok_or(Refusal::NotTracked)?;
+        if e.deliveries != attempt {
+            return Err(Refusal::Stale {
+                current_attempt: e.deliveries,
+            });
+        }
+        if !matches!(e.state, EntryState::Leased { .. }) {
+            return Err(Refusal::NotLeased);
+        }
+        Ok(e)
+    }
+
+    pub fn ack(&mut self, offset: i64, attempt: u32) -> Result<(), Refusal> {
+        self.leased(offset, attempt)?.state = EntryState::Done;
+        self.advance_floor();
+        Ok(())
+    }
+
+    /// Put a leased record back now, without counting a failure.
+    pub fn release(&mut self, offset: i64, attempt: u32, now_ms: i64) -> Result<(), Refusal> {
+        self.leased(offset, attempt)?.state = EntryState::Available {
+            not_before_ms: now_ms,
+        };
+        Ok(())
+    }
+
+    pub fn extend(&mut self, offset: i64, attempt: u32, deadline_ms: i64) -> Result<(), Refusal> {
+        self.leased(offset, attempt)?.state = EntryState::Leased { deadline_ms };
+        self.deadlines
+            .push(std::cmp::Reverse((deadline_ms, offset)));
+        Ok(())
+    }
+
+    /// A failed delivery. `retry_at_ms(failures)` gives when to try again. Returns true
+    /// when the record has now failed `max_deliveries` times and must be dead-lettered.
+    pub fn nack(
+        &mut self,
+        offset: i64,
+        attempt: u32,
+        error: Option<String>,
+        policy: &Policy,
+        retry_at_ms: impl FnOnce(u32) -> i64,
+    ) -> Result<bool, Refusal> {
+        let e = self.leased(offset, attempt)?;
+        Ok(fail(e, error, policy, retry_at_ms))
+    }
+
+    /// Expire leases whose deadline is at or before `now_ms`; each counts as a failure.
+    /// Returns the offsets that must now be dead-lettered. Costs O(expired · log n).
+    pub fn expire(
+        &mut self,
+        now_ms: i64,
+        policy: &Policy,
+        mut retry_at_ms: impl FnMut(u32) -> i64,
+    ) -> Vec<i64> {
+        let mut dead = Vec::new();
+        while let Some(std::cmp::Reverse((deadline, offset))) = self.deadlines.peek().copied() {
+            if deadline > now_ms {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(e) = self.entries.get_mut(&offset) else {
+                continue;
+            };
+            // A pair left behind by an ack, an extension or a newer lease.
+            if e.state
+                != (EntryState::Leased {
+                    deadline_ms: deadline,
+                })
+            {
+                continue;
+            }
+            self.expired_leases += 1;
+            if fail(e, Some("lease expired".into()), policy, &mut retry_at_ms) {
+                dead.push(offset);
+            }
+        }
+        dead
+    }
+
+    /// Offsets waiting for their dead-letter copy (also after a restart).
+    pub fn dead_lettering(&self) -> Vec<i64> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.state == EntryState::DeadLettering)
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
+    /// The dead-letter copy of `offset` is durable.
+    pub fn dead_lettered(&mut self, offset: i64) {
+        if let Some(e) = self.entries.get_mut(&offset)
+            && e.state == EntryState::DeadLettering
+        {
+            e.state = EntryState::Done;
+            self.dead_lettered += 1;
+        }
+        self.advance_floor();
+    }
+
+    pub fn counts(&self, now_ms: i64) -> Counts {
+        let mut c = Counts::default();
+        for e in self.entries.values() {
+            match e.state {
+                EntryState::Available { not_before_ms } if not_before_ms <= now_ms => {
+                    c.available += 1
+                }
+                EntryState::Available { .. } => c.delayed += 1,
+                EntryState::Leased { .. } | EntryState::DeadLettering => c.in_flight += 1,
+                EntryState::Done => {}
+            }
+        }
+        c
+    }
+
+    /// The earliest time an available record becomes ready, for long polls.
+    pub fn next_ready_ms(&self) -> Option<i64> {
+        let avail = self.entries.values().filter_map(|e| match e.state {
+            EntryState::Available { not_before_ms } => Some(not_before_ms),
+            _ => None,
+        });
+        let lease = self.deadlines.peek().map(|r| r.0.0);
+        avail.chain(lease).min()
+    }
+
+    fn advance_floor(&mut self) {
+        while let Some((&offset, e)) = self.entries.first_key_value() {
+            if e.state != EntryState::Done {
+                break;
+            }
+            self.entries.remove(&offset);
+        }
+        self.floor = self
+            .entries
+            .first_key_value()
+            .map(|(o, _)| *o)
+            .unwrap_or(self.scan_next);
+    }
+}
+
+fn fail(
+    e: &mut Entry,
+    error: Option<String>,
+    policy: &Policy,
+    retry_at_ms: impl FnOnce(u32) -> i64,
+) -> bool {
+    e.failures += 1;
+    if error.is_some() {
+        e.last_error = error;
+    }
+    if e.failures >= policy.max_deliveries {
+        e.state = EntryState::DeadLettering;
+        true
+    } else {
+        e.state = EntryState::Available {
+            not_before_ms: retry_at_ms(e.failures),
+        };
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const POLICY: Policy = Policy {
+        lease_ms: 100,
+        max_deliveries: 3,
+        max_unacked: 8,
+        ordered_by_key: true,
+    };
+
+    #[test]
+    fn a_record_fails_max_deliveries_times_then_is_dead_lettered() {
+        let mut q = PartitionQueue::new(0);
+        q.track(0, None, 0);
+        for attempt in 1..=3 {
+            let got = q.lease(1_000 * attempt as i64, 10, &POLICY);
+            assert_eq!(got, vec![(0, attempt)]);
+            let dead = q
+                .nack(0, attempt, Some("boom".into()), &POLICY, |f| {
+                    1_000 * (f as i64 + 1)
+                })
+                .unwrap();
+            assert_eq!(dead, attempt == 3);
+        }
+        assert_eq!(q.dead_lettering(), vec![0]);
+        assert!(q.lease(i64::MAX / 2, 10, &POLICY).is_empty());
+        q.dead_lettered(0);
+        assert_eq!(q.floor, 1);
+        assert!(q.entries.is_empty());
+    }
+
+    #[test]
+    fn stale_receipts_are_refused() {
+        let mut q = PartitionQueue::new(0);
+        q.track(0, None, 0);
+        q.lease(0, 1, &POLICY);
+        assert!(q.expire(100, &POLICY, |_| 100).is_empty());
+        q.lease(100, 1, &POLICY);
+        assert_eq!(q.ack(0, 1), Err(Refusal::Stale { current_attempt: 2 }));
+        assert_eq!(q.ack(0, 2), Ok(()));
+        assert_eq!(q.ack(0, 2), Err(Refusal::NotTracked));
+    }
+
+    #[test]
+    fn retention_past_unfinished_records_counts_them_lost_and_moves_on() {
+        let mut q = PartitionQueue::new(0);
+        for o in 0..4 {
+            q.track(o, None, 0);
+        }
+        let got = q.lease(0, 1, &POLICY);
+        q.ack(got[0].0, got[0].1).unwrap();
+        // Offsets 1..3 unfinished and tracked, 4..9 never read: retention cuts at 10.
+        q.truncate_below(10);
+        assert_eq!(q.lost_to_retention, 9);
+        assert_eq!((q.floor, q.scan_next), (10, 10));
+        assert!(q.entries.is_empty());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Track(u8),
+        Lease(u8),
+        Ack(u8),
+        Nack(u8),
+        Release(u8),
+        Tick(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4).prop_map(Op::Track),
+            (1u8..4).prop_map(Op::Lease),
+            any::<u8>().prop_map(Op::Ack),
+            any::<u8>().prop_map(Op::Nack),
+            any::<u8>().prop_map(Op::Release),
+            (0u16..300).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        /// No finished record is handed out again; with ordering per key no two records
+        /// of one key are leased at once, and a key's records are first delivered in
+        /// offset order; draining ends with every record acked or dead-lettered.
+        #[test]
+        fn transitions_keep_the_invariants(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut q = PartitionQueue::new(0);
+            let mut now = 0i64;
+            let mut leased: Vec<(i64, u32)> = Vec::new();
+            let mut finished = std::collections::HashSet::new();
+            let mut first_delivered: BTreeMap<u64, i64> = BTreeMap::new();
+            let mut tracked = 0i64;
+            for op in ops {
+                match op {
+                    Op::Track(k) if q.room(&POLICY) > 0 => {
+                        q.track(tracked, Some(u64::from(k)), now);
+                        tracked += 1;
+                    }
+                    Op::Lease(n) => {
+                        for (o, a) in q.lease(now, n as usize, &POLICY) {
+                            prop_assert!(!finished.contains(&o));
+                            let key = q.entries[&o].key_hash.unwrap();
+                            for (lo, _) in &leased {
+                                if let Some(e) = q.entries.get(lo)
+                                    && matches!(e.state, EntryState::Leased { .. })
+                                    && *lo != o
+                                {
+                                    prop_assert_ne!(e.key_hash, Some(key));
+                                }
+                            }
+                            if a == 1
+                                && let Some(prev) = first_delivered.insert(key, o)
+                            {
+                                prop_assert!(prev < o);
+                            }
+                            leased.push((o, a));
+                        }
+                    }
+                    Op::Ack(i) | Op::Nack(i) | Op::Release(i) if !leased.is_empty() => {
+                        let (o, a) = leased[i as usize % leased.len()];
+                        let r = match op {
+                            Op::Ack(_) => q.ack(o, a).map(|_| { finished.insert(o); }),
+                            Op::Nack(_) => q.nack(o, a, None, &POLICY, |f| now + i64::from(f) * 10)
+                                .map(|dead| if dead { q.dead_lettered(o); finished.insert(o); }),
+                            _ => q.release(o, a, now),
+                        };
+                        let _ = r;
+                    }
+                    Op::Tick(ms) => {
+                        now += i64::from(ms);
+                        for o in q.expire(now, &POLICY, |f| now + i64::from(f) * 10) {
+                            q.dead_lettered(o);
+                            finished.insert(o);
+                        }
+                    }
+                    _ => {}
+                }
+                prop_assert!(q.entries.len() <= POLICY.max_unacked);
+                prop_assert!(q.floor <= q.scan_next);
+            }
+            // Drain: ack everything handed out until nothing is left.
+            for _ in 0..10_000 {
+                now += 1_000;
+                for o in q.expire(now, &POLICY, |_| now) { q.dead_lettered(o); }
+                let got = q.lease(now, 100, &POLICY);
+                if got.is_empty() && q.entries.is_empty() { break; }
+                for (o, a) in got { prop_assert!(q.ack(o, a).is_ok()); }
+            }
+            prop_assert!(q.entries.is_empty());
+            prop_assert_eq!(q.floor, tracked);
+        }
+    }
+}
