@@ -391,21 +391,15 @@ async fn produce(
                     Arc::new(batch[..n].to_vec())
                 };
                 let partition = ((u64::from(producer) + i) % partitions as u64) as i32;
-                let (client, topic, options, progress) = (
-                    client.clone(),
-                    topic.clone(),
-                    options.clone(),
-                    progress.clone(),
-                );
-                requests.spawn(async move {
-                    let at = Instant::now();
-                    let result = client.produce(&topic, partition, &records, &options).await;
-                    drop(permit);
-                    if result.is_ok() {
-                        progress.inc(records.len() as u64);
-                    }
-                    ((result.is_ok(), at.elapsed()), records.len())
-                });
+                let request = ProduceRequest {
+                    client: client.clone(),
+                    topic: topic.clone(),
+                    partition,
+                    records,
+                    options: options.clone(),
+                    progress: progress.clone(),
+                };
+                requests.spawn(request.send(permit));
                 queued += n as u64;
                 i += 1;
                 while let Some(done) = requests.try_join_next() {
@@ -418,14 +412,7 @@ async fn produce(
             (histogram, acked, errors)
         });
     }
-    let mut histogram = new_histogram();
-    let (mut records, mut errors) = (0u64, 0u64);
-    while let Some(done) = producers.join_next().await {
-        let (h, sent, failed) = done.context("a producer task failed")?;
-        histogram.add(&h).context("merging latency histograms")?;
-        records += sent;
-        errors += failed;
-    }
+    let (histogram, records, errors) = join_producers(producers).await?;
     Ok(Report {
         mode: BenchMode::Produce,
         records,
@@ -440,6 +427,49 @@ async fn produce(
 
 /// Count one finished produce request task (its outcome and how many records it
 /// carried) into the run's totals.
+/// One produce request of a bench producer, sent on its own task.
+struct ProduceRequest {
+    client: Client,
+    topic: String,
+    partition: i32,
+    records: Arc<Vec<ProduceRecord>>,
+    options: Arc<ProduceOptions>,
+    progress: ProgressBar,
+}
+
+impl ProduceRequest {
+    /// Send, release `permit` (a request-in-flight slot) when answered, and give the
+    /// outcome with its latency and the number of records for [`record_done`].
+    async fn send(self, permit: tokio::sync::OwnedSemaphorePermit) -> ((bool, Duration), usize) {
+        let at = Instant::now();
+        let result = self
+            .client
+            .produce(&self.topic, self.partition, &self.records, &self.options)
+            .await;
+        drop(permit);
+        if result.is_ok() {
+            self.progress.inc(self.records.len() as u64);
+        }
+        ((result.is_ok(), at.elapsed()), self.records.len())
+    }
+}
+
+/// Wait for every producer task; their latency histograms merged, acked records and
+/// failed requests summed.
+async fn join_producers(
+    mut producers: JoinSet<(Histogram<u64>, u64, u64)>,
+) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    let mut histogram = new_histogram();
+    let (mut acked, mut errors) = (0u64, 0u64);
+    while let Some(done) = producers.join_next().await {
+        let (h, sent, failed) = done.context("a producer task failed")?;
+        histogram.add(&h).context("merging latency histograms")?;
+        acked += sent;
+        errors += failed;
+    }
+    Ok((histogram, acked, errors))
+}
+
 fn record_done(
     done: Result<((bool, Duration), usize), tokio::task::JoinError>,
     histogram: &mut Histogram<u64>,

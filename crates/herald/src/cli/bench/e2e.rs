@@ -16,7 +16,10 @@ use indicatif::ProgressBar;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{BenchArgs, BenchMode, EndToEnd, Report, ensure_topic, new_histogram, record_done};
+use super::{
+    BenchArgs, BenchMode, EndToEnd, ProduceRequest, Report, ensure_topic, join_producers,
+    new_histogram, record_done,
+};
 
 /// Bytes at the start of each value that carry the send time.
 pub const TIMESTAMP_BYTES: usize = 8;
@@ -151,29 +154,25 @@ pub async fn run(
                 };
                 let n = per_batch.min((mine - sent) as usize);
                 let stamp = now_nanos().to_le_bytes();
-                let records: Vec<ProduceRecord> = (0..n)
-                    .map(|_| {
-                        let mut value = BytesMut::from(&template[..]);
-                        value[..TIMESTAMP_BYTES].copy_from_slice(&stamp);
-                        ProduceRecord::new(None, Some(value.freeze()))
-                    })
-                    .collect();
-                let partition = ((u64::from(producer) + k) % partitions as u64) as i32;
-                let (client, topic, options, progress) = (
-                    client.clone(),
-                    topic.clone(),
-                    options.clone(),
-                    progress.clone(),
+                let records: Arc<Vec<ProduceRecord>> = Arc::new(
+                    (0..n)
+                        .map(|_| {
+                            let mut value = BytesMut::from(&template[..]);
+                            value[..TIMESTAMP_BYTES].copy_from_slice(&stamp);
+                            ProduceRecord::new(None, Some(value.freeze()))
+                        })
+                        .collect(),
                 );
-                requests.spawn(async move {
-                    let at = Instant::now();
-                    let result = client.produce(&topic, partition, &records, &options).await;
-                    drop(permit);
-                    if result.is_ok() {
-                        progress.inc(records.len() as u64);
-                    }
-                    ((result.is_ok(), at.elapsed()), records.len())
-                });
+                let partition = ((u64::from(producer) + k) % partitions as u64) as i32;
+                let request = ProduceRequest {
+                    client: client.clone(),
+                    topic: topic.clone(),
+                    partition,
+                    records,
+                    options: options.clone(),
+                    progress: progress.clone(),
+                };
+                requests.spawn(request.send(permit));
                 sent += n as u64;
                 k += 1;
                 while let Some(done) = requests.try_join_next() {
@@ -186,14 +185,7 @@ pub async fn run(
             (histogram, acked, errors)
         });
     }
-    let mut histogram = new_histogram();
-    let (mut acked, mut errors) = (0u64, 0u64);
-    while let Some(done) = producers.join_next().await {
-        let (h, sent, failed) = done.context("a producer task failed")?;
-        histogram.add(&h).context("merging latency histograms")?;
-        acked += sent;
-        errors += failed;
-    }
+    let (histogram, acked, errors) = join_producers(producers).await?;
     let elapsed = started.elapsed();
     let _ = total_tx.send(Some(acked));
     let mut e2e_us = new_histogram();
