@@ -14,8 +14,11 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use std::sync::Arc;
+
 use herald_broker::BrokerError;
 use herald_broker::partition::Partition;
+use herald_broker::topic::Topic;
 use herald_client::partitioner::partition_for_key;
 use herald_client::{
     Compression, ProduceRecord, TopicPartition, decode_records, encode_record_batch,
@@ -303,10 +306,7 @@ pub async fn publish(
             ),
         ));
     }
-    let topic = state
-        .broker
-        .topic(&name)
-        .ok_or_else(|| ApiError::not_found("unknown_topic", format!("no topic named {name:?}")))?;
+    let topic = find_topic(&state, &name)?;
     let partitions = topic.partitions.len() as i32;
     // Records grouped by partition, remembering each one's place in the request.
     let mut by_partition: BTreeMap<i32, Vec<(usize, ProduceRecord)>> = BTreeMap::new();
@@ -497,6 +497,33 @@ pub(crate) fn read_records(
     Ok((records, next))
 }
 
+/// The topic named `name`, or 404 `unknown_topic`.
+pub fn find_topic(state: &AppState, name: &str) -> Result<Arc<Topic>, ApiError> {
+    state
+        .broker
+        .topic(name)
+        .ok_or_else(|| ApiError::not_found("unknown_topic", format!("no topic named {name:?}")))
+}
+
+/// 416 `offset_out_of_range` unless `offset` is in `log_start_offset..=high_watermark`
+/// (the high watermark itself is readable: it yields nothing yet).
+pub fn check_readable(
+    offset: i64,
+    log_start_offset: i64,
+    high_watermark: i64,
+) -> Result<(), ApiError> {
+    if (log_start_offset..=high_watermark).contains(&offset) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "offset_out_of_range",
+        format!(
+            "offset {offset} is outside {log_start_offset}..={high_watermark}, the readable range"
+        ),
+    ))
+}
+
 /// Read committed records of one partition from an offset or a timestamp.
 #[utoipa::path(get, path = "/topics/{name}/partitions/{partition}/records",
     params(
@@ -526,10 +553,7 @@ pub async fn read(
             ),
         ));
     }
-    let topic = state
-        .broker
-        .topic(&name)
-        .ok_or_else(|| ApiError::not_found("unknown_topic", format!("no topic named {name:?}")))?;
+    let topic = find_topic(&state, &name)?;
     let p = topic.partition(partition).map_err(broker_error)?.clone();
     let high_watermark = p.high_watermark();
     let log_start_offset = p.log_start_offset();
@@ -541,15 +565,7 @@ pub async fn read(
         (None, Some(offset)) => offset,
         (None, None) => log_start_offset,
     };
-    if from < log_start_offset || from > high_watermark {
-        return Err(ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "offset_out_of_range",
-            format!(
-                "offset {from} is outside {log_start_offset}..={high_watermark}, the readable range"
-            ),
-        ));
-    }
+    check_readable(from, log_start_offset, high_watermark)?;
     let (records, next) = read_records(
         &p,
         &name,

@@ -326,10 +326,7 @@ async fn describe_topic(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TopicDetail>, ApiError> {
     let Path(name) = name.map_err(records::path_rejection)?;
-    let topic = state
-        .broker
-        .topic(&name)
-        .ok_or_else(|| ApiError::not_found("unknown_topic", format!("no topic named {name:?}")))?;
+    let topic = records::find_topic(&state, &name)?;
     Ok(Json(topic_detail(&state, &topic)))
 }
 

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use futures_util::stream;
@@ -23,7 +22,9 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::records::{broker_error, path_rejection, query_rejection, read_records};
+use crate::records::{
+    broker_error, check_readable, find_topic, path_rejection, query_rejection, read_records,
+};
 
 /// Records one tail step reads before sending them; bounds what a tail buffers.
 pub const TAIL_STEP_RECORDS_MAX: usize = 500;
@@ -144,23 +145,12 @@ pub async fn tail(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Path((name, partition)) = path.map_err(path_rejection)?;
     let Query(query) = query.map_err(query_rejection)?;
-    let topic = state
-        .broker
-        .topic(&name)
-        .ok_or_else(|| ApiError::not_found("unknown_topic", format!("no topic named {name:?}")))?;
+    let topic = find_topic(&state, &name)?;
     let p = topic.partition(partition).map_err(broker_error)?.clone();
     let high_watermark = p.high_watermark();
     let log_start_offset = p.log_start_offset();
     let next = query.offset.unwrap_or(high_watermark);
-    if next < log_start_offset || next > high_watermark {
-        return Err(ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "offset_out_of_range",
-            format!(
-                "offset {next} is outside {log_start_offset}..={high_watermark}, the readable range"
-            ),
-        ));
-    }
+    check_readable(next, log_start_offset, high_watermark)?;
     let tail = Tail {
         partition: p,
         topic: name,
