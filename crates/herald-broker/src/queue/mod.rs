@@ -33,6 +33,12 @@ use state::{PartitionQueue, Refusal};
 
 /// Header holding a record's earliest delivery time, epoch milliseconds as a decimal string.
 pub const DELIVER_AT_HEADER: &str = "herald-deliver-at";
+/// Every header a dead-lettered copy gains starts with this; redrive drops them.
+pub const DLQ_HEADER_PREFIX: &str = "herald-dlq-";
+/// The topic a dead-lettered record came from.
+pub const DLQ_SOURCE_TOPIC_HEADER: &str = "herald-dlq-source-topic";
+/// The partition of the source topic it came from (redrive puts it back there).
+pub const DLQ_SOURCE_PARTITION_HEADER: &str = "herald-dlq-source-partition";
 /// Bytes read from the log per step when filling a subscription's window.
 pub const QUEUE_READ_BYTES: usize = 1 << 20;
 /// Records one receive call may return at most.
@@ -681,8 +687,8 @@ impl Broker {
                 .headers
                 .insert(StrBytes::from_string(k.to_string()), Some(Bytes::from(v)));
         };
-        add("herald-dlq-source-topic", sub.topic.clone());
-        add("herald-dlq-source-partition", partition.to_string());
+        add(DLQ_SOURCE_TOPIC_HEADER, sub.topic.clone());
+        add(DLQ_SOURCE_PARTITION_HEADER, partition.to_string());
         add("herald-dlq-source-offset", offset.to_string());
         add("herald-dlq-subscription", sub.name.clone());
         add("herald-dlq-delivery-count", entry.deliveries.to_string());
@@ -861,25 +867,27 @@ impl Broker {
                 if read.records.is_empty() {
                     break;
                 }
+                // One batch per source partition per read step, all awaited together
+                // (one fsync round), then the floor: a crash re-moves one step at most.
+                let step_start = from;
+                let mut batches: BTreeMap<(String, i32), (Arc<crate::topic::Topic>, Vec<Record>)> =
+                    BTreeMap::new();
                 for mut r in decode(read.records)? {
                     if r.offset < from || r.offset >= hw {
                         continue;
                     }
                     from = r.offset + 1;
-                    let source = r
-                        .headers
-                        .iter()
-                        .find(|(k, _)| &***k == "herald-dlq-source-topic")
-                        .and_then(|(_, v)| v.clone())
-                        .and_then(|b| String::from_utf8(b.to_vec()).ok());
-                    let source_partition: i32 = r
-                        .headers
-                        .iter()
-                        .find(|(k, _)| &***k == "herald-dlq-source-partition")
-                        .and_then(|(_, v)| v.clone())
-                        .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                    let text = |name| {
+                        header(&r, name)
+                            .and_then(|v| v.as_ref())
+                            .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string))
+                    };
+                    let source_partition: i32 = text(DLQ_SOURCE_PARTITION_HEADER)
+                        .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
-                    let Some(source) = source.and_then(|s| self.topic(&s)) else {
+                    let Some((name, source)) = text(DLQ_SOURCE_TOPIC_HEADER)
+                        .and_then(|name| self.topic(&name).map(|t| (name, t)))
+                    else {
                         tracing::warn!(
                             dlq_topic,
                             offset = r.offset,
@@ -887,16 +895,29 @@ impl Broker {
                         );
                         continue;
                     };
-                    r.headers.retain(|k, _| !k.starts_with("herald-dlq-"));
+                    r.headers.retain(|k, _| !k.starts_with(DLQ_HEADER_PREFIX));
                     let sp = source_partition.clamp(0, source.partitions.len() as i32 - 1);
-                    source
-                        .append(sp, &encode_batch(vec![r])?, now_ms())?
-                        .durable()
-                        .await?;
-                    moved += 1;
+                    batches
+                        .entry((name, sp))
+                        .or_insert_with(|| (source, Vec::new()))
+                        .1
+                        .push(r);
+                }
+                let now = now_ms();
+                let mut pending = Vec::with_capacity(batches.len());
+                for ((_, sp), (source, records)) in batches {
+                    moved += records.len() as u64;
+                    pending.push(source.append(sp, &encode_batch(records)?, now)?);
+                }
+                for appended in pending {
+                    appended.durable().await?;
+                }
+                self.meta.put_redrive_floor(dlq_topic, index as u32, from)?;
+                if from == step_start {
+                    // Nothing readable at or after the floor below the high watermark.
+                    break;
                 }
             }
-            self.meta.put_redrive_floor(dlq_topic, index as u32, from)?;
         }
         Ok(moved)
     }

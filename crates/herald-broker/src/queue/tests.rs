@@ -485,3 +485,70 @@ async fn a_duplicate_message_id_is_not_appended_again_even_after_reopen() {
     assert_eq!(t.partition(0).unwrap().high_watermark(), 0);
     assert_eq!(t.partition(1).unwrap().high_watermark(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_returns_many_records_to_their_source_partitions_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    broker
+        .create_topic("src", Some(2), BTreeMap::new(), false)
+        .unwrap();
+    broker
+        .create_topic("src.sub.dlq", Some(1), BTreeMap::new(), false)
+        .unwrap();
+    // 30 dead letters alternating between the two source partitions, plus one whose
+    // source topic no longer exists.
+    let mut dead: Vec<Record> = (0..30)
+        .map(|i| {
+            let partition = (i % 2).to_string();
+            rec(
+                "k",
+                &format!("v{i}"),
+                &[
+                    (DLQ_SOURCE_TOPIC_HEADER, "src"),
+                    (DLQ_SOURCE_PARTITION_HEADER, &partition),
+                    ("herald-dlq-last-error", "boom"),
+                    ("trace", "t"),
+                ],
+            )
+        })
+        .collect();
+    dead.push(rec("k", "orphan", &[(DLQ_SOURCE_TOPIC_HEADER, "gone")]));
+    publish(&broker, "src.sub.dlq", 0, &dead).await;
+
+    assert_eq!(broker.redrive("src.sub.dlq").await.unwrap(), 30);
+    for partition in 0..2 {
+        let read = broker
+            .topic("src")
+            .unwrap()
+            .partition(partition)
+            .unwrap()
+            .read(0, usize::MAX)
+            .unwrap();
+        let records = decode(read.records).unwrap();
+        let values: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+            .collect();
+        let expected: Vec<String> = (0..30)
+            .filter(|i| i % 2 == partition)
+            .map(|i| format!("v{i}"))
+            .collect();
+        assert_eq!(values, expected);
+        for r in &records {
+            assert!(r.headers.keys().all(|k| !k.starts_with(DLQ_HEADER_PREFIX)));
+            assert!(header_value(r, "trace").is_some());
+        }
+    }
+    assert!(
+        broker
+            .list_dead_letters("src.sub.dlq", 100)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(broker.redrive("src.sub.dlq").await.unwrap(), 0);
+}
+
+fn header_value<'a>(r: &'a Record, name: &str) -> Option<&'a Option<Bytes>> {
+    super::header(r, name)
+}
