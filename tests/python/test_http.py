@@ -181,7 +181,7 @@ def test_publish_over_http_then_read_back_and_with_kafka_clients(broker):
     # Same key, same partition, consecutive offsets; kafka-python's murmur2 agrees.
     assert offsets[0]["partition"] == offsets[1]["partition"]
     assert offsets[1]["offset"] == offsets[0]["offset"] + 1
-    assert offsets[2] == {"partition": 1, "offset": offsets[2]["offset"]}
+    assert offsets[2] == {"partition": 1, "offset": offsets[2]["offset"], "duplicate": False}
     keyed = offsets[0]["partition"]
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     sent = producer.send(topic, key=b"user_456", value=b"from kafka").get(timeout=30)

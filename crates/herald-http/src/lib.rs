@@ -7,6 +7,7 @@
 
 mod error;
 mod metrics;
+mod queues;
 mod records;
 mod routes;
 mod tail;

@@ -21,6 +21,13 @@ fn gauges(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gau
     family
 }
 
+/// A counter family (the exposition adds `_total` to the name).
+fn counters(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
 /// Labels of an HTTP request's latency: the method and the route pattern it matched
 /// (`/topics/{name}/records`, not the concrete path, so the label set stays bounded;
 /// requests that matched no route are `unmatched`).
@@ -97,29 +104,25 @@ pub fn render(broker: &Broker, http_latency: &RouteLatency) -> Result<String, st
         "herald_partition_size_bytes",
         "Bytes of log segments a partition keeps on disk",
     );
-    let appended = Family::<Labels, Counter>::default();
-    registry.register(
+    let appended = counters(
+        &mut registry,
         "herald_partition_appended_bytes",
         "Bytes of record batches appended to a partition since the broker started",
-        appended.clone(),
     );
-    let appended_records = Family::<Labels, Counter>::default();
-    registry.register(
+    let appended_records = counters(
+        &mut registry,
         "herald_partition_appended_records",
         "Records appended to a partition since the broker started (Kafka and HTTP producers)",
-        appended_records.clone(),
     );
-    let read_bytes = Family::<Labels, Counter>::default();
-    registry.register(
+    let read_bytes = counters(
+        &mut registry,
         "herald_partition_read_bytes",
         "Bytes of record batches served from a partition (Kafka fetches, HTTP reads and tails) since the broker started",
-        read_bytes.clone(),
     );
-    let read_records = Family::<Labels, Counter>::default();
-    registry.register(
+    let read_records = counters(
+        &mut registry,
         "herald_partition_read_records",
         "Records in the batches served from a partition since the broker started (whole batches)",
-        read_records.clone(),
     );
     let group_offset = gauges(
         &mut registry,
@@ -155,9 +158,7 @@ pub fn render(broker: &Broker, http_latency: &RouteLatency) -> Result<String, st
             read_records.get_or_create(&labels).inc_by(p.read_records());
         }
     }
-    // Hook for work-queue subscriptions: their depth, in-flight, delayed, redelivered and
-    // dead-lettered figures belong here, read from the broker at scrape time like the
-    // partition figures above (e.g. `herald_subscription_depth{topic,subscription}`).
+    subscription_metrics(broker, &mut registry);
     for group in broker.groups.list() {
         if let Some(description) = broker.groups.describe(&group.group_id) {
             group_members
@@ -179,6 +180,64 @@ pub fn render(broker: &Broker, http_latency: &RouteLatency) -> Result<String, st
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// Work-queue subscriptions: read from the broker at scrape time like the partitions.
+fn subscription_metrics(broker: &Broker, registry: &mut Registry) {
+    let depth = gauges(
+        registry,
+        "herald_subscription_depth",
+        "Records a subscription could hand out now (including ones not read from the log yet)",
+    );
+    let in_flight = gauges(
+        registry,
+        "herald_subscription_in_flight",
+        "Records leased to consumers and not yet acked, nacked or expired",
+    );
+    let delayed = gauges(
+        registry,
+        "herald_subscription_delayed",
+        "Records waiting for their deliver-at time or a retry backoff",
+    );
+    let dlq_depth = gauges(
+        registry,
+        "herald_subscription_dlq_depth",
+        "Records in a subscription's dead-letter topic not redriven yet",
+    );
+    let redeliveries = counters(
+        registry,
+        "herald_subscription_redeliveries",
+        "Deliveries after a record's first (retries after nacks, expired leases, releases)",
+    );
+    let dead_lettered = counters(
+        registry,
+        "herald_subscription_dead_lettered",
+        "Records a subscription moved to its dead-letter topic",
+    );
+    let expired = counters(
+        registry,
+        "herald_subscription_expired_leases",
+        "Leases that ran out without an ack (each a failed delivery)",
+    );
+    for (topic, name, settings) in broker.list_subscriptions() {
+        let Ok(stats) = broker.subscription_stats(&topic, &name) else {
+            continue;
+        };
+        let labels = vec![("topic", topic.clone()), ("subscription", name.clone())];
+        depth.get_or_create(&labels).set(stats.depth as i64);
+        in_flight.get_or_create(&labels).set(stats.in_flight as i64);
+        delayed.get_or_create(&labels).set(stats.delayed as i64);
+        redeliveries
+            .get_or_create(&labels)
+            .inc_by(stats.redeliveries);
+        dead_lettered
+            .get_or_create(&labels)
+            .inc_by(stats.dead_lettered);
+        expired.get_or_create(&labels).inc_by(stats.expired_leases);
+        if let Ok(d) = broker.dead_letter_depth(&settings.dead_letter_topic(&topic, &name)) {
+            dlq_depth.get_or_create(&labels).set(d as i64);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -73,15 +73,14 @@ pub struct NewRecord {
     #[serde(default, deserialize_with = "integral")]
     #[schema(minimum = 0)]
     pub deliver_at: Option<i64>,
-    /// The publisher's id for this message, for deduplication by subscriptions. Stored as
-    /// the header `herald-message-id`.
+    /// The publisher's id for this message (1 to 256 bytes): if a record with this id was
+    /// published to the topic within `dedup_window_ms`, this one is not appended again.
+    /// Stored as the header `herald-message-id`.
     pub message_id: Option<String>,
 }
 
-/// Header a subscription reads a record's earliest delivery time from (ms, decimal).
-pub const DELIVER_AT_HEADER: &str = "herald-deliver-at";
-/// Header a subscription reads a record's message id from.
-pub const MESSAGE_ID_HEADER: &str = "herald-message-id";
+use herald_broker::queue::dedup::DEDUP_WINDOW_MS_MAX;
+use herald_broker::queue::{DELIVER_AT_HEADER, MESSAGE_ID_HEADER};
 
 /// The record's headers: the ones sent, then `deliver_at` and `message_id` as headers.
 /// Sending one of those fields and the same header at once is ambiguous, so refused.
@@ -158,12 +157,21 @@ pub enum KeyEncoding {
 pub struct PublishRequest {
     #[schema(min_items = 1)]
     pub records: Vec<NewRecord>,
+    /// How long a `message_id` is remembered: a record whose id was published to this
+    /// topic within the window is not appended again (default 300000 = 5 minutes, at
+    /// most 7 days).
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 604_800_000)]
+    pub dedup_window_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordPosition {
     pub partition: i32,
     pub offset: i64,
+    /// True when the record's `message_id` was already published within the dedup
+    /// window: nothing was appended, and `partition`/`offset` are the first copy's.
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -172,7 +180,7 @@ pub struct PublishResponse {
     pub offsets: Vec<RecordPosition>,
 }
 
-fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
@@ -221,6 +229,21 @@ pub fn broker_error(error: BrokerError) -> ApiError {
         | BrokerError::InvalidRequest(_) => bad_request("invalid_record", message),
         BrokerError::ShuttingDown => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+        }
+        BrokerError::InvalidTopic { .. } => bad_request("invalid_topic", message),
+        BrokerError::UnknownSubscription { .. } => {
+            ApiError::not_found("unknown_subscription", message)
+        }
+        BrokerError::SubscriptionExists { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "subscription_exists", message)
+        }
+        BrokerError::InvalidSubscription(_) => bad_request("invalid_subscription", message),
+        BrokerError::InvalidReceipt(_) => bad_request("invalid_receipt", message),
+        BrokerError::StaleReceipt { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "stale_receipt", message)
+        }
+        BrokerError::ReceiptNotLeased { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "not_leased", message)
         }
         _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message),
     }
@@ -306,10 +329,20 @@ pub async fn publish(
             ),
         ));
     }
+    if let Some(window) = request.dedup_window_ms
+        && window > DEDUP_WINDOW_MS_MAX
+    {
+        return Err(bad_request(
+            "invalid_dedup_window",
+            format!("dedup_window_ms must be at most {DEDUP_WINDOW_MS_MAX} (7 days)"),
+        ));
+    }
     let topic = find_topic(&state, &name)?;
     let partitions = topic.partitions.len() as i32;
-    // Records grouped by partition, remembering each one's place in the request.
+    // Records grouped by partition, remembering each one's place in the request; records
+    // with a message id go one by one through the broker's dedup check.
     let mut by_partition: BTreeMap<i32, Vec<(usize, ProduceRecord)>> = BTreeMap::new();
+    let mut deduped: Vec<(usize, i32, ProduceRecord)> = Vec::new();
     for (index, record) in request.records.iter().enumerate() {
         let key = key_bytes(record, index)?;
         let partition = match (record.partition, &key) {
@@ -333,10 +366,14 @@ pub async fn publish(
             headers: record_headers(record, index)?,
             timestamp_ms: record.timestamp_ms,
         };
-        by_partition
-            .entry(partition)
-            .or_default()
-            .push((index, produce));
+        if record.message_id.is_some() {
+            deduped.push((index, partition, produce));
+        } else {
+            by_partition
+                .entry(partition)
+                .or_default()
+                .push((index, produce));
+        }
     }
     let now = herald_broker::now_ms();
     let mut offsets: Vec<Option<RecordPosition>> =
@@ -359,8 +396,27 @@ pub async fn publish(
             offsets[*index] = Some(RecordPosition {
                 partition,
                 offset: durable.base_offset + n as i64,
+                duplicate: false,
             });
         }
+    }
+    for (index, partition, record) in deduped {
+        let id = request.records[index]
+            .message_id
+            .clone()
+            .unwrap_or_default();
+        let batch = encode_record_batch(&[record], Compression::None, now)
+            .map_err(|e| bad_request("invalid_record", e.to_string()))?;
+        let outcome = state
+            .broker
+            .publish_dedup(&name, partition, &batch, &id, request.dedup_window_ms)
+            .await
+            .map_err(broker_error)?;
+        offsets[index] = Some(RecordPosition {
+            partition: outcome.partition,
+            offset: outcome.offset,
+            duplicate: outcome.duplicate,
+        });
     }
     Ok(Json(PublishResponse {
         offsets: offsets.into_iter().flatten().collect(),
@@ -387,10 +443,11 @@ pub struct StoredRecord {
     /// UTF-8 text, or base64 when `key_encoding` says so; null for no key.
     pub key: Option<String>,
     pub key_encoding: KeyEncoding,
-    /// The value as JSON when its bytes are JSON text, else a UTF-8 string, else base64
-    /// (see `value_encoding`); null for a null value.
+    /// The value as JSON when its bytes are JSON text (sent exactly as stored, keys in
+    /// their order), else a UTF-8 string, else base64 (see `value_encoding`); null for a
+    /// null value.
     #[schema(value_type = Option<Value>)]
-    pub value: Option<serde_json::Value>,
+    pub value: Option<Box<serde_json::value::RawValue>>,
     pub value_encoding: Encoding,
     /// Header name -> value (UTF-8, else base64 prefixed with `base64:`).
     pub headers: BTreeMap<String, Option<String>>,
@@ -407,7 +464,7 @@ pub struct ReadResponse {
 
 /// Records read as the broker hands bytes to any consumer, so the same record reads
 /// the same here and in a Kafka client.
-fn stored_record(r: herald_client::ConsumedRecord) -> StoredRecord {
+pub(crate) fn stored_record(r: herald_client::ConsumedRecord) -> StoredRecord {
     let (key, key_encoding) = match r.key {
         None => (None, KeyEncoding::String),
         Some(k) => match std::str::from_utf8(&k) {
@@ -417,19 +474,16 @@ fn stored_record(r: herald_client::ConsumedRecord) -> StoredRecord {
     };
     let (value, value_encoding) = match r.value {
         None => (None, Encoding::Json),
-        Some(v) => match serde_json::from_slice::<serde_json::Value>(&v) {
-            Ok(json) => (Some(json), Encoding::Json),
-            Err(_) => match std::str::from_utf8(&v) {
-                Ok(text) => (
-                    Some(serde_json::Value::String(text.to_string())),
-                    Encoding::String,
-                ),
-                Err(_) => (
-                    Some(serde_json::Value::String(BASE64.encode(&v))),
-                    Encoding::Base64,
-                ),
-            },
-        },
+        Some(v) => {
+            let json_string = |text: &str| serde_json::value::to_raw_value(text).ok();
+            match std::str::from_utf8(&v) {
+                Ok(text) => match serde_json::value::RawValue::from_string(text.to_string()) {
+                    Ok(json) => (Some(json), Encoding::Json),
+                    Err(_) => (json_string(text), Encoding::String),
+                },
+                Err(_) => (json_string(&BASE64.encode(&v)), Encoding::Base64),
+            }
+        }
     };
     let headers = r
         .headers

@@ -21,13 +21,13 @@ use utoipa::{OpenApi, ToSchema};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::method_label;
-use crate::records;
+use crate::{queues, records};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Herald HTTP API",
-        description = "Health, metrics, topics and consumer groups of a Herald broker."
+        description = "Health, metrics, topics, records, work-queue subscriptions and consumer groups of a Herald broker."
     ),
     paths(
         health,
@@ -41,7 +41,19 @@ use crate::records;
         describe_group,
         records::publish,
         records::read,
-        crate::tail::tail
+        crate::tail::tail,
+        queues::list,
+        queues::create,
+        queues::describe,
+        queues::update,
+        queues::delete,
+        queues::receive,
+        queues::ack,
+        queues::nack,
+        queues::release,
+        queues::extend,
+        queues::dead_letters,
+        queues::redrive
     ),
     components(schemas(
         ErrorBody,
@@ -63,7 +75,27 @@ use crate::records;
         records::PublishResponse,
         records::RecordPosition,
         records::ReadResponse,
-        records::StoredRecord
+        records::StoredRecord,
+        queues::Start,
+        queues::SettingsPatch,
+        queues::NewSubscription,
+        queues::Settings,
+        queues::Stats,
+        queues::SubscriptionDetail,
+        queues::ReceiveRequest,
+        queues::Delivery,
+        queues::ReceiveResponse,
+        queues::AckRequest,
+        queues::ReceiptFailure,
+        queues::AckResponse,
+        queues::NackRequest,
+        queues::NackResponse,
+        queues::ReleaseRequest,
+        queues::ExtendRequest,
+        queues::ExtendResponse,
+        queues::DeadLetter,
+        queues::DeadLettersResponse,
+        queues::RedriveResponse
     ))
 )]
 pub struct ApiDoc;
@@ -84,6 +116,42 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         .route(
             "/topics/{name}/partitions/{partition}/tail",
             get(crate::tail::tail),
+        )
+        .route("/subscriptions", get(queues::list))
+        .route("/topics/{topic}/subscriptions", post(queues::create))
+        .route(
+            "/topics/{topic}/subscriptions/{name}",
+            get(queues::describe)
+                .patch(queues::update)
+                .delete(queues::delete),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{name}/receive",
+            post(queues::receive),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{name}/ack",
+            post(queues::ack),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{name}/nack",
+            post(queues::nack),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{name}/release",
+            post(queues::release),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{name}/extend",
+            post(queues::extend),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{name}/dead-letters",
+            get(queues::dead_letters),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{name}/redrive",
+            post(queues::redrive),
         )
         .route("/groups", get(list_groups))
         .route("/groups/{group_id}", get(describe_group))

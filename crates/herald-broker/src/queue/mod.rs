@@ -155,6 +155,12 @@ impl Receipt {
     }
 }
 
+/// The (topic, subscription) a receipt handle was issued by; `InvalidReceipt` if it is
+/// not one.
+pub fn receipt_subscription(receipt: &str) -> Result<(String, String)> {
+    Receipt::parse(receipt).map(|r| (r.topic, r.name))
+}
+
 fn refusal(r: Refusal, receipt: &str) -> BrokerError {
     let receipt = receipt.to_string();
     match r {
@@ -844,6 +850,22 @@ impl Broker {
             }
         }
         Ok(out)
+    }
+
+    /// Records of a dead-letter topic not redriven yet (0 if the topic does not exist).
+    pub fn dead_letter_depth(&self, dlq_topic: &str) -> Result<u64> {
+        let Some(t) = self.topic(dlq_topic) else {
+            return Ok(0);
+        };
+        let mut depth = 0u64;
+        for p in &t.partitions {
+            let floor = self
+                .meta
+                .redrive_floor(dlq_topic, p.index as u32)?
+                .max(p.log_start_offset());
+            depth += (p.high_watermark() - floor).max(0) as u64;
+        }
+        Ok(depth)
     }
 
     /// Move every record of a dead-letter topic above its redrive floor back to its
