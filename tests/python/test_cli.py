@@ -3,6 +3,7 @@ What the CLI does is cross-checked with confluent-kafka, and the other way round
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -217,3 +218,45 @@ def test_bench_end_to_end_delivers_every_acked_record_and_samples_the_broker(bro
                      "--acks", "1", "--compression", "lz4", "--message-bytes", "100"))
     assert "received 500 records" in text and " 0 acknowledged records missing" in text
     assert "end-to-end latency ms: p50" in text
+
+
+def queue_cli(broker, *args, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """`herald queue ...` against the broker's HTTP API (set through HERALD_HTTP)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env["HERALD_HTTP"] = broker.http_url
+    return subprocess.run([str(HERALD_BIN), "queue", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout_s)
+
+
+def test_queue_retry_dead_letter_and_redrive_from_the_cli(broker):
+    topic = unique("cli-queue")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    produce_and_confirm(producer, topic, [(b"order-1", b'{"type":"OrderPlaced","id":1}')])
+    created = ok(queue_cli(broker, "create", topic, "billing", "--max-deliveries", "2",
+                           "--backoff-base-ms", "50", "--backoff-jitter", "0"))
+    assert "max_deliveries: 2" in created and f"{topic}.billing.dlq" in created, created
+
+    for attempt in (1, 2):
+        lines = ok(queue_cli(broker, "receive", topic, "billing", "--wait-ms", "5000")).splitlines()
+        assert len(lines) == 1, lines
+        record = json.loads(lines[0])
+        assert record["delivery_count"] == attempt and record["key"] == "order-1"
+        assert record["value"] == {"type": "OrderPlaced", "id": 1}
+        said = ok(queue_cli(broker, "nack", topic, "billing", record["receipt"], "--error", f"declined {attempt}"))
+        assert ("dead-lettered" in said) == (attempt == 2), said
+
+    dead = [json.loads(line) for line in ok(queue_cli(broker, "dlq", topic, "billing")).splitlines()]
+    assert len(dead) == 1 and dead[0]["headers"]["herald-dlq-last-error"] == "declined 2", dead
+    listed = ok(queue_cli(broker, "list"))
+    assert re.search(rf"{re.escape(topic)}\s+billing\s+0\s+0\s+0\s+1\s", listed), listed
+    assert "moved 1 " in ok(queue_cli(broker, "redrive", topic, "billing"))
+    assert ok(queue_cli(broker, "dlq", topic, "billing")) == ""
+
+    again = json.loads(ok(queue_cli(broker, "receive", topic, "billing", "--wait-ms", "5000")))
+    assert again["delivery_count"] == 1 and again["key"] == "order-1"
+    assert "acked 1" in ok(queue_cli(broker, "ack", topic, "billing", again["receipt"]))
+    stale = queue_cli(broker, "ack", topic, "billing", again["receipt"], "not-a-receipt")
+    assert stale.returncode != 0 and "not_leased" in stale.stderr and "invalid_receipt" in stale.stderr, stale.stderr
+    missing = queue_cli(broker, "stats", topic, "nosuch")
+    assert missing.returncode != 0 and "unknown_subscription" in missing.stderr, missing.stderr

@@ -6,6 +6,7 @@ mod bench;
 mod consume;
 mod groups;
 mod produce;
+mod queue;
 mod table;
 mod topics;
 
@@ -30,6 +31,10 @@ pub enum ClientCommand {
     Groups(groups::GroupsCommand),
     /// Measure a broker: produce throughput and ack latency, or consume throughput.
     Bench(bench::BenchArgs),
+    /// Work queues: subscriptions with leases, acks, retries and dead letters (over the
+    /// HTTP API).
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
 }
 
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
@@ -39,6 +44,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Consume(args) => consume::run(args).await,
         ClientCommand::Groups(command) => groups::run(command).await,
         ClientCommand::Bench(args) => bench::run(args).await,
+        ClientCommand::Queue(command) => queue::run(command).await,
     }
 }
 
