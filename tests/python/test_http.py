@@ -437,3 +437,32 @@ def test_metrics_time_http_requests_per_method_and_route(broker):
     assert "/no/such/route" not in routes
     # The scrape that produced `samples` is timed once it has answered.
     assert _metrics(broker)[(count, (("method", "GET"), ("route", "/metrics")))] >= 2
+
+
+def test_metrics_time_kafka_requests_per_api_and_count_connections(broker):
+    topic = unique("kafka-latency")
+    create_topic(broker.bootstrap, topic, 1)
+    produce = (("api", "Produce"),)
+    before = _metrics(broker)
+    # One produce request per record: linger 0 and one in flight.
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 0,
+                         "max.in.flight.requests.per.connection": 1})
+    for i in range(5):
+        producer.produce(topic, value=f"v{i}".encode())
+        assert producer.flush(30) == 0
+    during = _metrics(broker)
+    produced = (during[("herald_kafka_request_duration_seconds_count", produce)]
+                - before.get(("herald_kafka_request_duration_seconds_count", produce), 0))
+    assert produced == 5, produced
+    inf = (("api", "Produce"), ("le", "+Inf"))
+    assert during[("herald_kafka_request_duration_seconds_bucket", inf)] == during[
+        ("herald_kafka_request_duration_seconds_count", produce)]
+    assert during[("herald_kafka_request_duration_seconds_sum", produce)] > 0
+    assert ("herald_kafka_request_duration_seconds_count", (("api", "Metadata"),)) in during
+    # librdkafka holds a bootstrap connection and a broker connection open.
+    open_now = during[("herald_kafka_connections", ())]
+    assert open_now >= 1
+    assert during[("herald_kafka_connections_accepted_total", ())] >= open_now
+    del producer
+    wait_until(lambda: _metrics(broker)[("herald_kafka_connections", ())] < open_now, 30,
+               "closing the producer did not lower herald_kafka_connections")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from herald_support import unique, wait_until
+from herald_support import unique
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -201,10 +201,6 @@ def herald(broker):
     assert not h.server_errors, "the broker answered with 5xx:\n" + "\n".join(h.server_errors)
 
 
-def _by_offset(deliveries: list[dict]) -> dict[tuple[int, int], dict]:
-    return {(d["partition"], d["offset"]): d for d in deliveries}
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -309,6 +305,8 @@ def test_poison_record_reaches_the_dlq_after_exactly_max_deliveries(herald):
     dlq = f"{topic}.workers.dlq"
     assert listing["dead_letter_topic"] == dlq
     [letter] = listing["records"]
+    assert set(letter) == DELIVERY_FIELDS - {"receipt", "delivery_count"}, letter
+    assert (letter["partition"], letter["offset"]) == (0, 0), "the first record of a new 1-partition DLQ topic"
     headers = letter["headers"]
     assert set(headers) == DLQ_HEADERS | {"trace-id"}, headers
     assert headers["trace-id"] == "abc-123", "the original headers are kept"
@@ -451,6 +449,45 @@ def test_release_is_not_a_failure_and_extend_keeps_the_lease(herald):
     _error(herald.request("POST", f"{sub.path}/extend", json={"receipt": d2["receipt"]}), 409, "not_leased")
 
 
+def test_ordered_by_key_holds_later_records_of_a_key_until_the_earlier_is_done(herald):
+    topic = herald.create_topic(1)
+    sub = herald.subscribe(topic, ordered_by_key=True, backoff_base_ms=100, backoff_jitter=0.0, lease_ms=30000)
+    herald.publish(topic, [{"key": "a", "value": "a1"}, {"key": "a", "value": "a2"},
+                           {"key": "b", "value": "b1"}, {"value": "n1"}, {"value": "n2"}])
+    first = sub.receive(max_records=10)
+    # a2 waits for a1; keyless records are not ordered.
+    assert sorted(d["value"] for d in first) == ["a1", "b1", "n1", "n2"], first
+    a1 = next(d for d in first if d["value"] == "a1")
+    sub.ack_all([d for d in first if d is not a1])
+    assert sub.nack_ok(a1["receipt"], "retry me") is False
+    # While a1 waits for its retry, a2 is still held back.
+    [again] = sub.receive_until(1)
+    assert (again["value"], again["delivery_count"]) == ("a1", 2), again
+    assert sub.receive(max_records=10) == []
+    sub.ack_all([again])
+    [a2] = sub.receive_until(1)
+    assert (a2["value"], a2["delivery_count"]) == ("a2", 1)
+    sub.ack_all([a2])
+
+
+def test_max_unacked_bounds_what_one_partition_hands_out(herald):
+    topic = herald.create_topic(1)
+    sub = herald.subscribe(topic, max_unacked=2, lease_ms=30000)
+    herald.publish(topic, [{"value": i} for i in range(5)])
+    got = sub.receive(max_records=10)
+    assert [d["value"] for d in got] == [0, 1], got
+    assert sub.receive(max_records=10) == [], "more than max_unacked records tracked at once"
+    sub.ack_all(got[:1])
+    more = sub.receive_until(1)
+    assert [d["value"] for d in more] == [2], more
+    sub.ack_all(got[1:] + more)
+    rest = sub.receive_until(2)
+    assert [d["value"] for d in rest] == [3, 4]
+    sub.ack_all(rest)
+    stats = sub.stats()
+    assert (stats["depth"], stats["in_flight"]) == (0, 0), stats
+
+
 def test_four_workers_consume_ten_thousand_records_without_losing_any(herald):
     total, workers, fail_count = 10_000, 4, 5
     topic = herald.create_topic(4)
@@ -477,6 +514,7 @@ def test_four_workers_consume_ten_thousand_records_without_losing_any(herald):
             while not done.is_set():
                 assert time.monotonic() < deadline, f"worker {index}: not done after 120 s ({len(acked)} acked)"
                 batch = s.receive(max_records=100, wait_ms=500)
+                assert len(batch) <= 100, f"asked for 100, got {len(batch)}"
                 nacked_here = False
                 to_ack: list[tuple[int, str]] = []
                 for d in batch:
@@ -552,6 +590,13 @@ def test_a_delayed_record_is_not_delivered_before_its_time(herald):
     sub.ack_all(late)
     stats = sub.stats()
     assert (stats["delayed"], stats["depth"], stats["in_flight"], stats["bad_deliver_at"]) == (0, 0, 0, 0), stats
+
+    # A deliver-at header that is not a number is delivered at once and counted.
+    herald.publish(topic, [{"key": "bad", "value": 1, "headers": {"herald-deliver-at": "soon"}}])
+    [bad] = sub.receive_until(1, timeout_s=5)
+    assert bad["key"] == "bad"
+    sub.ack_all([bad])
+    assert sub.stats()["bad_deliver_at"] == 1
 
 
 def test_restart_mid_lease_loses_nothing_and_redelivers_nothing_acked(broker, herald):

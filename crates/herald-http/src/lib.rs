@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use metrics::MetricsHook;
 pub use routes::ApiDoc;
 
 /// Largest request body the API accepts.
@@ -83,6 +84,8 @@ pub struct AppState {
     pub shutdown: Arc<watch::Sender<bool>>,
     /// Latency histograms per HTTP method and route, shown by `/metrics`.
     pub http_latency: metrics::RouteLatency,
+    /// Metrics kept elsewhere (the Kafka front end's), added to every scrape.
+    pub metrics_hooks: Arc<Vec<MetricsHook>>,
 }
 
 impl AppState {
@@ -94,6 +97,7 @@ impl AppState {
             next_partition: Arc::new(AtomicU32::new(0)),
             shutdown: Arc::new(watch::Sender::new(false)),
             http_latency: metrics::route_latency(),
+            metrics_hooks: Arc::new(Vec::new()),
         }
     }
 }
@@ -106,9 +110,15 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub async fn bind(config: &HttpConfig, broker: Arc<Broker>) -> std::io::Result<HttpServer> {
+    /// Bind the listener; `metrics_hooks` add other components' metrics to `/metrics`.
+    pub async fn bind(
+        config: &HttpConfig,
+        broker: Arc<Broker>,
+        metrics_hooks: Vec<MetricsHook>,
+    ) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(config.listen).await?;
-        let state = AppState::new(broker, config.limits.clone());
+        let mut state = AppState::new(broker, config.limits.clone());
+        state.metrics_hooks = Arc::new(metrics_hooks);
         let ready = state.ready.clone();
         let shutdown = state.shutdown.clone();
         Ok(HttpServer {

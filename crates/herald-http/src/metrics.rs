@@ -74,10 +74,22 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The exposition text for everything the broker knows now, plus the HTTP request
-/// latencies recorded so far.
-pub fn render(broker: &Broker, http_latency: &RouteLatency) -> Result<String, std::fmt::Error> {
+/// Adds another component's live metrics to a scrape's registry (the binary wires the
+/// Kafka front end's request latencies and connection counts in this way, so this crate
+/// does not depend on that one).
+pub type MetricsHook = std::sync::Arc<dyn Fn(&mut Registry) + Send + Sync>;
+
+/// The exposition text for everything the broker knows now, the HTTP request latencies
+/// recorded so far, and whatever the hooks add.
+pub fn render(
+    broker: &Broker,
+    http_latency: &RouteLatency,
+    hooks: &[MetricsHook],
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
+    for hook in hooks {
+        hook(&mut registry);
+    }
     registry.register(
         "herald_http_request_duration_seconds",
         "Time from an HTTP request's arrival to its response head, per method and route \

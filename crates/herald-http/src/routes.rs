@@ -241,13 +241,14 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     (status = 500, body = ErrorBody)
 ))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = crate::metrics::render(&state.broker, &state.http_latency).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "metrics_failed",
-            e.to_string(),
-        )
-    })?;
+    let text = crate::metrics::render(&state.broker, &state.http_latency, &state.metrics_hooks)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics_failed",
+                e.to_string(),
+            )
+        })?;
     Ok((
         [(
             header::CONTENT_TYPE,

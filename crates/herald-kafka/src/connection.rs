@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 #[cfg(test)]
 use std::time::Duration;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use herald_broker::Broker;
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::KafkaConfig;
 use crate::dispatch::{self, Context, REQUEST_HEADER_BYTES_MIN};
+use crate::metrics::KafkaMetrics;
 
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -36,6 +38,14 @@ pub struct Connection {
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
+    metrics: KafkaMetrics,
+}
+
+/// A response on its way to the writer, with what its latency is measured from.
+struct Timed {
+    outgoing: Outgoing,
+    api_key: i16,
+    arrived: Instant,
 }
 
 impl Connection {
@@ -44,20 +54,22 @@ impl Connection {
         peer: SocketAddr,
         broker: Arc<Broker>,
         config: Arc<KafkaConfig>,
+        metrics: KafkaMetrics,
     ) -> Connection {
         Connection {
             socket,
             peer,
             broker,
             config,
+            metrics,
         }
     }
 
     pub async fn run(self) {
         let peer = self.peer;
         let (mut reader, writer) = self.socket.into_split();
-        let (tx, rx) = mpsc::channel::<Outgoing>(self.config.in_flight_requests_max.max(1));
-        let writer_task = tokio::spawn(write_responses(writer, rx, peer));
+        let (tx, rx) = mpsc::channel::<Timed>(self.config.in_flight_requests_max.max(1));
+        let writer_task = tokio::spawn(write_responses(writer, rx, peer, self.metrics));
         let context = Context {
             broker: self.broker,
             config: self.config.clone(),
@@ -87,9 +99,20 @@ impl Connection {
                     break;
                 }
             };
+            let arrived = Instant::now();
+            // The frame holds at least a request header (checked above): api key first.
+            let api_key = match frame.get(0..2) {
+                Some(&[hi, lo]) => i16::from_be_bytes([hi, lo]),
+                _ => -1,
+            };
             let outgoing = dispatch::handle_frame(&context, frame.freeze()).await;
             let close = matches!(outgoing, Outgoing::Close);
-            if tx.send(outgoing).await.is_err() || close {
+            let timed = Timed {
+                outgoing,
+                api_key,
+                arrived,
+            };
+            if tx.send(timed).await.is_err() || close {
                 break;
             }
         }
@@ -100,11 +123,17 @@ impl Connection {
 
 async fn write_responses<W: AsyncWrite + Unpin>(
     writer: W,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::Receiver<Timed>,
     peer: SocketAddr,
+    metrics: KafkaMetrics,
 ) {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
-    while let Some(outgoing) = rx.recv().await {
+    while let Some(Timed {
+        outgoing,
+        api_key,
+        arrived,
+    }) = rx.recv().await
+    {
         let bytes = match outgoing {
             Outgoing::Ready(bytes) => Some(bytes),
             Outgoing::Later(mut future) => match poll_once(future.as_mut()) {
@@ -121,6 +150,7 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             },
             Outgoing::Close => break,
         };
+        metrics.observe(api_key, arrived);
         if let Some(bytes) = bytes
             && let Err(e) = writer.write_all(&bytes).await
         {
@@ -174,14 +204,19 @@ mod tests {
     async fn ready_responses_are_sent_before_waiting_on_a_later_one() {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (tx, rx) = mpsc::channel(8);
-        tx.send(Outgoing::Ready(Bytes::from_static(b"first")))
+        let timed = |outgoing| Timed {
+            outgoing,
+            api_key: 0,
+            arrived: Instant::now(),
+        };
+        tx.send(timed(Outgoing::Ready(Bytes::from_static(b"first"))))
             .await
             .unwrap();
-        tx.send(Outgoing::Later(Box::pin(std::future::pending())))
+        tx.send(timed(Outgoing::Later(Box::pin(std::future::pending()))))
             .await
             .unwrap();
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let writer = tokio::spawn(write_responses(server, rx, peer));
+        let writer = tokio::spawn(write_responses(server, rx, peer, KafkaMetrics::default()));
         let mut client = client;
         let mut got = [0u8; 5];
         tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got))

@@ -5,17 +5,20 @@
 //! Layout (one concept per file): `server` accepts and limits connections, `connection`
 //! frames a socket and keeps responses in request order, `dispatch` routes a decoded
 //! request to its handler in `api/` (one file per Kafka API), `versions` is the table of
-//! what is implemented, `errors` maps broker errors onto Kafka codes.
+//! what is implemented, `errors` maps broker errors onto Kafka codes, `metrics` is
+//! request latency per API and the connection counts.
 
 pub mod api;
 pub mod connection;
 pub mod dispatch;
 pub mod errors;
+pub mod metrics;
 pub mod server;
 pub mod versions;
 
 use std::net::SocketAddr;
 
+pub use metrics::KafkaMetrics;
 pub use server::KafkaServer;
 
 /// Settings of the Kafka listener. Every limit is named and configurable.

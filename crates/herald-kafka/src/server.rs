@@ -8,11 +8,13 @@ use tokio::sync::Semaphore;
 
 use crate::KafkaConfig;
 use crate::connection::Connection;
+use crate::metrics::KafkaMetrics;
 
 pub struct KafkaServer {
     listener: TcpListener,
     pub config: Arc<KafkaConfig>,
     broker: Arc<Broker>,
+    metrics: KafkaMetrics,
 }
 
 impl KafkaServer {
@@ -38,7 +40,13 @@ impl KafkaServer {
             listener,
             config: Arc::new(config),
             broker,
+            metrics: KafkaMetrics::default(),
         })
+    }
+
+    /// Live handles onto the server's request latency and connection metrics.
+    pub fn metrics(&self) -> KafkaMetrics {
+        self.metrics.clone()
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -60,14 +68,22 @@ impl KafkaServer {
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, limit = self.config.connections_max, "connection refused: connections_max reached");
+                self.metrics.connection_refused();
                 drop(socket);
                 continue;
             };
             let _ = socket.set_nodelay(true);
-            let connection =
-                Connection::new(socket, peer, self.broker.clone(), self.config.clone());
+            let open = self.metrics.connection_opened();
+            let connection = Connection::new(
+                socket,
+                peer,
+                self.broker.clone(),
+                self.config.clone(),
+                self.metrics.clone(),
+            );
             tokio::spawn(async move {
                 connection.run().await;
+                drop(open);
                 drop(permit);
             });
         }

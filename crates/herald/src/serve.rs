@@ -33,7 +33,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", kafka_config.listen))?;
     let http = match &http_config {
         Some(config) => Some(
-            HttpServer::bind(config, broker.clone())
+            HttpServer::bind(config, broker.clone(), vec![kafka_metrics_hook(&server)])
                 .await
                 .with_context(|| format!("cannot listen for HTTP on {}", config.listen))?,
         ),
@@ -93,4 +93,10 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
+}
+
+/// The Kafka front end's request latencies and connection counts, shown by `/metrics`.
+fn kafka_metrics_hook(server: &KafkaServer) -> herald_http::MetricsHook {
+    let metrics = server.metrics();
+    std::sync::Arc::new(move |registry| metrics.register(registry))
 }
