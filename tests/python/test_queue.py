@@ -1,7 +1,7 @@
 """Work queues over HTTP: shared subscriptions on a topic (create, receive with a lease,
 ack, nack, release, extend, dead letters, redrive, delayed delivery, publish dedup,
-stats and metrics), driven with httpx against a real broker, as the contract in
-notes/queue-http-api.md describes them.
+stats and metrics), driven with httpx against a real broker, as the README's
+"Work queues" section describes them.
 
 Timing is asserted only as lower bounds (a retry or a delayed record never comes
 early, a lease is never cut short); upper bounds are deadlines that fail a test

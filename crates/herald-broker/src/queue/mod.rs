@@ -176,6 +176,7 @@ fn refusal(r: Refusal, receipt: &str) -> BrokerError {
             receipt,
             current_attempt,
         },
+        Refusal::NeverIssued => BrokerError::InvalidReceipt(receipt),
     }
 }
 

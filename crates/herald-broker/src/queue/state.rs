@@ -44,6 +44,9 @@ pub enum Refusal {
     Stale { current_attempt: u32 },
     /// The record is not leased now (its lease expired).
     NotLeased,
+    /// The receipt names a delivery that never happened (a later attempt than the
+    /// record's): it was not issued by this broker.
+    NeverIssued,
 }
 
 /// The settings transitions need, in milliseconds.
@@ -193,6 +196,9 @@ impl PartitionQueue {
 
     fn leased(&mut self, offset: i64, attempt: u32) -> Result<&mut Entry, Refusal> {
         let e = self.entries.get_mut(&offset).ok_or(Refusal::NotTracked)?;
+        if attempt > e.deliveries || attempt == 0 {
+            return Err(Refusal::NeverIssued);
+        }
         if e.deliveries != attempt {
             return Err(Refusal::Stale {
                 current_attempt: e.deliveries,
@@ -394,6 +400,9 @@ mod tests {
         assert!(q.expire(100, &POLICY, |_| 100).is_empty());
         q.lease(100, 1, &POLICY);
         assert_eq!(q.ack(0, 1), Err(Refusal::Stale { current_attempt: 2 }));
+        // Receipts for deliveries that never happened are not stale: never issued.
+        assert_eq!(q.ack(0, 3), Err(Refusal::NeverIssued));
+        assert_eq!(q.ack(0, 0), Err(Refusal::NeverIssued));
         assert_eq!(q.ack(0, 2), Ok(()));
         assert_eq!(q.ack(0, 2), Err(Refusal::NotTracked));
     }
