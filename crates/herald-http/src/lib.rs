@@ -5,6 +5,7 @@
 //! Errors are JSON `{"error": code, "message": text}` with a 4xx/5xx status, also for
 //! unknown routes and wrong methods.
 
+mod body;
 mod error;
 mod metrics;
 mod queues;

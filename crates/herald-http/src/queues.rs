@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use herald_broker::BrokerError;
@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::body::{JsonBody, parse_object};
 use crate::error::{ApiError, ErrorBody};
 use crate::records::{
-    StoredRecord, bad_request, broker_error, find_topic, json_rejection, path_rejection,
-    query_rejection, stored_record,
+    StoredRecord, bad_request, broker_error, find_topic, path_rejection, query_rejection,
+    stored_record,
 };
 
 /// Where a new subscription starts reading its topic.
@@ -242,7 +243,7 @@ fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiEr
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| bad_request("invalid_json", e.to_string()))
+    parse_object(body)
 }
 
 type SubPath = Result<Path<(String, String)>, PathRejection>;
@@ -278,10 +279,9 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     topic: Result<Path<String>, PathRejection>,
-    body: Result<Json<NewSubscription>, JsonRejection>,
+    JsonBody(new): JsonBody<NewSubscription>,
 ) -> Result<(StatusCode, Json<SubscriptionDetail>), ApiError> {
     let Path(topic) = topic.map_err(path_rejection)?;
-    let Json(new) = body.map_err(json_rejection)?;
     new.settings.check_fields()?;
     find_topic(&state, &topic)?;
     let settings = new.settings.apply(SubscriptionSettings::default());
@@ -324,10 +324,9 @@ pub async fn describe(
 pub async fn update(
     State(state): State<AppState>,
     path: SubPath,
-    body: Result<Json<SettingsPatch>, JsonRejection>,
+    JsonBody(patch): JsonBody<SettingsPatch>,
 ) -> Result<Json<SubscriptionDetail>, ApiError> {
     let Path((topic, name)) = path.map_err(path_rejection)?;
-    let Json(patch) = body.map_err(json_rejection)?;
     patch.check_fields()?;
     let broker = &state.broker;
     let current = broker
@@ -400,7 +399,7 @@ fn consumed(r: ReceivedRecord) -> (i32, StoredRecord, String, u32) {
 #[utoipa::path(post, path = "/topics/{topic}/subscriptions/{name}/receive",
     params(("topic" = String, Path, description = "Topic name"),
         ("name" = String, Path, description = "Subscription name")),
-    request_body(content = ReceiveRequest, description = "May be empty"),
+    request_body(content = Option<ReceiveRequest>, description = "May be empty"),
     responses((status = 200, body = ReceiveResponse), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -495,10 +494,9 @@ pub struct AckResponse {
 pub async fn ack(
     State(state): State<AppState>,
     path: SubPath,
-    body: Result<Json<AckRequest>, JsonRejection>,
+    JsonBody(request): JsonBody<AckRequest>,
 ) -> Result<Json<AckResponse>, ApiError> {
     let Path((topic, name)) = path.map_err(path_rejection)?;
-    let Json(request) = body.map_err(json_rejection)?;
     if !(1..=RECEIVE_MAX_RECORDS).contains(&request.receipts.len()) {
         return Err(bad_request(
             "invalid_receipts",
@@ -571,10 +569,9 @@ pub struct NackResponse {
 pub async fn nack(
     State(state): State<AppState>,
     path: SubPath,
-    body: Result<Json<NackRequest>, JsonRejection>,
+    JsonBody(request): JsonBody<NackRequest>,
 ) -> Result<Json<NackResponse>, ApiError> {
     let Path((topic, name)) = path.map_err(path_rejection)?;
-    let Json(request) = body.map_err(json_rejection)?;
     check_receipt(&topic, &name, &request.receipt)?;
     let dead_lettered = state
         .broker
@@ -602,10 +599,9 @@ pub struct ReleaseRequest {
 pub async fn release(
     State(state): State<AppState>,
     path: SubPath,
-    body: Result<Json<ReleaseRequest>, JsonRejection>,
+    JsonBody(request): JsonBody<ReleaseRequest>,
 ) -> Result<StatusCode, ApiError> {
     let Path((topic, name)) = path.map_err(path_rejection)?;
-    let Json(request) = body.map_err(json_rejection)?;
     check_receipt(&topic, &name, &request.receipt)?;
     state
         .broker
@@ -642,10 +638,9 @@ pub struct ExtendResponse {
 pub async fn extend(
     State(state): State<AppState>,
     path: SubPath,
-    body: Result<Json<ExtendRequest>, JsonRejection>,
+    JsonBody(request): JsonBody<ExtendRequest>,
 ) -> Result<Json<ExtendResponse>, ApiError> {
     let Path((topic, name)) = path.map_err(path_rejection)?;
-    let Json(request) = body.map_err(json_rejection)?;
     if request.lease_ms == Some(0) {
         return Err(bad_request(
             "invalid_lease_ms",

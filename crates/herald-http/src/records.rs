@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use base64::Engine;
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 
 /// How a key or value is written in JSON.
@@ -184,22 +185,6 @@ pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Api
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-pub fn json_rejection(rejection: JsonRejection) -> ApiError {
-    // axum says 422 for well-formed JSON of the wrong shape; it is a bad request all the same.
-    let status = match rejection.status() {
-        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-        other => other,
-    };
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "body_too_large"
-    } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        "unsupported_media_type"
-    } else {
-        "invalid_json"
-    };
-    ApiError::new(status, code, rejection.body_text())
-}
-
 pub fn query_rejection(rejection: QueryRejection) -> ApiError {
     bad_request("invalid_query", rejection.body_text())
 }
@@ -308,10 +293,9 @@ fn key_bytes(record: &NewRecord, index: usize) -> Result<Option<Bytes>, ApiError
 pub async fn publish(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Json<PublishRequest>, JsonRejection>,
+    JsonBody(request): JsonBody<PublishRequest>,
 ) -> Result<Json<PublishResponse>, ApiError> {
     let Path(name) = name.map_err(path_rejection)?;
-    let Json(request) = body.map_err(json_rejection)?;
     if request.records.is_empty() {
         return Err(bad_request(
             "no_records",

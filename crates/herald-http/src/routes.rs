@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
+use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::method_label;
 use crate::{queues, records};
@@ -311,9 +312,8 @@ pub struct NewTopic {
 ))]
 async fn create_topic(
     State(state): State<AppState>,
-    body: Result<Json<NewTopic>, JsonRejection>,
+    JsonBody(new): JsonBody<NewTopic>,
 ) -> Result<(StatusCode, Json<TopicDetail>), ApiError> {
-    let Json(new) = body.map_err(records::json_rejection)?;
     let broker = state.broker.clone();
     let topic = tokio::task::spawn_blocking(move || {
         broker.create_topic(&new.name, new.partitions, new.configs, false)
