@@ -465,6 +465,7 @@ impl Broker {
         }
         self.meta.delete_topic(name)?;
         self.groups.forget_topic(name);
+        self.forget_subscriptions(name);
         for partition in &topic.partitions {
             if let Err(e) = partition.close() {
                 tracing::warn!(topic = name, partition = partition.index, error = %e, "closing deleted partition");

@@ -203,14 +203,23 @@ impl MetaStore {
         Ok(true)
     }
 
-    /// Delete a topic and every offset any group committed for it, in one transaction.
+    /// Delete a topic and everything kept about it, in one transaction: offsets any group
+    /// committed for it, its subscriptions and their delivery state, its redrive floors (as
+    /// a dead-letter topic) and its remembered message ids. A topic created later under the
+    /// same name starts clean.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let txn = self.db.begin_write()?;
         txn.open_table(TOPICS)?.remove(name)?;
-        {
-            let mut offsets = txn.open_table(OFFSETS)?;
-            offsets.retain(|(_, topic, _), _| topic != name)?;
-        }
+        txn.open_table(OFFSETS)?
+            .retain(|(_, topic, _), _| topic != name)?;
+        txn.open_table(SUBSCRIPTIONS)?
+            .retain(|(topic, _), _| topic != name)?;
+        txn.open_table(QUEUE_STATE)?
+            .retain(|(topic, _, _), _| topic != name)?;
+        txn.open_table(REDRIVE_FLOORS)?
+            .retain(|(topic, _), _| topic != name)?;
+        txn.open_table(DEDUP)?
+            .retain(|(topic, _), _| topic != name)?;
         txn.commit()?;
         Ok(())
     }

@@ -104,6 +104,8 @@ pub(crate) struct Queues {
     admin: tokio::sync::Mutex<()>,
     /// Serialises dedup publishes (see `dedup.rs`).
     dedup: tokio::sync::Mutex<()>,
+    /// Serialises redrives, so two at once cannot both move the same dead letters.
+    redrive: tokio::sync::Mutex<()>,
 }
 
 impl Queues {
@@ -113,6 +115,7 @@ impl Queues {
             commit: commit::GroupCommit::spawn(meta),
             admin: tokio::sync::Mutex::new(()),
             dedup: tokio::sync::Mutex::new(()),
+            redrive: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -258,6 +261,22 @@ impl Broker {
         if let Ok(mut subs) = self.queues.subs.write() {
             subs.insert((topic, name), sub);
         }
+    }
+
+    /// Drop the subscriptions of a deleted topic from memory (`delete_topic` removed
+    /// their stored state with the topic's); the committer skips them from now on.
+    pub(crate) fn forget_subscriptions(&self, topic: &str) {
+        let Ok(mut subs) = self.queues.subs.write() else {
+            return;
+        };
+        subs.retain(|(t, _), sub| {
+            let keep = t != topic;
+            if !keep {
+                sub.deleted.store(true, std::sync::atomic::Ordering::SeqCst);
+                sub.changed.notify_waiters();
+            }
+            keep
+        });
     }
 
     fn subscription(&self, topic: &str, name: &str) -> Result<Arc<Subscription>> {
@@ -874,6 +893,7 @@ impl Broker {
     /// dropped), then raise the floor. Returns how many were moved. A crash between the
     /// publish and the floor moves them again (at least once).
     pub async fn redrive(&self, dlq_topic: &str) -> Result<u64> {
+        let _serial = self.queues.redrive.lock().await;
         let t = self
             .topic(dlq_topic)
             .ok_or_else(|| BrokerError::UnknownTopic(dlq_topic.to_string()))?;

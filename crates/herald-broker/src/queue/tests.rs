@@ -549,6 +549,68 @@ async fn redrive_returns_many_records_to_their_source_partitions_in_order() {
     assert_eq!(broker.redrive("src.sub.dlq").await.unwrap(), 0);
 }
 
+/// A topic deleted and created again under its name starts clean: no subscription, no
+/// redrive floor (as a dead-letter topic), no remembered message ids, also after reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_takes_its_subscriptions_floors_and_message_ids_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = SubscriptionSettings {
+        max_deliveries: 1,
+        ..fast()
+    };
+    let batch = test_util::batch(&[rec("k", "v", &[])], -1, Compression::None);
+    {
+        let broker = open(dir.path());
+        broker
+            .create_topic("jobs", Some(1), BTreeMap::new(), false)
+            .unwrap();
+        broker
+            .create_subscription("jobs", "w", settings.clone())
+            .await
+            .unwrap();
+        for id in ["a", "b"] {
+            broker
+                .publish_dedup("jobs", 0, &batch, id, None)
+                .await
+                .unwrap();
+        }
+        for r in broker.receive("jobs", "w", 10, 5_000).await.unwrap() {
+            assert!(broker.nack(&r.receipt, None).await.unwrap());
+        }
+        assert_eq!(broker.redrive("jobs.w.dlq").await.unwrap(), 2);
+        broker.delete_topic("jobs").unwrap();
+        broker.delete_topic("jobs.w.dlq").unwrap();
+        assert!(broker.list_subscriptions().is_empty());
+        assert!(matches!(
+            broker.receive("jobs", "w", 1, 0).await,
+            Err(BrokerError::UnknownSubscription { .. })
+        ));
+        broker.shutdown();
+    }
+    let broker = reopen(dir.path()).await;
+    assert!(
+        broker.list_subscriptions().is_empty(),
+        "a subscription outlived its topic"
+    );
+    broker
+        .create_topic("jobs", Some(1), BTreeMap::new(), false)
+        .unwrap();
+    let again = broker
+        .publish_dedup("jobs", 0, &batch, "a", None)
+        .await
+        .unwrap();
+    assert_eq!((again.offset, again.duplicate), (0, false));
+    broker
+        .create_subscription("jobs", "w", settings)
+        .await
+        .unwrap();
+    let got = broker.receive("jobs", "w", 10, 5_000).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(broker.nack(&got[0].receipt, None).await.unwrap());
+    // The new dead-letter topic is listed from its start, not the old topic's floor.
+    assert_eq!(broker.list_dead_letters("jobs.w.dlq", 10).unwrap().len(), 1);
+}
+
 fn header_value<'a>(r: &'a Record, name: &str) -> Option<&'a Option<Bytes>> {
     super::header(r, name)
 }
