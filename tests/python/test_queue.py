@@ -891,3 +891,39 @@ def test_subscription_routes_hold_their_openapi_contract_under_schemathesis(hera
     )
     assert result.returncode == 0, f"schemathesis found problems:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
     assert "Operations:       7 selected" in result.stdout, result.stdout[-3000:]
+
+
+def test_a_subscription_and_kafka_consumers_read_the_same_records(herald, broker):
+    """Acking in a subscription removes nothing: a Kafka consumer group reads every record
+    of the topic afterwards, byte for byte, and Kafka producers' records with a
+    herald-deliver-at header are delayed for the subscription like HTTP ones."""
+    import json as jsonlib
+
+    from confluent_kafka import Consumer, Producer
+
+    topic = herald.create_topic(2, prefix="q-kafka")
+    sub = herald.subscribe(topic, name="workers")
+    herald.publish(topic, [{"key": f"k{i}", "value": {"n": i}} for i in range(20)])
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    later = _now_ms() + 1500
+    producer.produce(topic, key=b"delayed", value=b'{"n": 20}',
+                     headers=[("herald-deliver-at", str(later).encode())])
+    assert producer.flush(30) == 0
+    got = sub.receive_until(20)
+    assert sorted(d["value"]["n"] for d in got) == list(range(20)), got
+    sub.ack_all(got)
+    [delayed] = sub.receive_until(1, timeout_s=20)
+    assert _now_ms() >= later - CLOCK_TOLERANCE_MS and delayed["key"] == "delayed", delayed
+    sub.ack_all([delayed])
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique("g"),
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    values = []
+    deadline = time.monotonic() + 60
+    while len(values) < 21 and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is not None and message.error() is None:
+            values.append(jsonlib.loads(message.value())["n"])
+    consumer.close()
+    assert sorted(values) == list(range(21)), values
