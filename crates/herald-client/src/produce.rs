@@ -1,5 +1,5 @@
-//! Producing: records are encoded as one Kafka RecordBatch v2 per request and sent to
-//! the partition leader.
+//! Producing: records are encoded as one Kafka RecordBatch v2 per partition and sent
+//! to the partition leader, one partition or several per request.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,7 +153,24 @@ impl Client {
         records: &[ProduceRecord],
         options: &ProduceOptions,
     ) -> Result<Option<i64>> {
-        let result = self.produce_once(topic, partition, records, options).await;
+        let offsets = self
+            .produce_partitions(topic, &[(partition, records)], options)
+            .await?;
+        Ok(offsets.into_iter().next().flatten())
+    }
+
+    /// Appends one batch to each of several partitions of `topic` in one request, as a
+    /// Kafka producer drains one ready batch per partition into each request to a
+    /// broker. The partitions must share a leader. Returns each batch's first offset in
+    /// the order given (`None` with `Acks::None`); the first partition error fails the
+    /// whole call (the other batches may have been written).
+    pub async fn produce_partitions(
+        &self,
+        topic: &str,
+        batches: &[(i32, &[ProduceRecord])],
+        options: &ProduceOptions,
+    ) -> Result<Vec<Option<i64>>> {
+        let result = self.produce_once(topic, batches, options).await;
         if let Err(error) = &result {
             self.forget_on_stale_metadata(topic, error);
         }
@@ -163,12 +180,29 @@ impl Client {
     async fn produce_once(
         &self,
         topic: &str,
-        partition: i32,
-        records: &[ProduceRecord],
+        batches: &[(i32, &[ProduceRecord])],
         options: &ProduceOptions,
-    ) -> Result<Option<i64>> {
-        let batch = encode_record_batch(records, options.compression, now_ms())?;
-        let (connection, metadata) = self.leader_connection(topic, partition).await?;
+    ) -> Result<Vec<Option<i64>>> {
+        let Some(&(first, _)) = batches.first() else {
+            return Ok(Vec::new());
+        };
+        let (connection, metadata) = self.leader_connection(topic, first).await?;
+        let leader = |p: i32| metadata.partition(p).map(|m| m.leader);
+        let mut partition_data = Vec::with_capacity(batches.len());
+        for &(partition, records) in batches {
+            if leader(partition) != leader(first) {
+                return Err(Error::UnexpectedResponse(format!(
+                    "{topic}-{partition} and {topic}-{first} have different leaders (or \
+                     {topic}-{partition} does not exist); produce to them in separate requests"
+                )));
+            }
+            let batch = encode_record_batch(records, options.compression, now_ms())?;
+            partition_data.push(
+                PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(batch)),
+            );
+        }
         let version = if metadata.topic_id.is_nil() {
             connection.version_at_most::<ProduceRequest>(PRODUCE_VERSION_BY_NAME_MAX)?
         } else {
@@ -181,18 +215,14 @@ impl Client {
                 TopicProduceData::default()
                     .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
                     .with_topic_id(metadata.topic_id)
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(partition)
-                            .with_records(Some(batch)),
-                    ]),
+                    .with_partition_data(partition_data),
             ]);
         if options.acks == Acks::None {
             connection.send_without_response(&request, version).await?;
-            return Ok(None);
+            return Ok(vec![None; batches.len()]);
         }
         let response = connection.send_version(&request, version).await?;
-        let answer = response
+        let answers: Vec<_> = response
             .responses
             .iter()
             .filter(|t| {
@@ -203,24 +233,31 @@ impl Client {
                 }
             })
             .flat_map(|t| t.partition_responses.iter())
-            .find(|p| p.index == partition)
-            .ok_or_else(|| {
-                Error::UnexpectedResponse(format!(
-                    "Produce response does not mention {topic}-{partition}"
-                ))
-            })?;
-        let record_error = answer
-            .record_errors
-            .first()
-            .and_then(|e| e.batch_index_error_message.as_ref())
-            .map(|m| m.as_str());
-        let message = answer.error_message.as_deref().or(record_error);
-        crate::error::check(
-            answer.error_code,
-            || format!("produce to {topic}-{partition}"),
-            message,
-        )?;
-        Ok(Some(answer.base_offset))
+            .collect();
+        let mut offsets = Vec::with_capacity(batches.len());
+        for &(partition, _) in batches {
+            let answer = answers
+                .iter()
+                .find(|p| p.index == partition)
+                .ok_or_else(|| {
+                    Error::UnexpectedResponse(format!(
+                        "Produce response does not mention {topic}-{partition}"
+                    ))
+                })?;
+            let record_error = answer
+                .record_errors
+                .first()
+                .and_then(|e| e.batch_index_error_message.as_ref())
+                .map(|m| m.as_str());
+            let message = answer.error_message.as_deref().or(record_error);
+            crate::error::check(
+                answer.error_code,
+                || format!("produce to {topic}-{partition}"),
+                message,
+            )?;
+            offsets.push(Some(answer.base_offset));
+        }
+        Ok(offsets)
     }
 }
 

@@ -52,12 +52,12 @@ pub struct BenchArgs {
     pub producers: u32,
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub message_bytes: u32,
-    /// Bytes of record values per produce request (one batch per request, so records
-    /// per batch = batch bytes / message bytes, at least 1). `--batch-size` instead
+    /// Bytes of record values per batch (records per batch = batch bytes / message
+    /// bytes, at least 1), as a Kafka producer's `batch.size`. `--batch-size` instead
     /// gives the record count directly.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=67_108_864))]
     pub batch_bytes: u32,
-    /// Records per batch (one batch per produce request); overrides `--batch-bytes`.
+    /// Records per batch; overrides `--batch-bytes`.
     /// End-to-end with a `--rate`: a batch goes out when it holds this many records or
     /// `--linger-ms` worth of them, whichever comes first.
     #[arg(long, conflicts_with = "batch_bytes", value_parser = clap::value_parser!(u32).range(1..=BATCH_RECORDS_MAX))]
@@ -65,6 +65,12 @@ pub struct BenchArgs {
     /// Produce requests each producer keeps in flight.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub in_flight: u32,
+    /// Produce: the most record bytes one request carries (Kafka's `max.request.size`).
+    /// Like a Kafka producer, a request holds one batch for each of as many partitions
+    /// as fit (a producer cycles through all partitions); set it to `--batch-bytes` for
+    /// one batch per request.
+    #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(1..=268_435_456))]
+    pub max_request_bytes: u32,
     #[arg(long, default_value = "all", value_parser = parse_acks)]
     pub acks: Acks,
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
@@ -116,6 +122,14 @@ impl BenchArgs {
             Some(n) => n as usize,
             None => (self.batch_bytes / self.message_bytes).max(1) as usize,
         }
+    }
+
+    /// Produce: batches (each to its own partition) per request, so a request stays
+    /// within `--max-request-bytes` and names no partition twice.
+    pub fn batches_per_request(&self, partitions: i32) -> usize {
+        let batch_bytes = (self.batch_records() as u64 * u64::from(self.message_bytes)).max(1);
+        (u64::from(self.max_request_bytes) / batch_bytes).clamp(1, partitions.max(1) as u64)
+            as usize
     }
 }
 
@@ -362,6 +376,7 @@ async fn produce(
         compression: args.compression.into(),
         ..ProduceOptions::default()
     });
+    let per_request = args.batches_per_request(partitions);
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let started = Instant::now();
     let mut producers = JoinSet::new();
@@ -384,24 +399,29 @@ async fn produce(
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
-                let n = batch.len().min((mine - queued) as usize);
-                let records = if n == batch.len() {
-                    batch.clone()
-                } else {
-                    Arc::new(batch[..n].to_vec())
-                };
-                let partition = ((u64::from(producer) + i) % partitions as u64) as i32;
+                // The next `per_request` partitions in this producer's cycle over all of
+                // them, a full batch each until the producer's share runs out.
+                let mut batches = Vec::with_capacity(per_request);
+                while batches.len() < per_request && queued < mine {
+                    let n = batch.len().min((mine - queued) as usize);
+                    let records = if n == batch.len() {
+                        batch.clone()
+                    } else {
+                        Arc::new(batch[..n].to_vec())
+                    };
+                    let partition = ((u64::from(producer) + i) % partitions as u64) as i32;
+                    batches.push((partition, records));
+                    queued += n as u64;
+                    i += 1;
+                }
                 let request = ProduceRequest {
                     client: client.clone(),
                     topic: topic.clone(),
-                    partition,
-                    records,
+                    batches,
                     options: options.clone(),
                     progress: progress.clone(),
                 };
                 requests.spawn(request.send(permit));
-                queued += n as u64;
-                i += 1;
                 while let Some(done) = requests.try_join_next() {
                     record_done(done, &mut histogram, &mut acked, &mut errors);
                 }
@@ -427,12 +447,12 @@ async fn produce(
 
 /// Count one finished produce request task (its outcome and how many records it
 /// carried) into the run's totals.
-/// One produce request of a bench producer, sent on its own task.
+/// One produce request of a bench producer (a batch for each of one or more
+/// partitions), sent on its own task.
 struct ProduceRequest {
     client: Client,
     topic: String,
-    partition: i32,
-    records: Arc<Vec<ProduceRecord>>,
+    batches: Vec<(i32, Arc<Vec<ProduceRecord>>)>,
     options: Arc<ProduceOptions>,
     progress: ProgressBar,
 }
@@ -442,15 +462,21 @@ impl ProduceRequest {
     /// outcome with its latency and the number of records for [`record_done`].
     async fn send(self, permit: tokio::sync::OwnedSemaphorePermit) -> ((bool, Duration), usize) {
         let at = Instant::now();
+        let batches: Vec<(i32, &[ProduceRecord])> = self
+            .batches
+            .iter()
+            .map(|(partition, records)| (*partition, records.as_slice()))
+            .collect();
         let result = self
             .client
-            .produce(&self.topic, self.partition, &self.records, &self.options)
+            .produce_partitions(&self.topic, &batches, &self.options)
             .await;
         drop(permit);
+        let records: usize = self.batches.iter().map(|(_, r)| r.len()).sum();
         if result.is_ok() {
-            self.progress.inc(self.records.len() as u64);
+            self.progress.inc(records as u64);
         }
-        ((result.is_ok(), at.elapsed()), self.records.len())
+        ((result.is_ok(), at.elapsed()), records)
     }
 }
 
@@ -689,6 +715,16 @@ mod tests {
         assert!(parse(&["--batch-size", "0"]).is_err());
         let e2e = parse(&["--consumers", "2"]).unwrap();
         assert_eq!((e2e.consumers, e2e.linger_ms), (2, 5));
+        // Like a Kafka producer: a 1 MiB request holds a 64 KiB batch for each of up to
+        // 16 partitions, never two for one partition, at least one batch.
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.batches_per_request(8), 8);
+        assert_eq!(defaults.batches_per_request(100), 16);
+        assert_eq!(defaults.batches_per_request(1), 1);
+        let small = parse(&["--max-request-bytes", "65536"]).unwrap();
+        assert_eq!(small.batches_per_request(8), 1);
+        let tiny = parse(&["--max-request-bytes", "10"]).unwrap();
+        assert_eq!(tiny.batches_per_request(8), 1);
     }
 
     #[test]

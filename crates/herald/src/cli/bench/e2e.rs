@@ -167,8 +167,7 @@ pub async fn run(
                 let request = ProduceRequest {
                     client: client.clone(),
                     topic: topic.clone(),
-                    partition,
-                    records,
+                    batches: vec![(partition, records)],
                     options: options.clone(),
                     progress: progress.clone(),
                 };
