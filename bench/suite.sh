@@ -74,8 +74,10 @@ run_case "produce 1 producer, 1 partition, 64 KiB batches, 5 in flight" produce 
     --partitions 1 --producers 1 --batch-bytes 65536 --in-flight 5 --count 1000000
 run_case "produce 1 producer, 1 partition, 64 KiB batches, 8 in flight" produce \
     --partitions 1 --producers 1 --batch-bytes 65536 --in-flight 8 --count 1000000
-run_case "produce 4 producers, 8 partitions, 64 KiB batches, 8 in flight each" produce \
-    --partitions 8 --producers 4 --batch-bytes 65536 --in-flight 8 --count 2000000
+run_case "produce 4 producers, 8 partitions, 64 KiB batches, 1 MiB requests (8 batches), 5 in flight each" produce \
+    --partitions 8 --producers 4 --batch-bytes 65536 --in-flight 5 --count 2000000
+run_case "produce 4 producers, 8 partitions, one 64 KiB batch per request, 8 in flight each" produce \
+    --partitions 8 --producers 4 --batch-bytes 65536 --max-request-bytes 65536 --in-flight 8 --count 2000000
 # A warm log to read: one topic per shape, written once.
 bench produce --topic suite-read-1 --partitions 1 --in-flight 8 --count 1000000 >/dev/null
 bench produce --topic suite-read-8 --partitions 8 --producers 4 --in-flight 8 --count 2000000 >/dev/null
@@ -97,6 +99,8 @@ if command -v fio >/dev/null 2>&1; then
     fio_case "64 KiB writes, fdatasync after each" --bs=64k --size=1g --fdatasync=1
     fio_case "512 KiB writes, fdatasync after each" --bs=512k --size=1g --fdatasync=1
     fio_case "1 MiB writes, one fsync at the end" --bs=1m --size=2g --end_fsync=1
+    fio_case "8 files at once, 64 KiB writes, fdatasync every 2 (all files together)" \
+        --bs=64k --size=256m --numjobs=8 --group_reporting --fdatasync=2
 else
     echo "- disk: fio not installed (apt-get install fio)"
 fi
