@@ -598,6 +598,15 @@ def test_a_delayed_record_is_not_delivered_before_its_time(herald):
     sub.ack_all([bad])
     assert sub.stats()["bad_deliver_at"] == 1
 
+    # delay_ms counts from when the broker took the record.
+    sent_ms = _now_ms()
+    herald.publish(topic, [{"key": "relative", "value": 2, "delay_ms": 1200}])
+    assert sub.receive(max_records=10, wait_ms=0) == [] or _now_ms() >= sent_ms + 1200 - CLOCK_TOLERANCE_MS
+    [relative] = sub.receive_until(1, timeout_s=15)
+    assert _now_ms() >= sent_ms + 1200 - CLOCK_TOLERANCE_MS
+    assert int(relative["headers"]["herald-deliver-at"]) >= sent_ms + 1200
+    sub.ack_all([relative])
+
 
 def test_restart_mid_lease_loses_nothing_and_redelivers_nothing_acked(broker, herald):
     topic = herald.create_topic(1)

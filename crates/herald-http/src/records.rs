@@ -74,6 +74,12 @@ pub struct NewRecord {
     #[serde(default, deserialize_with = "integral")]
     #[schema(minimum = 0)]
     pub deliver_at: Option<i64>,
+    /// Do not hand this record to a subscription for this many ms after the broker takes
+    /// it (SQS's `DelaySeconds`, RabbitMQ's `x-delay`): stored as `herald-deliver-at` =
+    /// now + delay_ms. At most one of `deliver_at` and `delay_ms`.
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0)]
+    pub delay_ms: Option<i64>,
     /// The publisher's id for this message (1 to 256 bytes): if a record with this id was
     /// published to the topic within `dedup_window_ms`, this one is not appended again.
     /// Stored as the header `herald-message-id`.
@@ -94,11 +100,27 @@ fn record_headers(
         .iter()
         .map(|(k, v)| (k.clone(), Some(Bytes::from(v.clone().into_bytes()))))
         .collect();
+    let deliver_at = match (record.deliver_at, record.delay_ms) {
+        (Some(_), Some(_)) => {
+            return Err(bad_request(
+                "invalid_deliver_at",
+                format!("records[{index}] sets both deliver_at and delay_ms; give one"),
+            ));
+        }
+        (_, Some(delay_ms)) if delay_ms < 0 => {
+            return Err(bad_request(
+                "invalid_deliver_at",
+                format!("records[{index}].delay_ms must not be negative"),
+            ));
+        }
+        (_, Some(delay_ms)) => Some(herald_broker::now_ms().saturating_add(delay_ms)),
+        (at, None) => at,
+    };
     let fields = [
         (
             "deliver_at",
             DELIVER_AT_HEADER,
-            record.deliver_at.map(|ms| ms.to_string()),
+            deliver_at.map(|ms| ms.to_string()),
         ),
         ("message_id", MESSAGE_ID_HEADER, record.message_id.clone()),
     ];
@@ -110,7 +132,7 @@ fn record_headers(
                 format!("records[{index}] sets both {field} and the header {header:?}"),
             ));
         }
-        if field == "deliver_at" && record.deliver_at.is_some_and(|ms| ms < 0) {
+        if field == "deliver_at" && deliver_at.is_some_and(|ms| ms < 0) {
             return Err(bad_request(
                 "invalid_deliver_at",
                 format!("records[{index}].deliver_at must be ms since the epoch, not negative"),
@@ -635,6 +657,7 @@ mod tests {
             partition: None,
             timestamp_ms: None,
             deliver_at: None,
+            delay_ms: None,
             message_id: None,
         }
     }
@@ -711,6 +734,32 @@ mod tests {
         assert_eq!(record_headers(&r, 0).unwrap_err().code, "duplicate_header");
         r.headers.clear();
         r.deliver_at = Some(-1);
+        assert_eq!(
+            record_headers(&r, 0).unwrap_err().code,
+            "invalid_deliver_at"
+        );
+    }
+
+    #[test]
+    fn delay_ms_becomes_a_deliver_at_header_from_now() {
+        let mut r = record(serde_json::json!(1), Encoding::Json);
+        r.delay_ms = Some(60_000);
+        let before = herald_broker::now_ms();
+        let headers = record_headers(&r, 0).unwrap();
+        let after = herald_broker::now_ms();
+        let [(name, Some(value))] = headers.as_slice() else {
+            panic!("one header expected: {headers:?}");
+        };
+        assert_eq!(name, DELIVER_AT_HEADER);
+        let at: i64 = std::str::from_utf8(value).unwrap().parse().unwrap();
+        assert!((before + 60_000..=after + 60_000).contains(&at), "{at}");
+        r.delay_ms = Some(-5);
+        assert_eq!(
+            record_headers(&r, 0).unwrap_err().code,
+            "invalid_deliver_at"
+        );
+        r.delay_ms = Some(5);
+        r.deliver_at = Some(1);
         assert_eq!(
             record_headers(&r, 0).unwrap_err().code,
             "invalid_deliver_at"
