@@ -35,25 +35,41 @@ done
 
 bench() { timeout "$case_timeout_s" "$herald" bench --bootstrap "127.0.0.1:$port" --json "$@"; }
 
+# The disk's speed right now for what a group commit does: appends to a growing file
+# (no fallocate, as a segment grows) of 256 KiB, an fdatasync after each. This shared
+# cloud volume's speed changes threefold within an hour, so each produce run is paired
+# with a measurement taken just before it. Prints MB/s, or nothing without fio.
+fio_dir="$data_dir/fio"
+disk_now() {
+    command -v fio >/dev/null 2>&1 || return 0
+    mkdir -p "$fio_dir"
+    timeout 60 fio --name=now --directory="$fio_dir" --rw=write --ioengine=sync --bs=256k \
+        --size=128m --fdatasync=1 --fallocate=none --minimal 2>/dev/null | awk -F';' '{print $48/1024}'
+    rm -f "$fio_dir"/now*
+}
+
 # One case: RUNS runs on fresh topics; prints a table row of medians.
 run_case() {
     local label="$1" mode="$2"
     shift 2
-    local results=()
+    local results=() disk=()
     for run in $(seq "$runs"); do
         if [[ "$mode" == consume ]]; then
             results+=("$(bench consume "$@")")
         else
+            disk+=("$(disk_now)")
             results+=("$(bench "$mode" --topic "suite-$RANDOM-$run" "$@")")
         fi
     done
-    printf '%s\n' "${results[@]}" | python3 -c "$median_row" "$label"
+    printf '%s\n' "${results[@]}" | DISK_MBS="${disk[*]}" python3 -c "$median_row" "$label"
 }
 
-# Reads one `herald bench --json` object per line; prints the medians as a table row.
+# Reads one `herald bench --json` object per line; prints the medians as a table row,
+# with each run's MB/s as a share of the disk measured just before it.
 median_row='
-import json, statistics, sys
+import json, os, statistics, sys
 rows = [json.loads(line) for line in sys.stdin if line.strip()]
+disk = [float(d) for d in os.environ.get("DISK_MBS", "").split()]
 def med(key):
     return statistics.median(r[key] for r in rows)
 def lat(key):
@@ -61,15 +77,19 @@ def lat(key):
         return ""
     return "%.2f" % statistics.median(r["latency"][key] for r in rows)
 rates = [r["records_per_sec"] for r in rows]
-print("| %s | %s | %s | %s / %s / %s | %s-%s |" % (
+share = ""
+if disk and len(disk) == len(rows) and all(disk):
+    share = "%d / %d%%" % (statistics.median(disk),
+                           100 * statistics.median(r["mb_per_sec"] / d for r, d in zip(rows, disk)))
+print("| %s | %s | %s | %s / %s / %s | %s-%s | %s |" % (
     sys.argv[1], format(round(med("records_per_sec")), ","), format(round(med("mb_per_sec")), ","),
     lat("p50_ms"), lat("p99_ms"), lat("p99.9_ms"),
-    format(round(min(rates)), ","), format(round(max(rates)), ",")))
+    format(round(min(rates)), ","), format(round(max(rates)), ","), share))
 '
 
 
-echo "| case (1 KiB records, acks=all, flush=always; median of $runs) | records/s | MB/s | ack p50 / p99 / p99.9 ms | range records/s |"
-echo "|---|---|---|---|---|"
+echo "| case (1 KiB records, acks=all, flush=always; median of $runs) | records/s | MB/s | ack p50 / p99 / p99.9 ms | range records/s | disk MB/s just before / Herald's share |"
+echo "|---|---|---|---|---|---|"
 run_case "produce 1 producer, 1 partition, 64 KiB batches, 5 in flight" produce \
     --partitions 1 --producers 1 --batch-bytes 65536 --in-flight 5 --count 1000000
 run_case "produce 1 producer, 1 partition, 64 KiB batches, 8 in flight" produce \
@@ -87,7 +107,6 @@ run_case "consume 8 partitions (1 MiB per partition fetch)" consume --topic suit
 echo
 echo "Machine limits measured now:"
 if command -v fio >/dev/null 2>&1; then
-    fio_dir="$data_dir/fio"
     mkdir -p "$fio_dir"
     fio_case() {
         local label="$1"
