@@ -61,7 +61,7 @@ class Broker:
         # http=False the command line leaves the HTTP listener to the broker's settings
         # (environment, file, default) and start() does not wait for it.
         self.http = http
-        self.http_port = free_port()
+        self.http_port = free_port(avoid=(self.port,))
         self.extra_args = list(extra_args or [])
         self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None

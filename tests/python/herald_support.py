@@ -23,11 +23,16 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(avoid: tuple[int, ...] = ()) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and not one of `avoid`
+    (the kernel may hand out a port it just gave and got back: a broker's Kafka and HTTP
+    ports were once the same and it could not start)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def unique(prefix: str) -> str:

@@ -132,7 +132,8 @@ def test_http_listener_can_be_turned_off_and_taken_from_the_environment(broker_f
     off.stop()
 
     port = free_port()
-    on = broker_factory(extra_env={"HERALD_HTTP_LISTEN": f"127.0.0.1:{port}"}, http=False)
+    on = broker_factory(extra_env={"HERALD_HTTP_LISTEN": f"127.0.0.1:{port}"}, http=False,
+                        port=free_port(avoid=(port,)))
     wait_until(lambda: "herald is ready" in on.stderr_tail(), 20, "the broker never said it was ready")
     assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
 
