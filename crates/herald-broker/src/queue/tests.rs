@@ -614,3 +614,63 @@ async fn a_deleted_topic_takes_its_subscriptions_floors_and_message_ids_with_it(
 fn header_value<'a>(r: &'a Record, name: &str) -> Option<&'a Option<Bytes>> {
     super::header(r, name)
 }
+
+/// A state with every entry kind, as a worker leaves it mid-flight.
+fn busy_state() -> PartitionQueue {
+    let policy = state::Policy {
+        lease_ms: 30_000,
+        max_deliveries: 2,
+        max_unacked: 100,
+        ordered_by_key: false,
+    };
+    let mut q = PartitionQueue::new(10);
+    for offset in 10..20 {
+        q.track(offset, (offset % 3 != 0).then_some(offset as u64 * 7), 0);
+    }
+    q.track(20, None, 9_000_000_000_000);
+    let leased = q.lease(1_000, 6, &policy);
+    assert_eq!(leased.len(), 6);
+    q.ack(12, 1).unwrap();
+    q.nack(13, 1, Some("card declined".into()), &policy, |_| 5_000)
+        .unwrap();
+    q.dead_lettered = 3;
+    q.expired_leases = 2;
+    q
+}
+
+#[test]
+fn stored_state_round_trips_and_is_compact() {
+    let q = busy_state();
+    let bytes = encode(&q);
+    assert_eq!(bytes[0], STATE_POSTCARD_V1);
+    let back = decode_state(&bytes).unwrap();
+    assert_eq!((back.floor, back.scan_next), (q.floor, q.scan_next));
+    assert_eq!(back.entries, q.entries);
+    assert_eq!((back.dead_lettered, back.expired_leases), (3, 2));
+    // The reason for postcard: well under JSON's size for the same state.
+    let json = serde_json::to_vec(&q).unwrap();
+    assert!(
+        bytes.len() * 4 < json.len(),
+        "{} vs {}",
+        bytes.len(),
+        json.len()
+    );
+}
+
+#[test]
+fn states_stored_as_json_before_postcard_still_load() {
+    let q = busy_state();
+    let back = decode_state(&serde_json::to_vec(&q).unwrap()).unwrap();
+    assert_eq!(back.entries, q.entries);
+    assert!(decode_state(&[]).is_err());
+    assert!(
+        decode_state(&[7, 1, 2])
+            .unwrap_err()
+            .contains("unknown state format")
+    );
+    // Truncated postcard is an error, not a panic or a partial state.
+    let bytes = encode(&q);
+    for cut in 1..bytes.len() {
+        assert!(decode_state(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+}
