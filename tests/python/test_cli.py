@@ -181,6 +181,14 @@ def test_bench_produce_then_consume_reports_what_the_broker_stored(broker):
     stored = sum(client.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(3))
     client.close()
     assert stored == 4000
+    # Several consumers share the partitions and together read every record once.
+    shared = json.loads(ok(herald(broker, "bench", "consume", "--topic", topic, "--consumers", "3", "--json")))
+    assert shared["records"] == 4000 and shared["bytes"] == 400_000 and shared["errors"] == 0
+    capped = json.loads(ok(herald(broker, "bench", "consume", "--topic", topic, "--consumers", "2",
+                                  "--count", "500", "--fetch-bytes", "2000", "--json")))
+    assert 500 <= capped["records"] < 4000, capped
+    crowded = herald(broker, "bench", "consume", "--topic", topic, "--consumers", "4")
+    assert crowded.returncode != 0 and "more than the 3 partitions" in crowded.stderr
     missing = herald(broker, "bench", "consume", "--topic", unique("nosuch"))
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 

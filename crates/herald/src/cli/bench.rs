@@ -10,6 +10,7 @@ mod rss;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -89,7 +90,7 @@ pub struct BenchArgs {
     /// Produce mode sends full batches as fast as `--in-flight` allows and ignores it.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
-    /// End-to-end: consumers, each with its own connection reading every
+    /// Consume and end-to-end: consumers, each with its own connection reading every
     /// `--consumers`-th partition (at most one per partition).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub consumers: u32,
@@ -540,7 +541,7 @@ async fn consume(
         .offset_range(&topic)
         .await
         .context("cannot list the topic's offsets")?;
-    let mut positions: Vec<(TopicPartition, i64)> = topic
+    let positions: Vec<(TopicPartition, i64)> = topic
         .partitions
         .iter()
         .map(|p| {
@@ -548,15 +549,59 @@ async fn consume(
             (TopicPartition::new(&args.topic, p.partition), start)
         })
         .collect();
+    e2e::check_consumers(args, positions.len())?;
     let options = FetchOptions {
         max_wait: Duration::from_millis(100),
         partition_max_bytes: args.fetch_bytes,
         ..FetchOptions::default()
     };
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let received = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let mut consumers = JoinSet::new();
+    for share in e2e::share_partitions(positions, args.consumers as usize) {
+        let client = Client::new(&args.connect.bootstrap).await?;
+        consumers.spawn(read_to_end(
+            client,
+            share,
+            options.clone(),
+            (args.count, deadline),
+            received.clone(),
+            progress.clone(),
+        ));
+    }
     let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
-    while records < args.count && Instant::now() < deadline {
+    while let Some(done) = consumers.join_next().await {
+        let (r, b, e) = done.context("a consumer task failed")??;
+        records += r;
+        bytes += b;
+        errors += e;
+    }
+    Ok(Report {
+        mode: BenchMode::Consume,
+        records,
+        bytes,
+        elapsed: started.elapsed(),
+        errors,
+        latency_us: None,
+        end_to_end: None,
+        rss: None,
+    })
+}
+
+/// One consumer of `consume`: fetch `positions` until each partition is at its end, all
+/// consumers together received `count` records, or the deadline. Returns its records,
+/// value bytes and fetch errors.
+async fn read_to_end(
+    client: Client,
+    mut positions: Vec<(TopicPartition, i64)>,
+    options: FetchOptions,
+    (count, deadline): (u64, Instant),
+    received: Arc<AtomicU64>,
+    progress: ProgressBar,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    while received.load(Ordering::Relaxed) < count && Instant::now() < deadline {
         let fetched = client.fetch_many(&positions, &options).await?;
         let mut progressed = false;
         for part in fetched {
@@ -564,8 +609,10 @@ async fn consume(
                 errors += 1;
                 continue;
             }
-            records += part.records.len() as u64;
-            progress.inc(part.records.len() as u64);
+            let n = part.records.len() as u64;
+            records += n;
+            received.fetch_add(n, Ordering::Relaxed);
+            progress.inc(n);
             bytes += part
                 .records
                 .iter()
@@ -581,20 +628,11 @@ async fn consume(
             }
         }
         if !progressed {
-            // Every partition is at its end.
+            // Every partition of this consumer is at its end.
             break;
         }
     }
-    Ok(Report {
-        mode: BenchMode::Consume,
-        records,
-        bytes,
-        elapsed: started.elapsed(),
-        errors,
-        latency_us: None,
-        end_to_end: None,
-        rss: None,
-    })
+    Ok((records, bytes, errors))
 }
 
 #[cfg(test)]

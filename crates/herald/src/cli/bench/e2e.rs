@@ -89,14 +89,7 @@ pub async fn run(
             (TopicPartition::new(&args.topic, p.partition), end)
         })
         .collect();
-    if args.consumers as usize > positions.len() {
-        bail!(
-            "--consumers {} is more than the {} partitions of {}",
-            args.consumers,
-            positions.len(),
-            args.topic
-        );
-    }
+    check_consumers(args, positions.len())?;
 
     let (total_tx, total_rx) = watch::channel(None::<u64>);
     let received = Arc::new(AtomicU64::new(0));
@@ -210,6 +203,20 @@ pub async fn run(
         }),
         rss: None,
     })
+}
+
+/// At most one consumer per partition: a consumer without a partition would measure
+/// nothing.
+pub fn check_consumers(args: &BenchArgs, partitions: usize) -> anyhow::Result<()> {
+    if args.consumers as usize > partitions {
+        bail!(
+            "--consumers {} is more than the {} partitions of {}",
+            args.consumers,
+            partitions,
+            args.topic
+        );
+    }
+    Ok(())
 }
 
 /// Deal `positions` out to `consumers` consumers, round robin (none left empty when
