@@ -660,6 +660,79 @@ def test_restart_mid_lease_loses_nothing_and_redelivers_nothing_acked(broker, he
     assert stats["expired_leases"] == 5, stats
 
 
+def test_kill_9_mid_work_loses_nothing_and_redelivers_nothing_acked(broker, herald):
+    """A worker acks as fast as it can while the broker is killed (SIGKILL) at random
+    moments, five times. An ack the broker answered is durable: that record is never
+    delivered again. Nothing is lost: every record is acked in the end. An ack whose
+    answer the kill cut off may or may not have landed: that record may come back
+    (at least once) or not, but it is never left undone."""
+    import random
+
+    rng = random.Random(20261201)
+    topic = herald.create_topic(2)
+    sub = herald.subscribe(topic, lease_ms=1500, max_deliveries=1000, backoff_base_ms=10,
+                           backoff_jitter=0.0)
+    total = 2000
+    for start in range(0, total, 100):
+        herald.publish(topic, [{"key": f"k{i}", "value": {"id": i}} for i in range(start, start + 100)])
+    confirmed: set[int] = set()
+    in_doubt: set[int] = set()
+    delivered_after_ack: list[dict] = []
+
+    def work() -> None:
+        """Receive and ack until the connection breaks (the kill) or nothing is left."""
+        while True:
+            response = herald.request("POST", f"{sub.path}/receive", json={"max_records": 7, "wait_ms": 200})
+            assert response.status_code == 200, _describe(response)
+            batch = response.json()["records"]
+            if not batch:
+                return
+            delivered_after_ack.extend(d for d in batch if d["value"]["id"] in confirmed)
+            ids = {d["value"]["id"] for d in batch}
+            in_doubt.update(ids)
+            response = herald.request("POST", f"{sub.path}/ack",
+                                      json={"receipts": [d["receipt"] for d in batch]})
+            assert response.status_code == 200, _describe(response)
+            body = response.json()
+            # A failure here can only be a lease that ran out.
+            assert all(f["error"] in ("stale_receipt", "not_leased") for f in body["failed"]), body
+            failed = {f["receipt"] for f in body["failed"]}
+            confirmed.update(d["value"]["id"] for d in batch if d["receipt"] not in failed)
+            in_doubt.difference_update(ids)
+
+    kills = interrupted = 0
+    for _ in range(5):
+        killer = threading.Timer(rng.uniform(0.2, 0.6), broker.kill)
+        killer.start()
+        try:
+            work()
+        except httpx.TransportError:
+            interrupted += 1
+        killer.join()  # if the work ran out first, the kill still comes, between calls
+        assert not broker.is_running()
+        kills += 1
+        broker.start()
+        herald.reconnect()
+        assert not delivered_after_ack, f"acked records delivered again: {delivered_after_ack[:5]}"
+    assert kills == 5 and interrupted >= 3, (kills, interrupted)
+
+    # Drain: what was leased at a kill comes back once its lease (1.5 s) runs out.
+    deadline = time.monotonic() + 60
+    while True:
+        work()
+        stats = sub.stats()
+        if (stats["depth"], stats["in_flight"], stats["delayed"]) == (0, 0, 0):
+            break
+        assert time.monotonic() < deadline, f"records never finished: {stats}"
+        time.sleep(0.1)
+    assert not delivered_after_ack, f"acked records delivered again: {delivered_after_ack[:5]}"
+    # Nothing lost: every record was acked with an answer, or its ack was cut off by a
+    # kill and it did not come back because that ack had landed.
+    assert set(range(total)) - confirmed <= in_doubt, sorted(set(range(total)) - confirmed - in_doubt)[:20]
+    assert stats["dead_lettered"] == 0, stats
+    assert sub.receive(max_records=100, wait_ms=2000) == []
+
+
 def test_redrive_moves_dead_letters_back_as_new_work(herald):
     topic = herald.create_topic(1)
     sub = herald.subscribe(topic, max_deliveries=1, backoff_jitter=0.0)
