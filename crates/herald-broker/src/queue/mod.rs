@@ -683,23 +683,38 @@ impl Broker {
 
     /// Copy a record that failed `max_deliveries` times to the dead-letter topic, then
     /// mark it done. A crash between the two copies it again after restart (at least once).
+    /// Write the dead-letter copy of a record waiting for one, then mark it done. A
+    /// record someone else is writing already is left to them.
     async fn dead_letter(
         &self,
         sub: &Arc<Subscription>,
         partition: i32,
         offset: i64,
     ) -> Result<()> {
+        let slot = &sub.partitions[partition as usize];
+        let Some(entry) = slot
+            .lock()
+            .map_err(|_| poisoned())?
+            .claim_dead_letter(offset)
+        else {
+            return Ok(());
+        };
+        let written = self.write_dead_letter(sub, partition, offset, entry).await;
+        slot.lock()
+            .map_err(|_| poisoned())?
+            .release_dead_letter(offset);
+        written
+    }
+
+    async fn write_dead_letter(
+        &self,
+        sub: &Arc<Subscription>,
+        partition: i32,
+        offset: i64,
+        entry: state::Entry,
+    ) -> Result<()> {
         let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
         let dlq_name = settings.dead_letter_topic(&sub.topic, &sub.name);
-        let entry = {
-            let q = sub.partitions[partition as usize]
-                .lock()
-                .map_err(|_| poisoned())?;
-            match q.entries.get(&offset) {
-                Some(e) if e.state == state::EntryState::DeadLettering => e.clone(),
-                _ => return Ok(()),
-            }
-        };
         let source = self
             .topic(&sub.topic)
             .ok_or_else(|| BrokerError::UnknownTopic(sub.topic.clone()))?;

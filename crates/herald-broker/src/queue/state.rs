@@ -74,6 +74,11 @@ pub struct PartitionQueue {
     /// (deadline, offset) of leases, earliest first; stale pairs are skipped when popped.
     #[serde(skip)]
     deadlines: BinaryHeap<std::cmp::Reverse<(i64, i64)>>,
+    /// Records whose dead-letter copy is being written right now. One writer per record:
+    /// the nack (or expiry) that dead-lettered it and the timer's pass over records left
+    /// half dead-lettered must not both append a copy.
+    #[serde(skip)]
+    dead_letter_claims: HashSet<i64>,
 }
 
 /// Counts of the partition's tracked records at one instant.
@@ -285,6 +290,21 @@ impl PartitionQueue {
             .filter(|(_, e)| e.state == EntryState::DeadLettering)
             .map(|(o, _)| *o)
             .collect()
+    }
+
+    /// Take the writing of `offset`'s dead-letter copy: its entry, if it is waiting for
+    /// one and nobody else is writing it. Give it back with `release_dead_letter`.
+    pub fn claim_dead_letter(&mut self, offset: i64) -> Option<Entry> {
+        let entry = self
+            .entries
+            .get(&offset)
+            .filter(|e| e.state == EntryState::DeadLettering)?
+            .clone();
+        self.dead_letter_claims.insert(offset).then_some(entry)
+    }
+
+    pub fn release_dead_letter(&mut self, offset: i64) {
+        self.dead_letter_claims.remove(&offset);
     }
 
     /// The dead-letter copy of `offset` is durable.

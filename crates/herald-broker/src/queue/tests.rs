@@ -674,3 +674,38 @@ fn states_stored_as_json_before_postcard_still_load() {
         assert!(decode_state(&bytes[..cut]).is_err(), "cut at {cut}");
     }
 }
+
+/// The timer's pass over records left half dead-lettered (flagged at start-up and for a
+/// new subscription) ran while a nack was writing the same record's dead-letter copy,
+/// and wrote a second copy (seen in CI: a DLQ with source offsets [0, 0, 1, 2]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_is_dead_lettered_once_when_the_timer_races_the_nack() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    broker
+        .create_topic("orders", Some(1), BTreeMap::new(), false)
+        .unwrap();
+    for round in 0..20 {
+        let name = format!("billing-{round}");
+        let settings = SubscriptionSettings {
+            max_deliveries: 1,
+            ..fast()
+        };
+        broker
+            .create_subscription("orders", &name, settings)
+            .await
+            .unwrap();
+        if round == 0 {
+            publish(&broker, "orders", 0, &[rec("o-1", "OrderPlaced", &[])]).await;
+        }
+        let got = broker.receive("orders", &name, 1, 5_000).await.unwrap();
+        assert_eq!(got.len(), 1);
+        // The subscription is new, so the timer pass looks for half-done dead letters.
+        let (dead, tick) = tokio::join!(broker.nack(&got[0].receipt, None), broker.queue_tick());
+        assert!(dead.unwrap());
+        tick.unwrap();
+        let dlq = format!("orders.{name}.dlq");
+        let letters = broker.list_dead_letters(&dlq, 10).unwrap();
+        assert_eq!(letters.len(), 1, "round {round}: {} copies", letters.len());
+    }
+}
