@@ -682,9 +682,8 @@ impl Broker {
     }
 
     /// Copy a record that failed `max_deliveries` times to the dead-letter topic, then
-    /// mark it done. A crash between the two copies it again after restart (at least once).
-    /// Write the dead-letter copy of a record waiting for one, then mark it done. A
-    /// record someone else is writing already is left to them.
+    /// mark it done. A crash between the two copies it again after restart (at least
+    /// once); a record someone else is copying right now is left to them.
     async fn dead_letter(
         &self,
         sub: &Arc<Subscription>,
@@ -706,6 +705,7 @@ impl Broker {
         written
     }
 
+    /// The copy itself, for the caller holding the record's claim.
     async fn write_dead_letter(
         &self,
         sub: &Arc<Subscription>,
