@@ -672,7 +672,8 @@ def test_kill_9_mid_work_loses_nothing_and_redelivers_nothing_acked(broker, hera
     topic = herald.create_topic(2)
     sub = herald.subscribe(topic, lease_ms=1500, max_deliveries=1000, backoff_base_ms=10,
                            backoff_jitter=0.0)
-    total = 2000
+    # Enough work that at least 3 of the 5 kills (0.2-0.6 s apart) land mid-work.
+    total = 4000
     for start in range(0, total, 100):
         herald.publish(topic, [{"key": f"k{i}", "value": {"id": i}} for i in range(start, start + 100)])
     confirmed: set[int] = set()

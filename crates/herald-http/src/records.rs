@@ -114,6 +114,12 @@ fn record_headers(
             ));
         }
         (_, Some(delay_ms)) => Some(herald_broker::now_ms().saturating_add(delay_ms)),
+        (Some(at), None) if at < 0 => {
+            return Err(bad_request(
+                "invalid_deliver_at",
+                format!("records[{index}].deliver_at must be ms since the epoch, not negative"),
+            ));
+        }
         (at, None) => at,
     };
     let fields = [
@@ -130,12 +136,6 @@ fn record_headers(
             return Err(bad_request(
                 "duplicate_header",
                 format!("records[{index}] sets both {field} and the header {header:?}"),
-            ));
-        }
-        if field == "deliver_at" && deliver_at.is_some_and(|ms| ms < 0) {
-            return Err(bad_request(
-                "invalid_deliver_at",
-                format!("records[{index}].deliver_at must be ms since the epoch, not negative"),
             ));
         }
         headers.push((header.to_string(), Some(Bytes::from(value.into_bytes()))));

@@ -54,7 +54,7 @@ impl GroupCommit {
                     let mut encoded = Vec::new();
                     for (sub, p) in &writes {
                         if seen.insert((Arc::as_ptr(sub), *p))
-                            && let Some(state) = sub.snapshot(*p)
+                            && let Some(state) = sub.snapshot(*p)?
                         {
                             encoded.push((sub, *p, state));
                         }

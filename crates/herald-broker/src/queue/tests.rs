@@ -641,7 +641,7 @@ fn busy_state() -> PartitionQueue {
 #[test]
 fn stored_state_round_trips_and_is_compact() {
     let q = busy_state();
-    let bytes = encode(&q);
+    let bytes = encode(&q).unwrap();
     assert_eq!(bytes[0], STATE_POSTCARD_V1);
     let back = decode_state(&bytes).unwrap();
     assert_eq!((back.floor, back.scan_next), (q.floor, q.scan_next));
@@ -669,7 +669,7 @@ fn states_stored_as_json_before_postcard_still_load() {
             .contains("unknown state format")
     );
     // Truncated postcard is an error, not a panic or a partial state.
-    let bytes = encode(&q);
+    let bytes = encode(&q).unwrap();
     for cut in 1..bytes.len() {
         assert!(decode_state(&bytes[..cut]).is_err(), "cut at {cut}");
     }
