@@ -74,6 +74,9 @@ pub struct BrokerConfig {
     /// file) instead of leaving Herald's built-in value: DescribeConfigs reports those
     /// as STATIC_BROKER_CONFIG rather than DEFAULT_CONFIG.
     pub operator_topic_defaults: BTreeSet<&'static str>,
+    /// Bytes of request and response buffers all front ends may hold at once (Kafka's
+    /// `queued.max.request.bytes`, for responses too): past it, sockets wait.
+    pub memory_budget_bytes: usize,
 }
 
 impl BrokerConfig {
@@ -97,6 +100,7 @@ impl BrokerConfig {
             retention_bytes: -1,
             retention_check_interval_ms: 30_000,
             operator_topic_defaults: BTreeSet::new(),
+            memory_budget_bytes: crate::limits::MEMORY_BUDGET_BYTES_DEFAULT,
         }
     }
 

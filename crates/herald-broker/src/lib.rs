@@ -6,6 +6,7 @@ pub mod cleaner;
 pub mod config;
 pub mod error;
 pub mod group;
+pub mod limits;
 pub mod partition;
 pub mod producer;
 pub mod queue;
@@ -35,6 +36,7 @@ pub struct PartitionLag {
 }
 pub use error::{BrokerError, Result};
 pub use group::{GroupCoordinator, GroupError};
+pub use limits::{ConnectionGate, ConnectionPermit, MemoryBudget, Refused, Reservation};
 pub use partition::{Partition, PendingAppend, ReadResult, StartOffsetMove};
 pub use topic::{ConfigOp, ConfigSource, Topic};
 
@@ -94,12 +96,19 @@ pub struct Broker {
     data_changed: Arc<watch::Sender<u64>>,
     producer_ids: std::sync::Mutex<(i64, i64)>,
     queues: queue::Queues,
+    /// Request and response buffers of every front end, broker-wide.
+    memory: Arc<MemoryBudget>,
     /// Held for the broker's lifetime: a second process on the same data directory
     /// would corrupt it.
     _data_dir_lock: std::fs::File,
 }
 
 impl Broker {
+    /// The broker-wide budget for request and response buffers.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
     /// Open the data directory, recover every partition and start background tasks.
     /// Must run inside a tokio runtime.
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>> {
@@ -128,6 +137,7 @@ impl Broker {
                 .map_err(|e| BrokerError::Storage(e.to_string()))?,
         );
         let data_changed = Arc::new(watch::Sender::new(0u64));
+        let memory = MemoryBudget::new(config.memory_budget_bytes);
         let broker = Arc::new(Broker {
             config,
             cluster_id,
@@ -139,6 +149,7 @@ impl Broker {
             data_changed,
             producer_ids: std::sync::Mutex::new((0, 0)),
             queues: queue::Queues::new(meta.clone()),
+            memory,
             _data_dir_lock: data_dir_lock,
         });
         let started = std::time::Instant::now();
