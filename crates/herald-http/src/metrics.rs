@@ -171,6 +171,7 @@ pub fn render(
         }
     }
     subscription_metrics(broker, &mut registry);
+    memory_metrics(broker, &mut registry);
     for group in broker.groups.list() {
         if let Some(description) = broker.groups.describe(&group.group_id) {
             group_members
@@ -192,6 +193,33 @@ pub fn render(
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// The broker-wide memory budget of request and response buffers.
+fn memory_metrics(broker: &Broker, registry: &mut Registry) {
+    let memory = broker.memory();
+    let total = Gauge::<i64>::default();
+    total.set(i64::try_from(memory.total()).unwrap_or(i64::MAX));
+    registry.register(
+        "herald_memory_budget_bytes",
+        "Bytes of request and response buffers all listeners may hold (memory_budget_bytes)",
+        total,
+    );
+    let used = Gauge::<i64>::default();
+    used.set(i64::try_from(memory.used()).unwrap_or(i64::MAX));
+    registry.register(
+        "herald_memory_budget_used_bytes",
+        "Bytes of the memory budget held now by requests being read or handled and \
+         responses being written",
+        used,
+    );
+    let waits = Counter::<u64>::default();
+    waits.inc_by(memory.waits());
+    registry.register(
+        "herald_memory_budget_waits",
+        "Times a socket was not read because the memory budget was used up",
+        waits,
+    );
 }
 
 /// Work-queue subscriptions: read from the broker at scrape time like the partitions.

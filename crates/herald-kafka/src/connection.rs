@@ -1,63 +1,101 @@
-//! Framing over one socket: a 4-byte big-endian length, then the request. Requests are
-//! read and handled in order; each produces an `Outgoing` that the writer task sends in
-//! that same order. A produce request appends before the next request is read (so an
-//! idempotent producer's batches keep their order) but waits for its fsync in the
-//! writer's queue, so a pipelining producer's requests share fsyncs.
+//! Framing over one byte stream: a 4-byte big-endian length, then the request.
+//! Requests are read and handled in order; each produces an `Outgoing` that the writer
+//! task sends in that same order. A produce request appends before the next request is
+//! read (so an idempotent producer's batches keep their order) but waits for its fsync
+//! in the writer's queue, so a pipelining producer's requests share fsyncs.
+//!
+//! What bounds a connection's memory, whatever the client does:
+//! - at most `in_flight_requests_max` requests wait for their responses; past that the
+//!   socket is not read;
+//! - a request's bytes are reserved from the broker's `MemoryBudget` before they are
+//!   read (the socket is not read while the budget is used up), must arrive within
+//!   `request_read_timeout_ms`, and are held until the response is written;
+//! - a fetch is a deferred `Later`: it reads the log only when the writer reaches it,
+//!   i.e. once every earlier response was handed to the socket, so a client that does
+//!   not read holds at most one fetch response, and that within its budget share;
+//! - a response that makes no progress for `send_timeout_ms` closes the connection, and
+//!   so does `connections_max_idle_ms` with nothing in flight and nothing sent;
+//! - when the client goes away, the writer is aborted at once: pending long-polls,
+//!   fsync waits and queued responses are dropped with their memory.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-#[cfg(test)]
-use std::time::Duration;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use herald_broker::Broker;
+use herald_broker::{Broker, Reservation};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::KafkaConfig;
 use crate::dispatch::{self, Context, REQUEST_HEADER_BYTES_MIN};
 use crate::metrics::KafkaMetrics;
 
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A response ready to write, with the memory it holds until it is written.
+pub struct Reply {
+    pub bytes: Bytes,
+    pub memory: Option<Reservation>,
+}
+
+impl From<Bytes> for Reply {
+    fn from(bytes: Bytes) -> Reply {
+        Reply {
+            bytes,
+            memory: None,
+        }
+    }
+}
 
 /// A response in the making, in request order.
 pub enum Outgoing {
     Ready(Bytes),
-    /// Resolves to the response, or to None when none is sent (acks=0).
-    Later(Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>),
+    /// Resolves to the response, or to None when none is sent (acks=0). Polled only
+    /// when the writer reaches it: work that builds a large response belongs here.
+    Later(Pin<Box<dyn Future<Output = Option<Reply>> + Send>>),
     /// Close the connection after everything before it is written.
     Close,
 }
 
-pub struct Connection {
-    socket: TcpStream,
+pub struct Connection<S> {
+    stream: S,
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
     metrics: KafkaMetrics,
 }
 
-/// A response on its way to the writer, with what its latency is measured from.
+/// A response on its way to the writer, with what its latency is measured from and
+/// the request's memory, returned once the response is written.
 struct Timed {
     outgoing: Outgoing,
     api_key: i16,
     arrived: Instant,
+    request_memory: Option<Reservation>,
 }
 
-impl Connection {
+/// How the reading half ended.
+enum ReadEnd {
+    /// The client went away (EOF, reset) or sent garbage: drop everything now.
+    Gone,
+    /// A request asked to close (malformed): write what came before it first.
+    Close,
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     pub fn new(
-        socket: TcpStream,
+        stream: S,
         peer: SocketAddr,
         broker: Arc<Broker>,
         config: Arc<KafkaConfig>,
         metrics: KafkaMetrics,
-    ) -> Connection {
+    ) -> Connection<S> {
         Connection {
-            socket,
+            stream,
             peer,
             broker,
             config,
@@ -67,57 +105,173 @@ impl Connection {
 
     pub async fn run(self) {
         let peer = self.peer;
-        let (mut reader, writer) = self.socket.into_split();
+        let (mut reader, writer) = tokio::io::split(self.stream);
         let (tx, rx) = mpsc::channel::<Timed>(self.config.in_flight_requests_max.max(1));
-        let writer_task = tokio::spawn(write_responses(writer, rx, peer, self.metrics));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let send_timeout = Duration::from_millis(self.config.send_timeout_ms.max(1));
+        let mut writer_task = tokio::spawn(write_responses(
+            writer,
+            rx,
+            peer,
+            self.metrics.clone(),
+            in_flight.clone(),
+            send_timeout,
+        ));
         let context = Context {
             broker: self.broker,
             config: self.config.clone(),
             peer,
         };
-        loop {
-            let mut length = [0u8; 4];
-            if let Err(e) = reader.read_exact(&mut length).await {
-                if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    tracing::debug!(%peer, error = %e, "read failed");
-                }
-                break;
-            }
-            let length = i32::from_be_bytes(length);
-            let Ok(length) = usize::try_from(length) else {
-                tracing::warn!(%peer, length, "closing connection: negative request length");
-                break;
-            };
-            if length < REQUEST_HEADER_BYTES_MIN || length > self.config.request_bytes_max {
-                tracing::warn!(%peer, length, max = self.config.request_bytes_max, "closing connection: request length out of bounds");
-                break;
-            }
-            let frame = match read_frame(&mut reader, length).await {
-                Ok(frame) => frame,
-                Err(e) => {
-                    tracing::warn!(%peer, length, error = %e, "closing connection: truncated request");
-                    break;
-                }
-            };
-            let arrived = Instant::now();
-            // The frame holds at least a request header (checked above): api key first.
-            let api_key = match frame.get(0..2) {
-                Some(&[hi, lo]) => i16::from_be_bytes([hi, lo]),
-                _ => -1,
-            };
-            let outgoing = dispatch::handle_frame(&context, frame.freeze()).await;
-            let close = matches!(outgoing, Outgoing::Close);
-            let timed = Timed {
-                outgoing,
-                api_key,
-                arrived,
-            };
-            if tx.send(timed).await.is_err() || close {
-                break;
+        let reading = read_requests(&mut reader, &context, &tx, &in_flight, &self.metrics);
+        let end = tokio::select! {
+            end = reading => end,
+            // The writer stopped (the socket failed or stalled): stop reading too.
+            _ = &mut writer_task => return,
+        };
+        drop(tx);
+        match end {
+            ReadEnd::Gone => writer_task.abort(),
+            ReadEnd::Close => {
+                let _ = writer_task.await;
             }
         }
-        drop(tx);
-        let _ = writer_task.await;
+    }
+}
+
+async fn read_requests<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    context: &Context,
+    tx: &mpsc::Sender<Timed>,
+    in_flight: &AtomicUsize,
+    metrics: &KafkaMetrics,
+) -> ReadEnd {
+    let peer = context.peer;
+    let config = &context.config;
+    let idle = Duration::from_millis(config.connections_max_idle_ms.max(1));
+    let request_read_timeout = Duration::from_millis(config.request_read_timeout_ms.max(1));
+    let memory = context.broker.memory();
+    loop {
+        let mut length = [0u8; 4];
+        let mut got = 0;
+        while got < length.len() {
+            match read_some(reader, &mut length[got..], idle, in_flight).await {
+                Ok(0) => {
+                    if got > 0 {
+                        tracing::debug!(%peer, "connection closed inside a length prefix");
+                    }
+                    return ReadEnd::Gone;
+                }
+                Ok(n) => got += n,
+                Err(ReadError::Idle | ReadError::Slow) => {
+                    tracing::info!(%peer, idle_ms = config.connections_max_idle_ms, "closing idle connection");
+                    metrics.closed_idle();
+                    return ReadEnd::Gone;
+                }
+                Err(ReadError::Io(e)) => {
+                    tracing::debug!(%peer, error = %e, "read failed");
+                    return ReadEnd::Gone;
+                }
+            }
+        }
+        let length = i32::from_be_bytes(length);
+        let Ok(length) = usize::try_from(length) else {
+            tracing::warn!(%peer, length, "closing connection: negative request length");
+            return ReadEnd::Gone;
+        };
+        if length < REQUEST_HEADER_BYTES_MIN || length > config.request_bytes_max {
+            tracing::warn!(%peer, length, max = config.request_bytes_max, "closing connection: request length out of bounds");
+            return ReadEnd::Gone;
+        }
+        let (frame, request_memory) = match read_frame(reader, length, memory, request_read_timeout)
+            .await
+        {
+            Ok(read) => read,
+            Err(ReadError::Idle | ReadError::Slow) => {
+                tracing::warn!(%peer, length, timeout_ms = config.request_read_timeout_ms, "closing connection: the request did not arrive in time");
+                metrics.closed_idle();
+                return ReadEnd::Gone;
+            }
+            Err(ReadError::Io(e)) => {
+                tracing::warn!(%peer, length, error = %e, "closing connection: truncated request");
+                return ReadEnd::Gone;
+            }
+        };
+        let arrived = Instant::now();
+        // The frame holds at least a request header (checked above): api key first.
+        let api_key = match frame.get(0..2) {
+            Some(&[hi, lo]) => i16::from_be_bytes([hi, lo]),
+            _ => -1,
+        };
+        let outgoing = dispatch::handle_frame(context, frame.freeze()).await;
+        let close = matches!(outgoing, Outgoing::Close);
+        let timed = Timed {
+            outgoing,
+            api_key,
+            arrived,
+            request_memory: Some(request_memory),
+        };
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        if tx.send(timed).await.is_err() {
+            return ReadEnd::Gone;
+        }
+        if close {
+            return ReadEnd::Close;
+        }
+    }
+}
+
+enum ReadError {
+    /// Nothing arrived for the idle time while nothing was in flight.
+    Idle,
+    /// A request's bytes did not all arrive within `request_read_timeout_ms`.
+    Slow,
+    Io(std::io::Error),
+}
+
+/// One read (cancel-safe), giving up after `idle` without bytes unless responses are
+/// still owed: a long-poll or a response the client is slow to take is not idleness.
+async fn read_some<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+    idle: Duration,
+    in_flight: &AtomicUsize,
+) -> Result<usize, ReadError> {
+    loop {
+        match tokio::time::timeout(idle, reader.read(buf)).await {
+            Ok(result) => return result.map_err(ReadError::Io),
+            Err(_) if in_flight.load(Ordering::Acquire) > 0 => continue,
+            Err(_) => return Err(ReadError::Idle),
+        }
+    }
+}
+
+/// Read exactly `length` bytes into a new buffer. The whole length is reserved from the
+/// memory budget first (as Kafka's memory pool does: the socket is not read until it
+/// fits, and a request in progress never waits for memory, so requests cannot hold
+/// each other up half-read), and the request must arrive within `deadline`, so a
+/// client that announces a large request and trickles it holds the budget only so long.
+/// The buffer is not zeroed: the socket fills it.
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    length: usize,
+    memory: &Arc<herald_broker::MemoryBudget>,
+    deadline: Duration,
+) -> Result<(BytesMut, Reservation), ReadError> {
+    let reservation = memory.reserve(length).await;
+    let read = async {
+        let mut frame = BytesMut::with_capacity(length);
+        while frame.len() < length {
+            let wanted = (length - frame.len()) as u64;
+            if (&mut *reader).take(wanted).read_buf(&mut frame).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(frame)
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Err(_) => Err(ReadError::Slow),
+        Ok(Err(e)) => Err(ReadError::Io(e)),
+        Ok(Ok(frame)) => Ok((frame, reservation)),
     }
 }
 
@@ -126,24 +280,36 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Timed>,
     peer: SocketAddr,
     metrics: KafkaMetrics,
+    in_flight: Arc<AtomicUsize>,
+    send_timeout: Duration,
 ) {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+    let stalled = |what: &str| {
+        tracing::warn!(%peer, timeout_ms = send_timeout.as_millis() as u64, "closing connection: {what} made no progress (the client does not read)");
+        metrics.closed_send_timeout();
+    };
     while let Some(Timed {
         outgoing,
         api_key,
         arrived,
+        request_memory,
     }) = rx.recv().await
     {
-        let bytes = match outgoing {
-            Outgoing::Ready(bytes) => Some(bytes),
+        let reply = match outgoing {
+            Outgoing::Ready(bytes) => Some(Reply::from(bytes)),
             Outgoing::Later(mut future) => match poll_once(future.as_mut()) {
                 Some(ready) => ready,
                 None => {
-                    // Not ready (a produce waiting for its fsync): send what is already
-                    // written first, or those responses would wait for this fsync too.
-                    if let Err(e) = writer.flush().await {
-                        tracing::debug!(%peer, error = %e, "flush failed");
-                        return;
+                    // Not ready (a produce waiting for its fsync, a fetch long-polling):
+                    // send what is already written first, or those responses would wait
+                    // for it too.
+                    match flush(&mut writer, send_timeout).await {
+                        Ok(()) => {}
+                        Err(Stall::Timeout) => return stalled("a flush"),
+                        Err(Stall::Io(e)) => {
+                            tracing::debug!(%peer, error = %e, "flush failed");
+                            return;
+                        }
                     }
                     future.await
                 }
@@ -151,37 +317,61 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             Outgoing::Close => break,
         };
         metrics.observe(api_key, arrived);
-        if let Some(bytes) = bytes
-            && let Err(e) = writer.write_all(&bytes).await
-        {
-            tracing::debug!(%peer, error = %e, "write failed");
-            return;
+        if let Some(reply) = reply {
+            match write_all(&mut writer, &reply.bytes, send_timeout).await {
+                Ok(()) => {}
+                Err(Stall::Timeout) => return stalled("a response"),
+                Err(Stall::Io(e)) => {
+                    tracing::debug!(%peer, error = %e, "write failed");
+                    return;
+                }
+            }
         }
+        drop(request_memory);
+        in_flight.fetch_sub(1, Ordering::AcqRel);
         // Batch small responses into one write; flush when nothing else is queued.
-        if rx.is_empty()
-            && let Err(e) = writer.flush().await
-        {
-            tracing::debug!(%peer, error = %e, "flush failed");
-            return;
+        if rx.is_empty() {
+            match flush(&mut writer, send_timeout).await {
+                Ok(()) => {}
+                Err(Stall::Timeout) => return stalled("a flush"),
+                Err(Stall::Io(e)) => {
+                    tracing::debug!(%peer, error = %e, "flush failed");
+                    return;
+                }
+            }
         }
     }
-    let _ = writer.flush().await;
-    let _ = writer.shutdown().await;
+    let _ = tokio::time::timeout(send_timeout, writer.flush()).await;
+    let _ = tokio::time::timeout(send_timeout, writer.shutdown()).await;
 }
 
-/// Read exactly `length` bytes into a new buffer (not zeroed first: the socket fills it).
-async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    length: usize,
-) -> std::io::Result<BytesMut> {
-    let mut frame = BytesMut::with_capacity(length);
-    while frame.len() < length {
-        let wanted = (length - frame.len()) as u64;
-        if reader.take(wanted).read_buf(&mut frame).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+enum Stall {
+    Timeout,
+    Io(std::io::Error),
+}
+
+/// Write all of `bytes`, failing when one write makes no progress for `timeout`.
+async fn write_all<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), Stall> {
+    while !bytes.is_empty() {
+        match tokio::time::timeout(timeout, writer.write(bytes)).await {
+            Err(_) => return Err(Stall::Timeout),
+            Ok(Err(e)) => return Err(Stall::Io(e)),
+            Ok(Ok(0)) => return Err(Stall::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => bytes = &bytes[n..],
         }
     }
-    Ok(frame)
+    Ok(())
+}
+
+async fn flush<W: AsyncWrite + Unpin>(writer: &mut W, timeout: Duration) -> Result<(), Stall> {
+    match tokio::time::timeout(timeout, writer.flush()).await {
+        Err(_) => Err(Stall::Timeout),
+        Ok(result) => result.map_err(Stall::Io),
+    }
 }
 
 /// Poll a future once without registering interest; `None` if it is not ready yet.
@@ -197,6 +387,32 @@ fn poll_once<T>(future: Pin<&mut (dyn Future<Output = T> + Send)>) -> Option<T> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn timed(outgoing: Outgoing) -> Timed {
+        Timed {
+            outgoing,
+            api_key: 0,
+            arrived: Instant::now(),
+            request_memory: None,
+        }
+    }
+
+    fn writer<W: AsyncWrite + Unpin + Send + 'static>(
+        socket: W,
+        rx: mpsc::Receiver<Timed>,
+        send_timeout: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        tokio::spawn(write_responses(
+            socket,
+            rx,
+            peer,
+            KafkaMetrics::default(),
+            Arc::new(AtomicUsize::new(8)),
+            send_timeout,
+        ))
+    }
 
     /// A response that is ready must reach the client even while the next one waits
     /// (for an fsync, say): otherwise pipelined acks stall behind each other.
@@ -204,19 +420,13 @@ mod tests {
     async fn ready_responses_are_sent_before_waiting_on_a_later_one() {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (tx, rx) = mpsc::channel(8);
-        let timed = |outgoing| Timed {
-            outgoing,
-            api_key: 0,
-            arrived: Instant::now(),
-        };
         tx.send(timed(Outgoing::Ready(Bytes::from_static(b"first"))))
             .await
             .unwrap();
         tx.send(timed(Outgoing::Later(Box::pin(std::future::pending()))))
             .await
             .unwrap();
-        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let writer = tokio::spawn(write_responses(server, rx, peer, KafkaMetrics::default()));
+        let writer = writer(server, rx, Duration::from_secs(60));
         let mut client = client;
         let mut got = [0u8; 5];
         tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got))
@@ -227,18 +437,67 @@ mod tests {
         writer.abort();
     }
 
+    /// A client that does not read holds one response: the next `Later` (a fetch) is
+    /// not even started, and the connection is closed after the send timeout.
+    #[tokio::test]
+    async fn a_socket_that_does_not_drain_stops_the_next_response_and_times_out() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(timed(Outgoing::Ready(Bytes::from(vec![7u8; 1 << 20]))))
+            .await
+            .unwrap();
+        let started = Arc::new(AtomicBool::new(false));
+        let flag = started.clone();
+        tx.send(timed(Outgoing::Later(Box::pin(async move {
+            flag.store(true, Ordering::SeqCst);
+            Some(Reply::from(Bytes::from_static(b"fetch")))
+        }))))
+        .await
+        .unwrap();
+        let writer = writer(server, rx, Duration::from_millis(200));
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("a stalled socket must be given up after the send timeout")
+            .unwrap();
+        assert!(
+            !started.load(Ordering::SeqCst),
+            "the fetch was built while the socket was full"
+        );
+        drop(client);
+    }
+
     #[tokio::test]
     async fn frames_arrive_whole_across_partial_reads_and_truncation_is_an_error() {
+        let memory = herald_broker::MemoryBudget::new(1 << 20);
         let (mut client, mut server) = tokio::io::duplex(4);
         let sender = tokio::spawn(async move {
             client.write_all(b"0123456789abc").await.unwrap();
         });
-        assert_eq!(
-            &read_frame(&mut server, 10).await.unwrap()[..],
-            b"0123456789"
-        );
+        let second = Duration::from_secs(10);
+        let (frame, reserved) = read_frame(&mut server, 10, &memory, second)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(&frame[..], b"0123456789");
+        assert_eq!(memory.used(), 10);
+        drop(reserved);
+        assert_eq!(memory.used(), 0);
         sender.await.unwrap();
-        let err = read_frame(&mut server, 10).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        let err = read_frame(&mut server, 10, &memory, second).await.err();
+        assert!(
+            matches!(err, Some(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trickled_request_is_given_up_after_the_read_timeout() {
+        let memory = herald_broker::MemoryBudget::new(1 << 20);
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"012").await.unwrap();
+        let err = read_frame(&mut server, 100, &memory, Duration::from_millis(100))
+            .await
+            .err();
+        assert!(matches!(err, Some(ReadError::Slow)));
+        assert_eq!(memory.used(), 0, "the reservation went with the request");
     }
 }

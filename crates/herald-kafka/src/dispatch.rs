@@ -15,6 +15,7 @@ use crate::connection::Outgoing;
 use crate::versions;
 
 /// What every handler may use: the broker, listener settings, who is asking.
+#[derive(Clone)]
 pub struct Context {
     pub broker: Arc<Broker>,
     pub config: Arc<KafkaConfig>,
@@ -33,12 +34,15 @@ macro_rules! requests {
         pub enum Request {
             /// Produce is applied in two steps (append now, answer when durable).
             Produce(ProduceRequest),
+            /// Fetch reads the log only when its response is next to be written.
+            Fetch(FetchRequest),
             $($variant($request),)*
         }
 
         fn decode_body(api_key: ApiKey, body: &mut Bytes, version: i16) -> anyhow::Result<Request> {
             match api_key {
                 ApiKey::Produce => Ok(Request::Produce(Decodable::decode(body, version)?)),
+                ApiKey::Fetch => Ok(Request::Fetch(Decodable::decode(body, version)?)),
                 $(ApiKey::$variant => Ok(Request::$variant(Decodable::decode(body, version)?)),)*
                 other => anyhow::bail!("{other:?} is not implemented"),
             }
@@ -47,6 +51,7 @@ macro_rules! requests {
         async fn apply(ctx: &Context, header: RequestHeader, request: Request) -> Outgoing {
             match request {
                 Request::Produce(request) => api::produce::handle(ctx, header, request),
+                Request::Fetch(request) => api::fetch::deferred(ctx.clone(), header, request),
                 $(Request::$variant(request) => {
                     let response = api::$module::handle(ctx, &header, request).await;
                     respond(&header, ApiKey::$variant, &response)
@@ -57,7 +62,6 @@ macro_rules! requests {
 }
 
 requests! {
-    Fetch(FetchRequest) => fetch,
     ListOffsets(ListOffsetsRequest) => list_offsets,
     Metadata(MetadataRequest) => metadata,
     OffsetCommit(OffsetCommitRequest) => offset_commit,

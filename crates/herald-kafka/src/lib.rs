@@ -21,6 +21,14 @@ use std::net::SocketAddr;
 pub use metrics::KafkaMetrics;
 pub use server::KafkaServer;
 
+/// Kafka's default `connections.max.idle.ms`: 10 minutes.
+pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
+/// How long a response may wait for a socket that does not drain.
+pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+
+/// How long the bytes of one request may take to arrive.
+pub const REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
 /// Settings of the Kafka listener. Every limit is named and configurable.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -37,6 +45,17 @@ pub struct KafkaConfig {
     pub in_flight_requests_max: usize,
     /// Upper bound on how long a fetch may long-poll.
     pub fetch_wait_ms_max: u64,
+    /// Connections one client address may hold at once.
+    pub connections_max_per_ip: usize,
+    /// A connection with nothing in flight that sends nothing for this long is closed
+    /// (Kafka's `connections.max.idle.ms`).
+    pub connections_max_idle_ms: u64,
+    /// A response that makes no progress into the socket for this long closes the
+    /// connection (a client that stopped reading; RabbitMQ's `send_timeout`).
+    pub send_timeout_ms: u64,
+    /// A request whose bytes do not all arrive this soon after its length closes the
+    /// connection (its memory is reserved meanwhile).
+    pub request_read_timeout_ms: u64,
 }
 
 impl KafkaConfig {
@@ -50,6 +69,10 @@ impl KafkaConfig {
             fetch_bytes_max: 55 * 1024 * 1024,
             in_flight_requests_max: 256,
             fetch_wait_ms_max: 30_000,
+            connections_max_per_ip: herald_broker::limits::CONNECTIONS_MAX_PER_IP_DEFAULT,
+            connections_max_idle_ms: CONNECTIONS_MAX_IDLE_MS_DEFAULT,
+            send_timeout_ms: SEND_TIMEOUT_MS_DEFAULT,
+            request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct KafkaMetrics {
     connections: Gauge,
     accepted: Counter,
     refused: Counter,
+    closed_idle: Counter,
+    closed_send_timeout: Counter,
 }
 
 impl Default for KafkaMetrics {
@@ -65,6 +67,8 @@ impl Default for KafkaMetrics {
             connections: Gauge::default(),
             accepted: Counter::default(),
             refused: Counter::default(),
+            closed_idle: Counter::default(),
+            closed_send_timeout: Counter::default(),
         }
     }
 }
@@ -90,8 +94,20 @@ impl KafkaMetrics {
         );
         registry.register(
             "herald_kafka_connections_refused",
-            "Kafka client connections refused because connections_max were open",
+            "Kafka client connections refused because connections_max (or \
+             connections_max_per_ip from one address) were open",
             self.refused.clone(),
+        );
+        registry.register(
+            "herald_kafka_connections_closed_idle",
+            "Kafka connections closed after connections_max_idle_ms with nothing in flight",
+            self.closed_idle.clone(),
+        );
+        registry.register(
+            "herald_kafka_connections_closed_send_timeout",
+            "Kafka connections closed because a response made no progress into the socket \
+             for send_timeout_ms (the client stopped reading)",
+            self.closed_send_timeout.clone(),
         );
     }
 
@@ -112,6 +128,14 @@ impl KafkaMetrics {
 
     pub(crate) fn connection_refused(&self) {
         self.refused.inc();
+    }
+
+    pub(crate) fn closed_idle(&self) {
+        self.closed_idle.inc();
+    }
+
+    pub(crate) fn closed_send_timeout(&self) {
+        self.closed_send_timeout.inc();
     }
 }
 

@@ -1,10 +1,10 @@
-//! Accept loop: one task per connection, bounded by `connections_max`.
+//! Accept loop: one task per connection, bounded by `connections_max` in all and by
+//! `connections_max_per_ip` from one client address.
 
 use std::sync::Arc;
 
-use herald_broker::Broker;
+use herald_broker::{Broker, ConnectionGate};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::KafkaConfig;
 use crate::connection::Connection;
@@ -55,7 +55,10 @@ impl KafkaServer {
 
     /// Serve until the task is dropped or aborted.
     pub async fn run(self) {
-        let permits = Arc::new(Semaphore::new(self.config.connections_max));
+        let gate = ConnectionGate::new(
+            self.config.connections_max,
+            self.config.connections_max_per_ip,
+        );
         loop {
             let (socket, peer) = match self.listener.accept().await {
                 Ok(pair) => pair,
@@ -66,11 +69,14 @@ impl KafkaServer {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, limit = self.config.connections_max, "connection refused: connections_max reached");
-                self.metrics.connection_refused();
-                drop(socket);
-                continue;
+            let permit = match gate.try_admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(refused) => {
+                    tracing::warn!(%peer, "Kafka connection refused: {refused}");
+                    self.metrics.connection_refused();
+                    drop(socket);
+                    continue;
+                }
             };
             let _ = socket.set_nodelay(true);
             let open = self.metrics.connection_opened();

@@ -31,6 +31,12 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_REQUEST_BYTES_MAX",
     "HERALD_CONNECTIONS_MAX",
     "HERALD_FETCH_BYTES_MAX",
+    "HERALD_MEMORY_BUDGET_BYTES",
+    "HERALD_IN_FLIGHT_REQUESTS_MAX",
+    "HERALD_CONNECTIONS_MAX_PER_IP",
+    "HERALD_CONNECTIONS_MAX_IDLE_MS",
+    "HERALD_SEND_TIMEOUT_MS",
+    "HERALD_REQUEST_READ_TIMEOUT_MS",
     "HERALD_PARTITIONS_PER_TOPIC_MAX",
     "HERALD_OPEN_SEALED_FILES_MAX",
     "HERALD_GROUP_INITIAL_REBALANCE_DELAY_MS",
@@ -102,6 +108,27 @@ pub struct ServeSettings {
     /// Largest fetch response [default: 57671680]
     #[arg(long, env = "HERALD_FETCH_BYTES_MAX")]
     pub fetch_bytes_max: Option<usize>,
+    /// Bytes of request and response buffers all listeners may hold at once; past it,
+    /// sockets are not read and fetches are cut down [default: 536870912]
+    #[arg(long, env = "HERALD_MEMORY_BUDGET_BYTES")]
+    pub memory_budget_bytes: Option<usize>,
+    /// Kafka requests read ahead of their responses on one connection [default: 256]
+    #[arg(long, env = "HERALD_IN_FLIGHT_REQUESTS_MAX")]
+    pub in_flight_requests_max: Option<usize>,
+    /// Connections one client address may hold on each listener [default: 1000]
+    #[arg(long, env = "HERALD_CONNECTIONS_MAX_PER_IP")]
+    pub connections_max_per_ip: Option<usize>,
+    /// Close a Kafka connection idle (nothing sent, nothing owed) this long [default: 600000]
+    #[arg(long, env = "HERALD_CONNECTIONS_MAX_IDLE_MS")]
+    pub connections_max_idle_ms: Option<u64>,
+    /// Close a Kafka connection whose response makes no progress into the socket this
+    /// long (the client stopped reading) [default: 60000]
+    #[arg(long, env = "HERALD_SEND_TIMEOUT_MS")]
+    pub send_timeout_ms: Option<u64>,
+    /// Close a Kafka connection whose request does not arrive whole this long after its
+    /// length [default: 30000]
+    #[arg(long, env = "HERALD_REQUEST_READ_TIMEOUT_MS")]
+    pub request_read_timeout_ms: Option<u64>,
     /// Most partitions in one topic [default: 10000]
     #[arg(long, env = "HERALD_PARTITIONS_PER_TOPIC_MAX")]
     pub partitions_per_topic_max: Option<u32>,
@@ -168,6 +195,12 @@ impl ServeSettings {
             request_bytes_max,
             connections_max,
             fetch_bytes_max,
+            memory_budget_bytes,
+            in_flight_requests_max,
+            connections_max_per_ip,
+            connections_max_idle_ms,
+            send_timeout_ms,
+            request_read_timeout_ms,
             partitions_per_topic_max,
             open_sealed_files_max,
             group_initial_rebalance_delay_ms,
@@ -190,6 +223,9 @@ impl ServeSettings {
         );
         if let Some(v) = self.node_id {
             c.node_id = v;
+        }
+        if let Some(v) = self.memory_budget_bytes {
+            c.memory_budget_bytes = positive("memory_budget_bytes", v)?;
         }
         if let Some(v) = self.auto_create_topics {
             c.auto_create_topics = v;
@@ -346,8 +382,31 @@ impl ServeSettings {
         if let Some(v) = self.fetch_bytes_max {
             c.fetch_bytes_max = v;
         }
+        if let Some(v) = self.in_flight_requests_max {
+            c.in_flight_requests_max = positive("in_flight_requests_max", v)?;
+        }
+        if let Some(v) = self.connections_max_per_ip {
+            c.connections_max_per_ip = positive("connections_max_per_ip", v)?;
+        }
+        if let Some(v) = self.connections_max_idle_ms {
+            c.connections_max_idle_ms = positive("connections_max_idle_ms", v)?;
+        }
+        if let Some(v) = self.send_timeout_ms {
+            c.send_timeout_ms = positive("send_timeout_ms", v)?;
+        }
+        if let Some(v) = self.request_read_timeout_ms {
+            c.request_read_timeout_ms = positive("request_read_timeout_ms", v)?;
+        }
         Ok(c)
     }
+}
+
+/// A limit of 0 would stop the listener from working: say so at start-up.
+fn positive<T: PartialEq + Default>(name: &str, value: T) -> anyhow::Result<T> {
+    if value == T::default() {
+        bail!("{name} must be at least 1");
+    }
+    Ok(value)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<ServeSettings> {

@@ -5,14 +5,50 @@
 
 use std::time::{Duration, Instant};
 
-use herald_broker::BrokerError;
+use herald_broker::{BrokerError, Reservation};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, RequestHeader};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader};
 
-use crate::dispatch::Context;
+use crate::connection::{Outgoing, Reply};
+use crate::dispatch::{Context, encode_response};
 use crate::errors::broker_code;
 
-pub async fn handle(ctx: &Context, header: &RequestHeader, request: FetchRequest) -> FetchResponse {
+/// One fetch may take at most this share of the memory budget (1/4), so several
+/// consumers get full-size responses before any is cut down.
+pub const BUDGET_SHARE_DIVISOR: usize = 4;
+
+/// The fetch as a deferred response: nothing is read until the connection's writer
+/// reaches it, so the response is built only for a socket that took everything before.
+pub fn deferred(ctx: Context, header: RequestHeader, request: FetchRequest) -> Outgoing {
+    Outgoing::Later(Box::pin(async move {
+        let (response, mut memory) = handle(&ctx, &header, request).await;
+        match encode_response(&header, ApiKey::Fetch, &response) {
+            Ok(bytes) => {
+                memory.resize(bytes.len());
+                Some(Reply {
+                    bytes,
+                    memory: Some(memory),
+                })
+            }
+            Err(e) => {
+                // Nothing can be said in the request's own schema: the client's request
+                // times out, as with a lost response.
+                tracing::error!(peer = %ctx.peer, version = header.request_api_version, error = %e, "cannot encode fetch response");
+                None
+            }
+        }
+    }))
+}
+
+/// Read what the request asks for, long-polling for `min_bytes`, within a share of
+/// the broker's memory budget. Under memory pressure the response is smaller (down to
+/// one batch of one partition, sent whole as Kafka does) and is sent at once rather
+/// than waiting for `min_bytes`. Returns the response with the memory it holds.
+pub async fn handle(
+    ctx: &Context,
+    header: &RequestHeader,
+    request: FetchRequest,
+) -> (FetchResponse, Reservation) {
     let version = header.request_api_version;
     let wait = Duration::from_millis(
         u64::try_from(request.max_wait_ms)
@@ -21,25 +57,39 @@ pub async fn handle(ctx: &Context, header: &RequestHeader, request: FetchRequest
     );
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let memory = ctx.broker.memory();
     let max_bytes = if version >= 3 {
         usize::try_from(request.max_bytes).unwrap_or(0)
     } else {
         usize::MAX
     }
-    .min(ctx.config.fetch_bytes_max);
+    .min(ctx.config.fetch_bytes_max)
+    .min(memory.total() / BUDGET_SHARE_DIVISOR);
     let mut changes = ctx.broker.data_changes();
     loop {
         changes.borrow_and_update();
-        let (responses, bytes, any_error) = read_all(ctx, version, &request, max_bytes);
+        // Take what is free up to the share, without waiting: a fetch never blocks on
+        // memory other connections hold (one batch is always read).
+        let mut reserved = memory.reserve_up_to(max_bytes, 0).await;
+        let cut_down = reserved.bytes() < max_bytes;
+        let (responses, bytes, any_error) = read_all(ctx, version, &request, reserved.bytes());
+        reserved.resize(bytes);
         let now = Instant::now();
-        if min_bytes == 0 || bytes >= min_bytes || any_error || now >= deadline {
-            return FetchResponse::default().with_responses(responses);
+        if min_bytes == 0
+            || bytes >= min_bytes
+            || any_error
+            || now >= deadline
+            || (cut_down && bytes > 0)
+        {
+            return (FetchResponse::default().with_responses(responses), reserved);
         }
         // Wait for new data anywhere. If none comes in time (or the broker is going
         // away), what was just read is the answer: nothing changed since.
         match tokio::time::timeout(deadline - now, changes.changed()).await {
             Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => return FetchResponse::default().with_responses(responses),
+            Ok(Err(_)) | Err(_) => {
+                return (FetchResponse::default().with_responses(responses), reserved);
+            }
         }
     }
 }

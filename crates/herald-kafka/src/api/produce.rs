@@ -8,7 +8,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader};
 
 use super::str;
-use crate::connection::Outgoing;
+use crate::connection::{Outgoing, Reply};
 use crate::dispatch::{Context, respond};
 use crate::errors::broker_code;
 
@@ -79,7 +79,7 @@ pub fn handle(ctx: &Context, header: RequestHeader, request: ProduceRequest) -> 
         }
         let response = ProduceResponse::default().with_responses(responses);
         match respond(&header, ApiKey::Produce, &response) {
-            Outgoing::Ready(bytes) => Some(bytes),
+            Outgoing::Ready(bytes) => Some(Reply::from(bytes)),
             _ => None,
         }
     }))
