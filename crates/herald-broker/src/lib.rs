@@ -36,7 +36,9 @@ pub struct PartitionLag {
 }
 pub use error::{BrokerError, Result};
 pub use group::{GroupCoordinator, GroupError};
-pub use limits::{ConnectionGate, ConnectionPermit, MemoryBudget, Refused, Reservation};
+pub use limits::{
+    ConnectionGate, ConnectionPermit, MemoryBudget, MemoryPools, Refused, Reservation,
+};
 pub use partition::{Partition, PendingAppend, ReadResult, StartOffsetMove};
 pub use topic::{ConfigOp, ConfigSource, Topic};
 
@@ -97,15 +99,15 @@ pub struct Broker {
     producer_ids: std::sync::Mutex<(i64, i64)>,
     queues: queue::Queues,
     /// Request and response buffers of every front end, broker-wide.
-    memory: Arc<MemoryBudget>,
+    memory: MemoryPools,
     /// Held for the broker's lifetime: a second process on the same data directory
     /// would corrupt it.
     _data_dir_lock: std::fs::File,
 }
 
 impl Broker {
-    /// The broker-wide budget for request and response buffers.
-    pub fn memory(&self) -> &Arc<MemoryBudget> {
+    /// The broker-wide budgets for request and response buffers.
+    pub fn memory(&self) -> &MemoryPools {
         &self.memory
     }
 
@@ -137,7 +139,7 @@ impl Broker {
                 .map_err(|e| BrokerError::Storage(e.to_string()))?,
         );
         let data_changed = Arc::new(watch::Sender::new(0u64));
-        let memory = MemoryBudget::new(config.memory_budget_bytes);
+        let memory = MemoryPools::new(config.memory_budget_bytes);
         let broker = Arc::new(Broker {
             config,
             cluster_id,

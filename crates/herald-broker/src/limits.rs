@@ -15,7 +15,27 @@ pub const MEMORY_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
 /// Default of the connections one client address may hold on one listener.
 pub const CONNECTIONS_MAX_PER_IP_DEFAULT: usize = 1_000;
 
-/// Bytes of request and response buffers held broker-wide. A front end reserves before
+/// `memory_budget_bytes`, split in two halves: requests being read or handled, and
+/// responses being built or written. Apart, a client that stops reading (its response
+/// held) can never keep another client's request from being read, and the requests
+/// that return memory are always served.
+#[derive(Debug, Clone)]
+pub struct MemoryPools {
+    pub requests: Arc<MemoryBudget>,
+    pub responses: Arc<MemoryBudget>,
+}
+
+impl MemoryPools {
+    pub fn new(total: usize) -> MemoryPools {
+        let requests = total / 2;
+        MemoryPools {
+            requests: MemoryBudget::new(requests),
+            responses: MemoryBudget::new(total - requests),
+        }
+    }
+}
+
+/// Bytes of request or response buffers held broker-wide. A front end reserves before
 /// it reads a request or builds a response and waits while the budget is used up, so
 /// sockets are not read until memory is returned. Waiters are served as memory frees;
 /// a reservation larger than the whole budget is granted when nothing else is held, so

@@ -195,31 +195,38 @@ pub fn render(
     Ok(text)
 }
 
-/// The broker-wide memory budget of request and response buffers.
+/// The broker-wide memory budget of request and response buffers, per pool.
 fn memory_metrics(broker: &Broker, registry: &mut Registry) {
-    let memory = broker.memory();
-    let total = Gauge::<i64>::default();
-    total.set(i64::try_from(memory.total()).unwrap_or(i64::MAX));
-    registry.register(
+    let total = gauges(
+        registry,
         "herald_memory_budget_bytes",
-        "Bytes of request and response buffers all listeners may hold (memory_budget_bytes)",
-        total,
+        "Bytes of request or response buffers all listeners may hold (half of \
+         memory_budget_bytes each)",
     );
-    let used = Gauge::<i64>::default();
-    used.set(i64::try_from(memory.used()).unwrap_or(i64::MAX));
-    registry.register(
+    let used = gauges(
+        registry,
         "herald_memory_budget_used_bytes",
-        "Bytes of the memory budget held now by requests being read or handled and \
-         responses being written",
-        used,
+        "Bytes of the memory budget held now by requests being read or handled, or by \
+         responses being built or written",
     );
-    let waits = Counter::<u64>::default();
-    waits.inc_by(memory.waits());
-    registry.register(
+    let waits = counters(
+        registry,
         "herald_memory_budget_waits",
-        "Times a socket was not read because the memory budget was used up",
-        waits,
+        "Times a socket was not read because the request pool was used up",
     );
+    let pools = broker.memory();
+    for (name, pool) in [
+        ("requests", &pools.requests),
+        ("responses", &pools.responses),
+    ] {
+        let labels = vec![("pool", name.to_string())];
+        total
+            .get_or_create(&labels)
+            .set(i64::try_from(pool.total()).unwrap_or(i64::MAX));
+        used.get_or_create(&labels)
+            .set(i64::try_from(pool.used()).unwrap_or(i64::MAX));
+        waits.get_or_create(&labels).inc_by(pool.waits());
+    }
 }
 
 /// Work-queue subscriptions: read from the broker at scrape time like the partitions.

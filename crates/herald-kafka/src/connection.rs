@@ -149,7 +149,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     let config = &context.config;
     let idle = Duration::from_millis(config.connections_max_idle_ms.max(1));
     let request_read_timeout = Duration::from_millis(config.request_read_timeout_ms.max(1));
-    let memory = context.broker.memory();
+    let memory = &context.broker.memory().requests;
     loop {
         let mut length = [0u8; 4];
         let mut got = 0;

@@ -57,7 +57,7 @@ pub async fn handle(
     );
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
-    let memory = ctx.broker.memory();
+    let memory = &ctx.broker.memory().responses;
     let max_bytes = if version >= 3 {
         usize::try_from(request.max_bytes).unwrap_or(0)
     } else {
