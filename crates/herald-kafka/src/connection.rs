@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use herald_broker::{Broker, Reservation};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::KafkaConfig;
 use crate::dispatch::{self, Context, REQUEST_HEADER_BYTES_MIN};
 use crate::metrics::KafkaMetrics;
 
+/// Small responses are gathered into one write of up to this many bytes.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// A response ready to write, with the memory it holds until it is written.
@@ -283,10 +284,17 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     in_flight: Arc<AtomicUsize>,
     send_timeout: Duration,
 ) {
-    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
-    let stalled = |what: &str| {
-        tracing::warn!(%peer, timeout_ms = send_timeout.as_millis() as u64, "closing connection: {what} made no progress (the client does not read)");
-        metrics.closed_send_timeout();
+    let mut out = Out {
+        writer,
+        buf: Vec::new(),
+        timeout: send_timeout,
+    };
+    let failed = |stall: Stall| match stall {
+        Stall::Timeout => {
+            tracing::warn!(%peer, timeout_ms = send_timeout.as_millis() as u64, "closing connection: a response made no progress (the client does not read)");
+            metrics.closed_send_timeout();
+        }
+        Stall::Io(e) => tracing::debug!(%peer, error = %e, "write failed"),
     };
     while let Some(Timed {
         outgoing,
@@ -303,13 +311,8 @@ async fn write_responses<W: AsyncWrite + Unpin>(
                     // Not ready (a produce waiting for its fsync, a fetch long-polling):
                     // send what is already written first, or those responses would wait
                     // for it too.
-                    match flush(&mut writer, send_timeout).await {
-                        Ok(()) => {}
-                        Err(Stall::Timeout) => return stalled("a flush"),
-                        Err(Stall::Io(e)) => {
-                            tracing::debug!(%peer, error = %e, "flush failed");
-                            return;
-                        }
+                    if let Err(stall) = out.flush().await {
+                        return failed(stall);
                     }
                     future.await
                 }
@@ -317,37 +320,67 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             Outgoing::Close => break,
         };
         metrics.observe(api_key, arrived);
-        if let Some(reply) = reply {
-            match write_all(&mut writer, &reply.bytes, send_timeout).await {
-                Ok(()) => {}
-                Err(Stall::Timeout) => return stalled("a response"),
-                Err(Stall::Io(e)) => {
-                    tracing::debug!(%peer, error = %e, "write failed");
-                    return;
-                }
-            }
+        if let Some(reply) = reply
+            && let Err(stall) = out.send(&reply.bytes).await
+        {
+            return failed(stall);
         }
         drop(request_memory);
         in_flight.fetch_sub(1, Ordering::AcqRel);
         // Batch small responses into one write; flush when nothing else is queued.
-        if rx.is_empty() {
-            match flush(&mut writer, send_timeout).await {
-                Ok(()) => {}
-                Err(Stall::Timeout) => return stalled("a flush"),
-                Err(Stall::Io(e)) => {
-                    tracing::debug!(%peer, error = %e, "flush failed");
-                    return;
-                }
-            }
+        if rx.is_empty()
+            && let Err(stall) = out.flush().await
+        {
+            return failed(stall);
         }
     }
-    let _ = tokio::time::timeout(send_timeout, writer.flush()).await;
-    let _ = tokio::time::timeout(send_timeout, writer.shutdown()).await;
+    if out.flush().await.is_ok() {
+        let _ = tokio::time::timeout(send_timeout, out.writer.shutdown()).await;
+    }
 }
 
+/// Why a write gave up.
 enum Stall {
+    /// One write made no progress for the send timeout.
     Timeout,
     Io(std::io::Error),
+}
+
+/// The writing half with its batching buffer, which holds small responses until a
+/// flush and is freed after one, so an idle connection keeps no buffer.
+struct Out<W> {
+    writer: W,
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> Out<W> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Stall> {
+        if self.buf.len() + bytes.len() > WRITE_BUFFER_BYTES {
+            self.write_buffered().await?;
+        }
+        if bytes.len() >= WRITE_BUFFER_BYTES {
+            write_all(&mut self.writer, bytes, self.timeout).await
+        } else {
+            self.buf.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Stall> {
+        self.write_buffered().await?;
+        self.buf = Vec::new();
+        match tokio::time::timeout(self.timeout, self.writer.flush()).await {
+            Err(_) => Err(Stall::Timeout),
+            Ok(result) => result.map_err(Stall::Io),
+        }
+    }
+
+    async fn write_buffered(&mut self) -> Result<(), Stall> {
+        let result = write_all(&mut self.writer, &self.buf, self.timeout).await;
+        self.buf.clear();
+        result
+    }
 }
 
 /// Write all of `bytes`, failing when one write makes no progress for `timeout`.
@@ -365,13 +398,6 @@ async fn write_all<W: AsyncWrite + Unpin>(
         }
     }
     Ok(())
-}
-
-async fn flush<W: AsyncWrite + Unpin>(writer: &mut W, timeout: Duration) -> Result<(), Stall> {
-    match tokio::time::timeout(timeout, writer.flush()).await {
-        Err(_) => Err(Stall::Timeout),
-        Ok(result) => result.map_err(Stall::Io),
-    }
 }
 
 /// Poll a future once without registering interest; `None` if it is not ready yet.
