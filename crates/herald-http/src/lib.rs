@@ -4,6 +4,9 @@
 //!
 //! Errors are JSON `{"error": code, "message": text}` with a 4xx/5xx status, also for
 //! unknown routes and wrong methods.
+//!
+//! The listener bounds its connections and how long a client may take to send a
+//! request (see `server`), so slow or hostile clients cannot hold memory or sockets.
 
 mod body;
 mod error;
@@ -11,21 +14,25 @@ mod metrics;
 mod queues;
 mod records;
 mod routes;
+mod server;
 mod tail;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
 use axum::Router;
-use herald_broker::Broker;
+use herald_broker::limits::CONNECTIONS_MAX_PER_IP_DEFAULT;
+use herald_broker::{Broker, ConnectionGate};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use metrics::MetricsHook;
 pub use routes::ApiDoc;
+pub use server::HEADER_BYTES_MAX;
 
 /// Largest request body the API accepts.
 pub const BODY_BYTES_MAX_DEFAULT: usize = 8 << 20;
@@ -35,12 +42,31 @@ pub const PUBLISH_RECORDS_MAX_DEFAULT: usize = 10_000;
 pub const READ_RECORDS_MAX_DEFAULT: usize = 10_000;
 /// Bytes of stored batches one read step takes from the log.
 pub const READ_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Most HTTP connections open at once.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// How long a request head may take to arrive whole.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// How long a request body may take to arrive whole, from its head.
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// How long a keep-alive connection may wait for its next request.
+pub const KEEP_ALIVE_IDLE_MS_DEFAULT: u64 = 60_000;
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub body_bytes_max: usize,
     pub limits: HttpLimits,
+    /// Most connections open at once; more are closed as they arrive.
+    pub connections_max: usize,
+    /// Most connections open at once from one client address.
+    pub connections_max_per_ip: usize,
+    /// A request head must arrive whole this long after its first byte (after the
+    /// accept, for a connection's first request), else the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole this long after its head, else 408 and close.
+    pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    pub keep_alive_idle_ms: u64,
 }
 
 /// Bounds on what one request may ask for.
@@ -67,6 +93,11 @@ impl HttpConfig {
             listen,
             body_bytes_max: BODY_BYTES_MAX_DEFAULT,
             limits: HttpLimits::default(),
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_max_per_ip: CONNECTIONS_MAX_PER_IP_DEFAULT,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
+            keep_alive_idle_ms: KEEP_ALIVE_IDLE_MS_DEFAULT,
         }
     }
 }
@@ -108,6 +139,9 @@ pub struct HttpServer {
     router: Router,
     ready: Arc<AtomicBool>,
     shutdown: Arc<watch::Sender<bool>>,
+    gate: Arc<ConnectionGate>,
+    timeouts: server::Timeouts,
+    connections: metrics::ConnectionMetrics,
 }
 
 impl HttpServer {
@@ -118,15 +152,28 @@ impl HttpServer {
         metrics_hooks: Vec<MetricsHook>,
     ) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(config.listen).await?;
+        let connections = metrics::ConnectionMetrics::default();
+        let mut hooks = metrics_hooks;
+        let shown = connections.clone();
+        hooks.push(Arc::new(move |registry| shown.register(registry)));
         let mut state = AppState::new(broker, config.limits.clone());
-        state.metrics_hooks = Arc::new(metrics_hooks);
+        state.metrics_hooks = Arc::new(hooks);
         let ready = state.ready.clone();
         let shutdown = state.shutdown.clone();
+        // A zero would make the listener refuse or close everything: at least 1.
+        let ms = |v: u64| Duration::from_millis(v.max(1));
         Ok(HttpServer {
             listener,
             router: routes::router(state, config.body_bytes_max),
             ready,
             shutdown,
+            gate: ConnectionGate::new(config.connections_max, config.connections_max_per_ip),
+            timeouts: server::Timeouts {
+                header_read: ms(config.header_read_timeout_ms),
+                body_read: ms(config.body_read_timeout_ms),
+                keep_alive_idle: ms(config.keep_alive_idle_ms),
+            },
+            connections,
         })
     }
 
@@ -139,20 +186,22 @@ impl HttpServer {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Serve until `shutdown` resolves; requests in progress then finish and live tails
-    /// end.
+    /// Serve until `shutdown` resolves; requests in progress then finish, live tails
+    /// end and idle connections close.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let stop = self.shutdown;
-        let shutdown = async move {
-            shutdown.await;
-            stop.send_replace(true);
-        };
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        server::serve(
+            self.listener,
+            self.router,
+            self.gate,
+            self.timeouts,
+            self.connections,
+            self.shutdown,
+            shutdown,
+        )
+        .await
     }
 }
 

@@ -74,6 +74,90 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The HTTP listener's connections: shared by the accept loop and every connection
+/// (the metrics are `Arc`s inside), shown through a `MetricsHook`.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    open: Gauge,
+    accepted: Counter,
+    refused: Counter,
+    closed_header_timeout: Counter,
+    closed_idle: Counter,
+    body_timeouts: Counter,
+}
+
+impl ConnectionMetrics {
+    /// Add these metrics (handles onto the live values) to a registry being rendered.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "herald_http_connections_open",
+            "HTTP client connections open now",
+            self.open.clone(),
+        );
+        registry.register(
+            "herald_http_connections_accepted",
+            "HTTP client connections accepted since the broker started",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "herald_http_connections_refused",
+            "HTTP client connections refused because http_connections_max (or \
+             connections_max_per_ip from one address) were open",
+            self.refused.clone(),
+        );
+        registry.register(
+            "herald_http_connections_closed_header_timeout",
+            "HTTP connections closed because a request head did not arrive whole within \
+             http_header_read_timeout_ms",
+            self.closed_header_timeout.clone(),
+        );
+        registry.register(
+            "herald_http_connections_closed_idle",
+            "HTTP keep-alive connections closed after http_keep_alive_idle_ms with no \
+             request in progress",
+            self.closed_idle.clone(),
+        );
+        registry.register(
+            "herald_http_requests_body_timeout",
+            "HTTP requests answered 408 because their body did not arrive within \
+             http_body_read_timeout_ms (the connection is then closed)",
+            self.body_timeouts.clone(),
+        );
+    }
+
+    /// Counts a connection as open until the guard is dropped.
+    pub(crate) fn connection_opened(&self) -> OpenConnection {
+        self.accepted.inc();
+        self.open.inc();
+        OpenConnection(self.open.clone())
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.refused.inc();
+    }
+
+    pub(crate) fn closed_header_timeout(&self) {
+        self.closed_header_timeout.inc();
+    }
+
+    pub(crate) fn closed_idle(&self) {
+        self.closed_idle.inc();
+    }
+
+    pub(crate) fn body_timeout(&self) {
+        self.body_timeouts.inc();
+    }
+}
+
+/// One open connection in `herald_http_connections_open`.
+pub(crate) struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Adds another component's live metrics to a scrape's registry (the binary wires the
 /// Kafka front end's request latencies and connection counts in this way, so this crate
 /// does not depend on that one).
@@ -297,6 +381,30 @@ mod tests {
         assert_eq!(method_label(&Method::DELETE), "DELETE");
         let custom = Method::from_bytes(b"PURGE").unwrap();
         assert_eq!(method_label(&custom), "OTHER");
+    }
+
+    #[test]
+    fn connection_metrics_follow_opens_and_closes() {
+        let metrics = ConnectionMetrics::default();
+        let open = metrics.connection_opened();
+        let _still_open = metrics.connection_opened();
+        drop(open);
+        metrics.connection_refused();
+        metrics.closed_idle();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for line in [
+            "herald_http_connections_open 1",
+            "herald_http_connections_accepted_total 2",
+            "herald_http_connections_refused_total 1",
+            "herald_http_connections_closed_idle_total 1",
+            "herald_http_connections_closed_header_timeout_total 0",
+            "herald_http_requests_body_timeout_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_HTTP_BODY_BYTES_MAX",
     "HERALD_HTTP_PUBLISH_RECORDS_MAX",
     "HERALD_HTTP_READ_RECORDS_MAX",
+    "HERALD_HTTP_CONNECTIONS_MAX",
+    "HERALD_HTTP_HEADER_READ_TIMEOUT_MS",
+    "HERALD_HTTP_BODY_READ_TIMEOUT_MS",
+    "HERALD_HTTP_KEEP_ALIVE_IDLE_MS",
     "HERALD_NODE_ID",
     "HERALD_AUTO_CREATE_TOPICS",
     "HERALD_DEFAULT_PARTITIONS",
@@ -81,6 +85,21 @@ pub struct ServeSettings {
     /// Most records one HTTP read returns [default: 10000]
     #[arg(long, env = "HERALD_HTTP_READ_RECORDS_MAX")]
     pub http_read_records_max: Option<usize>,
+    /// Most HTTP connections at once (connections_max_per_ip also applies) [default: 4096]
+    #[arg(long, env = "HERALD_HTTP_CONNECTIONS_MAX")]
+    pub http_connections_max: Option<usize>,
+    /// Close an HTTP connection whose request head does not arrive whole this long after
+    /// its first byte (or the accept) [default: 10000]
+    #[arg(long, env = "HERALD_HTTP_HEADER_READ_TIMEOUT_MS")]
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// Answer 408 and close when an HTTP request body does not arrive whole this long
+    /// after its head [default: 30000]
+    #[arg(long, env = "HERALD_HTTP_BODY_READ_TIMEOUT_MS")]
+    pub http_body_read_timeout_ms: Option<u64>,
+    /// Close a keep-alive HTTP connection with no request in progress this long
+    /// [default: 60000]
+    #[arg(long, env = "HERALD_HTTP_KEEP_ALIVE_IDLE_MS")]
+    pub http_keep_alive_idle_ms: Option<u64>,
     /// This broker's id [default: 1]
     #[arg(long, env = "HERALD_NODE_ID")]
     pub node_id: Option<i32>,
@@ -186,6 +205,10 @@ impl ServeSettings {
             http_body_bytes_max,
             http_publish_records_max,
             http_read_records_max,
+            http_connections_max,
+            http_header_read_timeout_ms,
+            http_body_read_timeout_ms,
+            http_keep_alive_idle_ms,
             node_id,
             auto_create_topics,
             default_partitions,
@@ -345,6 +368,21 @@ impl ServeSettings {
                 }
                 *into = v;
             }
+        }
+        if let Some(v) = self.http_connections_max {
+            c.connections_max = positive("http_connections_max", v)?;
+        }
+        if let Some(v) = self.connections_max_per_ip {
+            c.connections_max_per_ip = positive("connections_max_per_ip", v)?;
+        }
+        if let Some(v) = self.http_header_read_timeout_ms {
+            c.header_read_timeout_ms = positive("http_header_read_timeout_ms", v)?;
+        }
+        if let Some(v) = self.http_body_read_timeout_ms {
+            c.body_read_timeout_ms = positive("http_body_read_timeout_ms", v)?;
+        }
+        if let Some(v) = self.http_keep_alive_idle_ms {
+            c.keep_alive_idle_ms = positive("http_keep_alive_idle_ms", v)?;
         }
         Ok(Some(c))
     }
@@ -533,6 +571,46 @@ mod tests {
         };
         let err = format!("{:#}", bad.http_config().unwrap_err());
         assert!(err.contains("http_listen"), "{err}");
+    }
+
+    #[test]
+    fn http_connection_limits_have_defaults_and_refuse_zero() {
+        let default = ServeSettings::default().http_config().unwrap().unwrap();
+        assert_eq!(default.connections_max, 4096);
+        assert_eq!(
+            default.connections_max_per_ip,
+            herald_broker::limits::CONNECTIONS_MAX_PER_IP_DEFAULT
+        );
+        assert_eq!(default.header_read_timeout_ms, 10_000);
+        assert_eq!(default.body_read_timeout_ms, 30_000);
+        assert_eq!(default.keep_alive_idle_ms, 60_000);
+        let set = ServeSettings {
+            http_connections_max: Some(10),
+            connections_max_per_ip: Some(2),
+            http_header_read_timeout_ms: Some(300),
+            http_body_read_timeout_ms: Some(400),
+            http_keep_alive_idle_ms: Some(500),
+            ..Default::default()
+        }
+        .http_config()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (
+                set.connections_max,
+                set.connections_max_per_ip,
+                set.header_read_timeout_ms,
+                set.body_read_timeout_ms,
+                set.keep_alive_idle_ms
+            ),
+            (10, 2, 300, 400, 500)
+        );
+        let zero = ServeSettings {
+            http_keep_alive_idle_ms: Some(0),
+            ..Default::default()
+        };
+        let err = format!("{:#}", zero.http_config().unwrap_err());
+        assert!(err.contains("http_keep_alive_idle_ms"), "{err}");
     }
 
     #[test]
