@@ -27,6 +27,10 @@
 //!   and the first cleaning after the horizon removes them. Consumers that were behind
 //!   by less than that still see the delete. The checkpoint keeps the earliest pending
 //!   horizon so a cleaning runs then even if nothing new is dirty.
+//! - **A batch that decompresses past `batch_decompressed_bytes_max` is kept as is**
+//!   (logged and counted as skipped): its keys are not in the map and none of its
+//!   records is dropped, so it costs compaction, never data, and the cleaner never
+//!   holds more than the bound of one batch.
 //! - **Keyless records are dropped** by cleaning (Kafka does the same); produce refuses
 //!   them on compacted topics, so they exist only if a topic became compacted later.
 //!
@@ -186,7 +190,14 @@ pub fn clean_partition(
     stats.ran = true;
 
     let next_base = |i: usize| sealed.get(i + 1).map_or(active_base, |s| s.base_offset());
-    let map = build_offset_map(&sealed, first_dirty, settings.map_bytes_max, &next_base)?;
+    let limit = partition.bounds().batch_decompressed_bytes_max;
+    let map = build_offset_map(
+        &sealed,
+        first_dirty,
+        settings.map_bytes_max,
+        limit,
+        &next_base,
+    )?;
     stats.map_full = map.full;
     if map.full && map.end_offset == first_dirty && dirty_bytes > 0 {
         tracing::warn!(
@@ -229,11 +240,13 @@ struct OffsetMap {
 
 /// Map every key of the dirty segments to its latest offset, segment by segment,
 /// until `bytes_max` is used. The entries of a segment that did not fit stay in the
-/// map: each still names a real, later record of its key, so using it is safe.
+/// map: each still names a real, later record of its key, so using it is safe. A batch
+/// over the decompression bound adds nothing (cleaning keeps it whole).
 fn build_offset_map(
     sealed: &[SealedSegment],
     first_dirty: i64,
     bytes_max: usize,
+    batch_limit: usize,
     next_base: &dyn Fn(usize) -> i64,
 ) -> Result<OffsetMap> {
     let mut map = OffsetMap {
@@ -250,9 +263,14 @@ fn build_offset_map(
             if header.is_control() {
                 return Ok(true);
             }
-            let decoded = decode_records(batch)?;
-            for record in &decoded.records {
-                let Some(key) = decoded.key(record) else {
+            let decoded = match decode_records(batch, batch_limit) {
+                // Counted once, by the cleaning pass that keeps it.
+                Err(BrokerError::BatchDecompressedTooLarge { .. }) => return Ok(true),
+                other => other?,
+            };
+            for record in decoded.records() {
+                let record = record?;
+                let Some(key) = decoded.key(&record) else {
                     continue;
                 };
                 if let Some(offset) = map.latest.get_mut(key) {
@@ -294,8 +312,12 @@ fn clean_segment(
     let mut changed = false;
     let mut segment_horizon: Option<i64> = None;
     let mut removed = 0usize;
+    let limit = partition.bounds().batch_decompressed_bytes_max;
     segment.for_each_batch(|header, batch| {
-        let filtered = filter_batch(header, batch, latest, settings, now_ms)?;
+        let filtered = filter_batch(header, batch, latest, settings, now_ms, limit)?;
+        if let Some(reason) = &filtered.oversized {
+            partition.note_oversized(header, reason, "cleaner");
+        }
         if let Some(h) = filtered.tombstone_horizon_ms {
             segment_horizon = Some(segment_horizon.map_or(h, |m: i64| m.min(h)));
         }
@@ -315,7 +337,7 @@ fn clean_segment(
 
     let mut rewriter = SegmentRewriter::create(dir, segment, index_interval_bytes)?;
     let written = segment.for_each_batch(|header, batch| {
-        match filter_batch(header, batch, latest, settings, now_ms)?.outcome {
+        match filter_batch(header, batch, latest, settings, now_ms, limit)?.outcome {
             Outcome::Keep => rewriter.push(batch)?,
             Outcome::Rewrite(bytes) => rewriter.push(&bytes)?,
             Outcome::Drop => {}
@@ -356,6 +378,8 @@ struct Filtered {
     removed: usize,
     /// The delete horizon of tombstones this batch still holds afterwards.
     tombstone_horizon_ms: Option<i64>,
+    /// Kept whole because it decompresses past the bound: why.
+    oversized: Option<String>,
 }
 
 /// Decide what happens to one batch: kept as is, dropped, or re-encoded with fewer
@@ -366,40 +390,53 @@ fn filter_batch(
     latest: &HashMap<Vec<u8>, i64>,
     settings: &CleanerSettings,
     now_ms: i64,
+    batch_limit: usize,
 ) -> Result<Filtered> {
+    let keep_whole = |oversized| Filtered {
+        outcome: Outcome::Keep,
+        removed: 0,
+        tombstone_horizon_ms: None,
+        oversized,
+    };
     if header.is_control() {
-        return Ok(Filtered {
-            outcome: Outcome::Keep,
-            removed: 0,
-            tombstone_horizon_ms: None,
-        });
+        return Ok(keep_whole(None));
     }
-    let decoded = decode_records(batch)?;
+    let decoded = match decode_records(batch, batch_limit) {
+        Err(e @ BrokerError::BatchDecompressedTooLarge { .. }) => {
+            return Ok(keep_whole(Some(e.to_string())));
+        }
+        other => other?,
+    };
     let horizon = header.delete_horizon_ms();
     let deletes_expired = horizon.is_some_and(|h| now_ms >= h);
-    let mut kept: Vec<&RecordView> = Vec::with_capacity(decoded.records.len());
-    let mut tombstones = false;
-    for record in &decoded.records {
+    // Records are walked twice (count, then copy) rather than collected: nothing here
+    // grows with the record count.
+    let keep = |record: &RecordView| {
         let Some(key) = decoded.key(record) else {
-            continue;
+            return false;
         };
         if latest.get(key).is_some_and(|&o| o > record.offset) {
-            continue;
+            return false;
         }
-        if record.value_is_null {
-            if deletes_expired {
-                continue;
-            }
-            tombstones = true;
+        !(record.value.is_none() && deletes_expired)
+    };
+    let (mut total, mut kept) = (0usize, 0usize);
+    let mut tombstones = false;
+    for record in decoded.records() {
+        let record = record?;
+        total += 1;
+        if keep(&record) {
+            kept += 1;
+            tombstones |= record.value.is_none();
         }
-        kept.push(record);
     }
-    let removed = decoded.records.len() - kept.len();
-    if kept.is_empty() {
+    let removed = total - kept;
+    if kept == 0 {
         return Ok(Filtered {
             outcome: Outcome::Drop,
             removed,
             tombstone_horizon_ms: None,
+            oversized: None,
         });
     }
     let new_horizon = match horizon {
@@ -413,6 +450,7 @@ fn filter_batch(
             outcome: Outcome::Keep,
             removed,
             tombstone_horizon_ms,
+            oversized: None,
         });
     }
     let base_timestamp = if set_horizon {
@@ -420,26 +458,32 @@ fn filter_batch(
     } else {
         header.base_timestamp
     };
-    let bytes = reencode(&decoded, &kept, base_timestamp, set_horizon)?;
+    let bytes = reencode(&decoded, &keep, kept, base_timestamp, set_horizon)?;
     Ok(Filtered {
         outcome: Outcome::Rewrite(bytes),
         removed,
         tombstone_horizon_ms,
+        oversized: None,
     })
 }
 
-/// Build a batch holding only `kept` (records of `decoded`), keeping the header's
-/// base offset, last offset delta, producer fields, attributes and codec.
+/// Build a batch holding only the `kept` records of `decoded` that `keep` says, keeping
+/// the header's base offset, last offset delta, producer fields, attributes and codec.
 fn reencode(
     decoded: &DecodedBatch,
-    kept: &[&RecordView],
+    keep: &dyn Fn(&RecordView) -> bool,
+    kept: usize,
     base_timestamp: i64,
     set_horizon: bool,
 ) -> Result<Vec<u8>> {
     let original = &decoded.header;
     let mut plain = Vec::with_capacity(decoded.plain.len());
     let mut max_timestamp = i64::MIN;
-    for record in kept {
+    for record in decoded.records() {
+        let record = record?;
+        if !keep(&record) {
+            continue;
+        }
         let timestamp = original
             .base_timestamp
             .saturating_add(record.timestamp_delta);
@@ -459,7 +503,7 @@ fn reencode(
     if !original.is_log_append_time() {
         header.max_timestamp = max_timestamp;
     }
-    header.records_count = i32::try_from(kept.len())
+    header.records_count = i32::try_from(kept)
         .map_err(|_| BrokerError::Storage("too many records to re-encode".into()))?;
     if set_horizon {
         header.attributes |= ATTR_DELETE_HORIZON;
@@ -469,7 +513,7 @@ fn reencode(
 }
 
 /// Kafka's zig-zag varint, as records use for lengths and deltas.
-fn put_varlong(out: &mut Vec<u8>, value: i64) {
+pub(crate) fn put_varlong(out: &mut Vec<u8>, value: i64) {
     let mut raw = ((value << 1) ^ (value >> 63)) as u64;
     while raw >= 0x80 {
         out.push((raw as u8 & 0x7f) | 0x80);

@@ -77,6 +77,11 @@ pub struct BrokerConfig {
     /// Bytes of request and response buffers all front ends may hold at once (Kafka's
     /// `queued.max.request.bytes`, for responses too): past it, sockets wait.
     pub memory_budget_bytes: usize,
+    /// Most bytes a compressed batch may decompress to: produce refuses more
+    /// (MESSAGE_TOO_LARGE), readers step over stored batches that expand further.
+    pub batch_decompressed_bytes_max: usize,
+    /// Most bytes one record may take (its length): produce refuses more.
+    pub record_bytes_max: usize,
 }
 
 impl BrokerConfig {
@@ -101,6 +106,8 @@ impl BrokerConfig {
             retention_check_interval_ms: 30_000,
             operator_topic_defaults: BTreeSet::new(),
             memory_budget_bytes: crate::limits::MEMORY_BUDGET_BYTES_DEFAULT,
+            batch_decompressed_bytes_max: crate::records::BATCH_DECOMPRESSED_BYTES_MAX_DEFAULT,
+            record_bytes_max: crate::records::RECORD_BYTES_MAX_DEFAULT,
         }
     }
 

@@ -35,6 +35,14 @@ pub enum BrokerError {
     InvalidRecord(String),
     #[error("record batch of {bytes} bytes is larger than max.message.bytes {max}")]
     MessageTooLarge { bytes: usize, max: usize },
+    /// A compressed batch that expands past the bound: refused at produce, stepped
+    /// over by readers of stored batches.
+    #[error(
+        "compressed record batch decompresses to more than batch_decompressed_bytes_max ({max} bytes)"
+    )]
+    BatchDecompressedTooLarge { max: usize },
+    #[error("record of {bytes} bytes is larger than record_bytes_max ({max} bytes)")]
+    RecordTooLarge { bytes: u64, max: usize },
     #[error("acks must be -1, 0 or 1, not {0}")]
     InvalidRequiredAcks(i16),
     #[error("invalid request: {0}")]

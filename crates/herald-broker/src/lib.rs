@@ -100,6 +100,8 @@ pub struct Broker {
     queues: queue::Queues,
     /// Request and response buffers of every front end, broker-wide.
     memory: MemoryPools,
+    /// How far batches may decompress; shared with every partition.
+    record_bounds: Arc<records::RecordBounds>,
     /// Held for the broker's lifetime: a second process on the same data directory
     /// would corrupt it.
     _data_dir_lock: std::fs::File,
@@ -109,6 +111,12 @@ impl Broker {
     /// The broker-wide budgets for request and response buffers.
     pub fn memory(&self) -> &MemoryPools {
         &self.memory
+    }
+
+    /// Times a reader (HTTP read, work queue, cleaner, ListOffsets by timestamp) stepped
+    /// over a stored batch that decompresses past `batch_decompressed_bytes_max`.
+    pub fn oversized_batches_skipped(&self) -> u64 {
+        self.record_bounds.oversized_batches_skipped()
     }
 
     /// Open the data directory, recover every partition and start background tasks.
@@ -140,6 +148,10 @@ impl Broker {
         );
         let data_changed = Arc::new(watch::Sender::new(0u64));
         let memory = MemoryPools::new(config.memory_budget_bytes);
+        let record_bounds = Arc::new(records::RecordBounds::new(
+            config.batch_decompressed_bytes_max,
+            config.record_bytes_max,
+        ));
         let broker = Arc::new(Broker {
             config,
             cluster_id,
@@ -152,6 +164,7 @@ impl Broker {
             producer_ids: std::sync::Mutex::new((0, 0)),
             queues: queue::Queues::new(meta.clone()),
             memory,
+            record_bounds,
             _data_dir_lock: data_dir_lock,
         });
         let started = std::time::Instant::now();
@@ -300,6 +313,7 @@ impl Broker {
                 log_config.clone(),
                 self.config.flush,
                 self.data_changed.clone(),
+                self.record_bounds.clone(),
             )?);
         }
         Ok(Arc::new(Topic {
@@ -536,6 +550,8 @@ impl Broker {
     }
 }
 
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod retention_tests;
 

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use crate::config::FlushPolicy;
 use crate::error::{BrokerError, Result};
 use crate::producer::{ProducerStates, SequenceCheck};
+use crate::records::{RecordBounds, StoredBatch};
 
 struct PartitionState {
     log: PartitionLog,
@@ -59,6 +60,8 @@ pub struct Partition {
     appended_records: AtomicU64,
     read_bytes: AtomicU64,
     read_records: AtomicU64,
+    /// How far batches may decompress (the broker's, shared).
+    bounds: Arc<RecordBounds>,
 }
 
 /// The outcome of an append, before it is durable.
@@ -134,6 +137,7 @@ impl Partition {
         log_config: LogConfig,
         flush: FlushPolicy,
         data_changed: Arc<watch::Sender<u64>>,
+        bounds: Arc<RecordBounds>,
     ) -> Result<Arc<Partition>> {
         let mut log = PartitionLog::open(dir, log_config)?;
         if !log.recovery_info().clean_shutdown {
@@ -166,6 +170,7 @@ impl Partition {
             appended_records: AtomicU64::new(0),
             read_bytes: AtomicU64::new(0),
             read_records: AtomicU64::new(0),
+            bounds,
         });
         if flush != FlushPolicy::Os {
             tokio::spawn(flusher(
@@ -331,6 +336,42 @@ impl Partition {
         })
     }
 
+    /// How far batches may decompress, at produce and for readers.
+    pub fn bounds(&self) -> &RecordBounds {
+        &self.bounds
+    }
+
+    /// The batches of `bytes` (what [`Partition::read`] returned), decoded one at a time
+    /// within the bounds. A batch that decompresses past them is not decoded: it is
+    /// logged (naming `reader`), counted, and handed back as [`StoredBatch::Oversized`]
+    /// for the reader to step over. Corrupt bytes are an error.
+    pub fn stored_batches(
+        &self,
+        bytes: Bytes,
+        reader: &'static str,
+    ) -> impl Iterator<Item = Result<StoredBatch>> + '_ {
+        crate::records::stored_batches(bytes, self.bounds.batch_decompressed_bytes_max).inspect(
+            move |batch| {
+                if let Ok(StoredBatch::Oversized { header, reason }) = batch {
+                    self.note_oversized(header, reason, reader);
+                }
+            },
+        )
+    }
+
+    /// Log and count a stored batch a reader steps over because it expands too far.
+    pub fn note_oversized(&self, header: &BatchHeader, reason: &str, reader: &str) {
+        self.bounds.note_skipped();
+        tracing::warn!(
+            topic = %self.topic,
+            partition = self.index,
+            offset = header.base_offset,
+            last_offset = header.last_offset(),
+            reader,
+            "stored batch skipped: {reason}"
+        );
+    }
+
     /// The first offset whose record timestamp is >= `timestamp_ms`, with that timestamp.
     /// Records below the log start offset do not count, even where their batch is
     /// still on disk.
@@ -349,7 +390,7 @@ impl Partition {
         if base_offset >= high_watermark {
             return Ok(None);
         }
-        if let Some(found) = first_record_from(&batch, log_start, timestamp_ms)? {
+        if let Some(found) = self.first_record_from(&batch, log_start, timestamp_ms)? {
             return Ok(Some(found));
         }
         if base_offset >= log_start {
@@ -365,7 +406,7 @@ impl Partition {
                 break;
             }
             let header = BatchHeader::parse(&batch)?;
-            if let Some(found) = first_record_from(&batch, log_start, timestamp_ms)? {
+            if let Some(found) = self.first_record_from(&batch, log_start, timestamp_ms)? {
                 return Ok(Some(found));
             }
             offset = header.last_offset() + 1;
@@ -391,8 +432,36 @@ impl Partition {
         let Some(best) = best else { return Ok(None) };
         let batch = state.log.read(best.base_offset.max(log_start), 1)?;
         drop(state);
-        Ok(first_record_from(&batch, log_start, best.max_timestamp)?
+        Ok(self
+            .first_record_from(&batch, log_start, best.max_timestamp)?
             .or(Some((best.last_offset(), best.max_timestamp))))
+    }
+
+    /// The first record of `batch` at or after `log_start` whose timestamp is >=
+    /// `timestamp_ms`. A batch too big to decode has none found here: callers then
+    /// answer with the batch itself, which qualifies by its max timestamp.
+    fn first_record_from(
+        &self,
+        batch: &[u8],
+        log_start: i64,
+        timestamp_ms: i64,
+    ) -> Result<Option<(i64, i64)>> {
+        let limit = self.bounds.batch_decompressed_bytes_max;
+        let decoded = match crate::records::decode_records(batch, limit) {
+            Err(e @ BrokerError::BatchDecompressedTooLarge { .. }) => {
+                let header = BatchHeader::parse(batch)?;
+                self.note_oversized(&header, &e.to_string(), "list offsets");
+                return Ok(None);
+            }
+            other => other?,
+        };
+        for record in decoded.records() {
+            let record = record?;
+            if record.offset >= log_start && record.timestamp >= timestamp_ms {
+                return Ok(Some((record.offset, record.timestamp)));
+            }
+        }
+        Ok(None)
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -607,17 +676,6 @@ fn check_sequences(producers: &ProducerStates, headers: &[BatchHeader]) -> Resul
         }
     }
     Ok(SequenceCheck::Append)
-}
-
-/// The first record of `batch` at or after `log_start` whose timestamp is >= `timestamp_ms`.
-fn first_record_from(
-    batch: &[u8],
-    log_start: i64,
-    timestamp_ms: i64,
-) -> Result<Option<(i64, i64)>> {
-    Ok(crate::records::record_offsets_and_timestamps(batch)?
-        .into_iter()
-        .find(|&(offset, ts)| offset >= log_start && ts >= timestamp_ms))
 }
 
 /// Drop whole batches at or past `limit` (not yet visible).

@@ -391,13 +391,19 @@ impl Topic {
     }
 
     /// Append a producer's batches to one partition, with this topic's rules
-    /// (timestamp type, size limit, and keys required when compacted).
+    /// (timestamp type, size limit, keys required when compacted) and the broker's
+    /// bounds (a compressed batch may not decompress past `batch_decompressed_bytes_max`,
+    /// no record may pass `record_bytes_max`). The bounds are checked by streaming the
+    /// records through a small buffer: compressed produce costs decompression CPU, no memory.
     pub fn append(&self, partition: i32, records: &[u8], now_ms: i64) -> Result<PendingAppend> {
         let partition = self.partition(partition)?;
-        if self.compacted() && records.len() <= self.max_message_bytes() {
-            // Validate first so a corrupt batch gets CORRUPT_MESSAGE, not a key error.
+        let compacted = self.compacted();
+        if records.len() <= self.max_message_bytes()
+            && crate::records::needs_check(records, partition.bounds(), compacted)
+        {
+            // Validate first so a corrupt batch gets CORRUPT_MESSAGE, not a bound error.
             herald_log::validate_batches(records)?;
-            crate::records::require_keys(records)?;
+            crate::records::check_produced(records, partition.bounds(), compacted)?;
         }
         partition.append(
             records,

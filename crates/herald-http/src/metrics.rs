@@ -256,6 +256,14 @@ pub fn render(
     }
     subscription_metrics(broker, &mut registry);
     memory_metrics(broker, &mut registry);
+    let skipped = Counter::<u64>::default();
+    skipped.inc_by(broker.oversized_batches_skipped());
+    registry.register(
+        "herald_batches_skipped_oversized",
+        "Times a reader (HTTP read or tail, work queue, cleaner, ListOffsets by timestamp) \
+         stepped over a stored batch that decompresses past batch_decompressed_bytes_max",
+        skipped,
+    );
     for group in broker.groups.list() {
         if let Some(description) = broker.groups.describe(&group.group_id) {
             group_members

@@ -2,7 +2,10 @@
 //! RecordBatch v2 per partition, appended through the same broker path as a Kafka
 //! producer's (and acknowledged only once durable under the flush policy), so Kafka
 //! consumers read them; a key picks its partition with Kafka's murmur2, so HTTP and
-//! Kafka producers agree. Reads decode stored batches whatever their compression.
+//! Kafka producers agree. Reads decode stored batches whatever their compression,
+//! within the broker's `batch_decompressed_bytes_max`: a stored batch that expands past
+//! it is stepped over (logged and counted by the broker) and named in the response's
+//! `skipped`, so a read goes on past it instead of failing or holding gigabytes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -18,11 +21,10 @@ use std::sync::Arc;
 
 use herald_broker::BrokerError;
 use herald_broker::partition::Partition;
+use herald_broker::records::StoredBatch;
 use herald_broker::topic::Topic;
 use herald_client::partitioner::partition_for_key;
-use herald_client::{
-    Compression, ProduceRecord, TopicPartition, decode_records, encode_record_batch,
-};
+use herald_client::{Compression, ProduceRecord, encode_record_batch};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -228,7 +230,9 @@ pub fn broker_error(error: BrokerError) -> ApiError {
             "offset_out_of_range",
             message,
         ),
-        BrokerError::MessageTooLarge { .. } => {
+        BrokerError::MessageTooLarge { .. }
+        | BrokerError::BatchDecompressedTooLarge { .. }
+        | BrokerError::RecordTooLarge { .. } => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "records_too_large", message)
         }
         BrokerError::InvalidRecord(_)
@@ -466,6 +470,27 @@ pub struct ReadResponse {
     pub next_offset: i64,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    /// Stored batches this read stepped over because they decompress past the broker's
+    /// `batch_decompressed_bytes_max` (omitted when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedBatch>,
+}
+
+/// Offsets a read stepped over: their batch is too big to decompress within the bound.
+/// The records are still in the log (raising the bound makes them readable).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SkippedBatch {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub reason: String,
+}
+
+/// What [`read_records`] got.
+pub(crate) struct RecordsRead {
+    pub records: Vec<StoredRecord>,
+    /// Where to read next.
+    pub next: i64,
+    pub skipped: Vec<SkippedBatch>,
 }
 
 /// Records read as the broker hands bytes to any consumer, so the same record reads
@@ -515,46 +540,89 @@ pub(crate) fn stored_record(r: herald_client::ConsumedRecord) -> StoredRecord {
 
 /// Up to `max_records` records of `partition` from offset `from`, none at or past
 /// `high_watermark`, and the offset to read next. Each log read takes at most
-/// `read_bytes_max` bytes of whole batches.
+/// `read_bytes_max` bytes of whole batches, decoded one batch at a time; a batch past
+/// the decompression bound is stepped over and reported in `skipped`.
 pub(crate) fn read_records(
     partition: &Partition,
-    topic: &str,
     from: i64,
     high_watermark: i64,
     max_records: usize,
     read_bytes_max: usize,
-) -> Result<(Vec<StoredRecord>, i64), ApiError> {
-    let mut records = Vec::new();
-    let mut next = from;
-    let tp = TopicPartition::new(topic, partition.index);
+) -> Result<RecordsRead, ApiError> {
+    let corrupt = |e: BrokerError| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "corrupt_records",
+            format!("{}-{}: {e}", partition.topic, partition.index),
+        )
+    };
+    let mut out = RecordsRead {
+        records: Vec::new(),
+        next: from,
+        skipped: Vec::new(),
+    };
     // Whole batches come back; keep reading until enough records or the end.
-    while records.len() < max_records && next < high_watermark {
-        let read = partition.read(next, read_bytes_max).map_err(broker_error)?;
+    while out.records.len() < max_records && out.next < high_watermark {
+        let before = out.next;
+        let read = partition
+            .read(out.next, read_bytes_max)
+            .map_err(broker_error)?;
         if read.records.is_empty() {
             break;
         }
-        let (decoded, after) = decode_records(&tp, read.records, next).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "corrupt_records",
-                e.to_string(),
-            )
-        })?;
-        if after <= next {
-            break;
-        }
-        for record in decoded {
-            if records.len() == max_records || record.offset >= high_watermark {
+        for batch in partition.stored_batches(read.records, "http read") {
+            if out.records.len() == max_records {
                 break;
             }
-            next = record.offset + 1;
-            records.push(stored_record(record));
+            let decoded = match batch.map_err(corrupt)? {
+                StoredBatch::Oversized { header, reason } => {
+                    let last = header.last_offset();
+                    if last >= out.next && header.base_offset < high_watermark {
+                        out.skipped.push(SkippedBatch {
+                            first_offset: header.base_offset.max(out.next),
+                            last_offset: last,
+                            reason,
+                        });
+                        out.next = last.saturating_add(1).min(high_watermark);
+                    }
+                    continue;
+                }
+                StoredBatch::Decoded(decoded) => decoded,
+            };
+            for view in decoded.records() {
+                let view = view.map_err(corrupt)?;
+                if view.offset < out.next || decoded.header.is_control() {
+                    continue;
+                }
+                if out.records.len() == max_records || view.offset >= high_watermark {
+                    break;
+                }
+                let r = decoded.record(&view).map_err(corrupt)?;
+                out.next = view.offset + 1;
+                out.records
+                    .push(stored_record(herald_client::ConsumedRecord {
+                        offset: r.offset,
+                        timestamp_ms: r.timestamp,
+                        key: r.key,
+                        value: r.value,
+                        headers: r
+                            .headers
+                            .into_iter()
+                            .map(|(name, value)| (name.to_string(), value))
+                            .collect(),
+                    }));
+            }
+            if out.records.len() < max_records {
+                // Past the whole batch, compaction gaps and all.
+                let after = decoded.header.last_offset().saturating_add(1);
+                out.next = out.next.max(after.min(high_watermark));
+            }
         }
-        if records.len() < max_records {
-            next = after.min(high_watermark);
+        if out.next <= before {
+            break;
         }
     }
-    Ok((records, next))
+    Ok(out)
 }
 
 /// The topic named `name`, or 404 `unknown_topic`.
@@ -626,17 +694,17 @@ pub async fn read(
         (None, None) => log_start_offset,
     };
     check_readable(from, log_start_offset, high_watermark)?;
-    let (records, next) = read_records(
+    let read = read_records(
         &p,
-        &name,
         from,
         high_watermark,
         max_records,
         state.limits.read_bytes_max,
     )?;
     Ok(Json(ReadResponse {
-        records,
-        next_offset: next,
+        records: read.records,
+        next_offset: read.next,
+        skipped: read.skipped,
         high_watermark,
         log_start_offset,
     }))
@@ -646,6 +714,81 @@ pub async fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn zstd_batch(count: usize, value_bytes: usize, with_header: bool) -> Bytes {
+        let records: Vec<ProduceRecord> = (0..count)
+            .map(|i| ProduceRecord {
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(vec![b'0'; value_bytes])),
+                headers: if with_header {
+                    vec![("trace".to_string(), Some(Bytes::from_static(b"t1")))]
+                } else {
+                    Vec::new()
+                },
+                timestamp_ms: Some(1_000),
+            })
+            .collect();
+        encode_record_batch(&records, Compression::Zstd, 1_000).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_read_steps_over_a_stored_batch_past_a_lowered_bound_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = herald_broker::BrokerConfig::new(dir.path().to_path_buf());
+        config.compaction_check_interval_ms = 0;
+        config.flush = herald_broker::FlushPolicy::Os;
+        {
+            let broker = herald_broker::Broker::open(config.clone()).unwrap();
+            let topic = broker
+                .create_topic("t", Some(1), BTreeMap::new(), false)
+                .unwrap();
+            // Offsets 0-1, then 2-4 expanding to 6 MiB, then 5-6.
+            for batch in [
+                zstd_batch(2, 10, true),
+                zstd_batch(3, 2 << 20, false),
+                zstd_batch(2, 10, false),
+            ] {
+                topic.append(0, &batch, 1_000).unwrap();
+            }
+            broker.shutdown();
+        }
+        config.batch_decompressed_bytes_max = 1 << 20;
+        let broker = loop {
+            match herald_broker::Broker::open(config.clone()) {
+                Ok(b) => break b,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        let p = broker.topic("t").unwrap().partition(0).unwrap().clone();
+        let read = read_records(&p, 0, p.high_watermark(), 100, 1 << 20).unwrap();
+        let offsets: Vec<i64> = read.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [0, 1, 5, 6]);
+        assert_eq!(read.next, 7);
+        assert_eq!(read.records[0].headers["trace"].as_deref(), Some("t1"));
+        assert_eq!(
+            read.records[1].value.as_ref().unwrap().get(),
+            "\"0000000000\""
+        );
+        assert_eq!(read.skipped.len(), 1);
+        let s = &read.skipped[0];
+        assert_eq!((s.first_offset, s.last_offset), (2, 4));
+        assert!(
+            s.reason.contains("batch_decompressed_bytes_max"),
+            "{}",
+            s.reason
+        );
+        assert_eq!(broker.oversized_batches_skipped(), 1);
+        // A read stopping short of the batch does not touch it; one starting inside it
+        // steps over the rest.
+        let short = read_records(&p, 0, p.high_watermark(), 2, 1 << 20).unwrap();
+        assert_eq!(
+            (short.records.len(), short.next, short.skipped.len()),
+            (2, 2, 0)
+        );
+        let inside = read_records(&p, 3, p.high_watermark(), 100, 1 << 20).unwrap();
+        assert_eq!(inside.skipped[0].first_offset, 3);
+        assert_eq!(inside.records[0].offset, 5);
+    }
 
     fn record(value: serde_json::Value, encoding: Encoding) -> NewRecord {
         NewRecord {
@@ -689,6 +832,16 @@ mod tests {
             ),
             (
                 BrokerError::MessageTooLarge { bytes: 10, max: 5 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "records_too_large",
+            ),
+            (
+                BrokerError::BatchDecompressedTooLarge { max: 5 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "records_too_large",
+            ),
+            (
+                BrokerError::RecordTooLarge { bytes: 10, max: 5 },
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "records_too_large",
             ),

@@ -42,7 +42,6 @@ pub struct TailQuery {
 
 struct Tail {
     partition: Arc<Partition>,
-    topic: String,
     next: i64,
     pending: VecDeque<Event>,
     changes: watch::Receiver<u64>,
@@ -86,21 +85,29 @@ impl Tail {
         }
         match read_records(
             &self.partition,
-            &self.topic,
             self.next,
             high_watermark,
             TAIL_STEP_RECORDS_MAX,
             self.read_bytes_max,
         ) {
-            Ok((records, next)) => {
-                for record in records {
-                    let id = record.offset.to_string();
-                    match Event::default().event("record").id(id).json_data(&record) {
-                        Ok(event) => self.pending.push_back(event),
-                        Err(e) => {
-                            self.fail("internal", e.to_string());
+            Ok(read) => {
+                let next = read.next;
+                // In offset order: a batch stepped over (an event `skipped`, see
+                // `SkippedBatch`) comes where its records would have.
+                let mut skipped = read.skipped.into_iter().peekable();
+                for record in read.records {
+                    while let Some(s) = skipped.next_if(|s| s.first_offset < record.offset) {
+                        if !self.push("skipped", None, &s) {
                             return;
                         }
+                    }
+                    if !self.push("record", Some(record.offset.to_string()), &record) {
+                        return;
+                    }
+                }
+                for s in skipped {
+                    if !self.push("skipped", None, &s) {
+                        return;
                     }
                 }
                 if next <= self.next {
@@ -109,6 +116,24 @@ impl Tail {
                 self.next = next;
             }
             Err(e) => self.fail(e.code, e.message),
+        }
+    }
+
+    /// Queue one event; false (and the stream ends with an error) if it cannot be encoded.
+    fn push(&mut self, kind: &str, id: Option<String>, data: &impl serde::Serialize) -> bool {
+        let mut event = Event::default().event(kind);
+        if let Some(id) = id {
+            event = event.id(id);
+        }
+        match event.json_data(data) {
+            Ok(event) => {
+                self.pending.push_back(event);
+                true
+            }
+            Err(e) => {
+                self.fail("internal", e.to_string());
+                false
+            }
         }
     }
 
@@ -125,8 +150,9 @@ impl Tail {
 }
 
 /// Follow a partition: each committed record is an SSE event `record` (id = offset,
-/// data = the record as in a read). A failure is a last event `error` with the error
-/// body. A comment is sent every 15 s while idle.
+/// data = the record as in a read). A stored batch too big to decompress within the
+/// broker's bound is an event `skipped` (its offsets and why) where its records would be.
+/// A failure is a last event `error` with the error body. A comment is sent every 15 s while idle.
 #[utoipa::path(get, path = "/topics/{name}/partitions/{partition}/tail",
     params(
         ("name" = String, Path, description = "Topic name"),
@@ -153,7 +179,6 @@ pub async fn tail(
     check_readable(next, log_start_offset, high_watermark)?;
     let tail = Tail {
         partition: p,
-        topic: name,
         next,
         pending: VecDeque::new(),
         changes: state.broker.data_changes(),

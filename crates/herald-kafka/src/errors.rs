@@ -17,7 +17,9 @@ pub fn broker_code(error: &BrokerError) -> i16 {
         BrokerError::InvalidConfig { .. } => E::InvalidConfig.code(),
         BrokerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
         BrokerError::CorruptBatch(_) | BrokerError::CorruptLog(_) => E::CorruptMessage.code(),
-        BrokerError::MessageTooLarge { .. } => E::MessageTooLarge.code(),
+        BrokerError::MessageTooLarge { .. }
+        | BrokerError::BatchDecompressedTooLarge { .. }
+        | BrokerError::RecordTooLarge { .. } => E::MessageTooLarge.code(),
         BrokerError::InvalidRequiredAcks(_) => E::InvalidRequiredAcks.code(),
         BrokerError::InvalidRequest(_) => E::InvalidRequest.code(),
         BrokerError::InvalidRecord(_) => E::InvalidRecord.code(),

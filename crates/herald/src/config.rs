@@ -48,6 +48,8 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_GROUP_SESSION_TIMEOUT_MAX_MS",
     "HERALD_COMPACTION_CHECK_INTERVAL_MS",
     "HERALD_COMPACTION_MAP_BYTES_MAX",
+    "HERALD_BATCH_DECOMPRESSED_BYTES_MAX",
+    "HERALD_RECORD_BYTES_MAX",
     "HERALD_RETENTION_MS",
     "HERALD_RETENTION_BYTES",
     "HERALD_RETENTION_CHECK_INTERVAL_MS",
@@ -169,6 +171,14 @@ pub struct ServeSettings {
     /// Memory for the cleaner's key map; more keys take several passes [default: 134217728]
     #[arg(long, env = "HERALD_COMPACTION_MAP_BYTES_MAX")]
     pub compaction_map_bytes_max: Option<usize>,
+    /// Most bytes a compressed record batch may decompress to: produce refuses more
+    /// (MESSAGE_TOO_LARGE), readers step over stored batches that expand further
+    /// [default: 67108864]
+    #[arg(long, env = "HERALD_BATCH_DECOMPRESSED_BYTES_MAX")]
+    pub batch_decompressed_bytes_max: Option<usize>,
+    /// Most bytes one record may take; produce refuses more [default: 33554432]
+    #[arg(long, env = "HERALD_RECORD_BYTES_MAX")]
+    pub record_bytes_max: Option<usize>,
     /// How long topics keep data, in ms; -1 keeps it forever (topic config retention.ms
     /// overrides) [default: 604800000]
     #[arg(long, env = "HERALD_RETENTION_MS", allow_hyphen_values = true)]
@@ -231,6 +241,8 @@ impl ServeSettings {
             group_session_timeout_max_ms,
             compaction_check_interval_ms,
             compaction_map_bytes_max,
+            batch_decompressed_bytes_max,
+            record_bytes_max,
             retention_ms,
             retention_bytes,
             retention_check_interval_ms,
@@ -322,6 +334,12 @@ impl ServeSettings {
                 bail!("compaction_map_bytes_max must be at least 1024, not {v}");
             }
             c.compaction_map_bytes_max = v;
+        }
+        if let Some(v) = self.batch_decompressed_bytes_max {
+            c.batch_decompressed_bytes_max = positive("batch_decompressed_bytes_max", v)?;
+        }
+        if let Some(v) = self.record_bytes_max {
+            c.record_bytes_max = positive("record_bytes_max", v)?;
         }
         if c.group_session_timeout_min_ms > c.group_session_timeout_max_ms {
             bail!("group_session_timeout_min_ms is larger than group_session_timeout_max_ms");

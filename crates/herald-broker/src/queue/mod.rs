@@ -5,6 +5,19 @@
 //! Files: `settings.rs` (what a subscription is configured with), `state.rs` (the pure
 //! per-partition state machine), `commit.rs` (group commit of state to the meta store),
 //! this file (the IO shell: reading the log, leasing, dead-letter publishing).
+//!
+//! A stored batch that decompresses past `batch_decompressed_bytes_max` cannot be read
+//! without holding more than the bound, so the queue steps over its records (logged with
+//! topic, partition and offsets, counted in the broker's oversized-batches counter) as it
+//! steps over compaction gaps; a record of such a batch that was tracked before the bound
+//! was lowered is finished undelivered (`PartitionQueue::abandon`) instead of leased,
+//! retried or dead-lettered. This is, with retention, the one way a subscription passes a
+//! record without an ack or a dead letter. It was chosen over stalling the partition
+//! (one bad batch would block every record behind it for good) and over a dead-letter
+//! copy (the copy would need the record, which is what cannot be read). The records stay
+//! in the log: raising the bound and reading from the logged offset gets them back.
+//! Produce refuses such batches, so only batches stored before the bound was set, or
+//! lowered, can be met here.
 
 pub mod commit;
 pub mod dedup;
@@ -20,12 +33,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::error::{BrokerError, Result};
+use crate::partition::Partition;
+use crate::records::StoredBatch;
 use crate::{Broker, now_ms};
 pub use dedup::{MESSAGE_ID_HEADER, PublishOutcome};
 pub use settings::{StartPosition, SubscriptionSettings};
@@ -216,11 +231,35 @@ fn header<'a>(record: &'a Record, name: &str) -> Option<&'a Option<Bytes>> {
         .map(|(_, v)| v)
 }
 
-fn decode(bytes: Bytes) -> Result<Vec<Record>> {
-    let mut buf = bytes;
-    let sets = RecordBatchDecoder::decode_all(&mut buf)
-        .map_err(|e| BrokerError::CorruptLog(format!("cannot decode stored records: {e}")))?;
-    Ok(sets.into_iter().flat_map(|s| s.records).collect())
+/// What the log holds at one offset, for a queue reader.
+enum AtOffset {
+    Record(Box<Record>),
+    /// In a batch past the decompression bound (logged and counted).
+    Oversized,
+    /// Compacted away or never there.
+    Missing,
+}
+
+fn record_at(partition: &Partition, offset: i64, reader: &'static str) -> Result<AtOffset> {
+    let read = partition.read(offset, 1)?;
+    for batch in partition.stored_batches(read.records, reader) {
+        match batch? {
+            StoredBatch::Oversized { header, .. } => {
+                if (header.base_offset..=header.last_offset()).contains(&offset) {
+                    return Ok(AtOffset::Oversized);
+                }
+            }
+            StoredBatch::Decoded(decoded) => {
+                for view in decoded.records() {
+                    let view = view?;
+                    if view.offset == offset {
+                        return Ok(AtOffset::Record(Box::new(decoded.record(&view)?)));
+                    }
+                }
+            }
+        }
+    }
+    Ok(AtOffset::Missing)
 }
 
 impl Broker {
@@ -466,31 +505,44 @@ impl Broker {
                 if read.records.is_empty() {
                     break;
                 }
-                let mut last = q.scan_next;
-                for r in decode(read.records)? {
-                    if r.offset < q.scan_next || r.offset >= hw {
-                        continue;
-                    }
-                    if q.room(&policy) == 0 {
-                        break;
-                    }
-                    let not_before = match deliver_at(&r) {
-                        Ok(at) => at.unwrap_or(0),
-                        Err(()) => {
-                            q.bad_deliver_at += 1;
-                            tracing::warn!(
-                                topic = sub.topic,
-                                partition = index,
-                                offset = r.offset,
-                                "bad {DELIVER_AT_HEADER} header; delivering now"
-                            );
-                            0
+                let before = q.scan_next;
+                'batches: for batch in partition.stored_batches(read.records, "work queue") {
+                    let decoded = match batch? {
+                        StoredBatch::Oversized { header, .. } => {
+                            // Stepped over (see the module doc); the partition logged it.
+                            if header.base_offset < hw {
+                                q.skip_to(header.last_offset().saturating_add(1));
+                            }
+                            continue;
                         }
+                        StoredBatch::Decoded(decoded) => decoded,
                     };
-                    q.track(r.offset, key_hash(r.key.as_ref()), not_before);
-                    last = r.offset + 1;
+                    for view in decoded.records() {
+                        let view = view?;
+                        if view.offset < q.scan_next || view.offset >= hw {
+                            continue;
+                        }
+                        if q.room(&policy) == 0 {
+                            break 'batches;
+                        }
+                        let r = decoded.record(&view)?;
+                        let not_before = match deliver_at(&r) {
+                            Ok(at) => at.unwrap_or(0),
+                            Err(()) => {
+                                q.bad_deliver_at += 1;
+                                tracing::warn!(
+                                    topic = sub.topic,
+                                    partition = index,
+                                    offset = r.offset,
+                                    "bad {DELIVER_AT_HEADER} header; delivering now"
+                                );
+                                0
+                            }
+                        };
+                        q.track(r.offset, key_hash(r.key.as_ref()), not_before);
+                    }
                 }
-                if last == q.scan_next {
+                if q.scan_next == before {
                     // Only records below scan_next in what was read (a batch boundary
                     // or compaction gap): step over to the end of what was read.
                     break;
@@ -516,6 +568,8 @@ impl Broker {
             }
         }
         let mut records = Vec::new();
+        // Leased records whose batch is now past the bound (lowered since they were tracked).
+        let mut unreadable: Vec<(i32, i64)> = Vec::new();
         for (p, got) in leased_by_partition {
             let partition = topic.partition(p)?;
             let mut wanted: BTreeMap<i64, u32> = got.into_iter().collect();
@@ -525,30 +579,50 @@ impl Broker {
                 if read.records.is_empty() {
                     break;
                 }
-                for r in decode(read.records)? {
-                    from = from.max(r.offset + 1);
-                    if let Some(attempt) = wanted.remove(&r.offset) {
-                        records.push(ReceivedRecord {
-                            partition: p,
-                            offset: r.offset,
-                            timestamp: r.timestamp,
-                            receipt: Receipt {
-                                topic: sub.topic.clone(),
-                                name: sub.name.clone(),
+                for batch in partition.stored_batches(read.records, "work queue") {
+                    let decoded = match batch? {
+                        StoredBatch::Oversized { header, .. } => {
+                            let last = header.last_offset();
+                            from = from.max(last.saturating_add(1));
+                            let inside: Vec<i64> = wanted
+                                .range(header.base_offset..=last)
+                                .map(|(o, _)| *o)
+                                .collect();
+                            for o in inside {
+                                wanted.remove(&o);
+                                unreadable.push((p, o));
+                            }
+                            continue;
+                        }
+                        StoredBatch::Decoded(decoded) => decoded,
+                    };
+                    for view in decoded.records() {
+                        let view = view?;
+                        from = from.max(view.offset + 1);
+                        if let Some(attempt) = wanted.remove(&view.offset) {
+                            let r = decoded.record(&view)?;
+                            records.push(ReceivedRecord {
                                 partition: p,
                                 offset: r.offset,
-                                attempt,
-                            }
-                            .encode(),
-                            delivery_count: attempt,
-                            headers: r
-                                .headers
-                                .iter()
-                                .map(|(k, v)| (k.to_string(), v.clone()))
-                                .collect(),
-                            key: r.key,
-                            value: r.value,
-                        });
+                                timestamp: r.timestamp,
+                                receipt: Receipt {
+                                    topic: sub.topic.clone(),
+                                    name: sub.name.clone(),
+                                    partition: p,
+                                    offset: r.offset,
+                                    attempt,
+                                }
+                                .encode(),
+                                delivery_count: attempt,
+                                headers: r
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| (k.to_string(), v.clone()))
+                                    .collect(),
+                                key: r.key,
+                                value: r.value,
+                            });
+                        }
                     }
                 }
                 if let Some(next) = wanted.keys().next() {
@@ -556,7 +630,34 @@ impl Broker {
                 }
             }
         }
+        if !unreadable.is_empty() {
+            self.abandon(sub, &unreadable).await?;
+        }
         Ok(records)
+    }
+
+    /// Finish tracked records that can no longer be read within the bound (see the
+    /// module doc), durably.
+    async fn abandon(&self, sub: &Arc<Subscription>, offsets: &[(i32, i64)]) -> Result<()> {
+        let mut writes = Vec::new();
+        for &(p, o) in offsets {
+            sub.partitions[p as usize]
+                .lock()
+                .map_err(|_| poisoned())?
+                .abandon(o);
+            tracing::warn!(
+                topic = sub.topic,
+                subscription = sub.name,
+                partition = p,
+                offset = o,
+                "record's batch is past batch_decompressed_bytes_max: finished undelivered"
+            );
+            writes.push((sub.clone(), p as u32));
+        }
+        writes.dedup_by(|a, b| a.1 == b.1);
+        self.queues.commit.submit(writes).await?;
+        sub.changed.notify_waiters();
+        Ok(())
     }
 
     fn locate(&self, receipt: &str) -> Result<(Arc<Subscription>, Receipt)> {
@@ -718,12 +819,10 @@ impl Broker {
         let source = self
             .topic(&sub.topic)
             .ok_or_else(|| BrokerError::UnknownTopic(sub.topic.clone()))?;
-        let read = source.partition(partition)?.read(offset, 1)?;
-        let Some(mut record) = decode(read.records)?
-            .into_iter()
-            .find(|r| r.offset == offset)
-        else {
-            return Ok(());
+        let mut record = match record_at(source.partition(partition)?, offset, "dead letter")? {
+            AtOffset::Record(record) => *record,
+            AtOffset::Missing => return Ok(()),
+            AtOffset::Oversized => return self.abandon(sub, &[(partition, offset)]).await,
         };
         let now = now_ms();
         let mut add = |k: &str, v: String| {
@@ -865,25 +964,36 @@ impl Broker {
                 if read.records.is_empty() {
                     break;
                 }
-                for r in decode(read.records)? {
-                    if r.offset < from || out.len() >= max_records {
-                        continue;
+                for batch in p.stored_batches(read.records, "dead letter list") {
+                    let decoded = match batch? {
+                        StoredBatch::Oversized { header, .. } => {
+                            from = from.max(header.last_offset().saturating_add(1));
+                            continue;
+                        }
+                        StoredBatch::Decoded(decoded) => decoded,
+                    };
+                    for view in decoded.records() {
+                        let view = view?;
+                        if view.offset < from || out.len() >= max_records {
+                            continue;
+                        }
+                        from = view.offset + 1;
+                        let r = decoded.record(&view)?;
+                        out.push(ReceivedRecord {
+                            partition: index,
+                            offset: r.offset,
+                            timestamp: r.timestamp,
+                            receipt: String::new(),
+                            delivery_count: 0,
+                            headers: r
+                                .headers
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.clone()))
+                                .collect(),
+                            key: r.key,
+                            value: r.value,
+                        });
                     }
-                    from = r.offset + 1;
-                    out.push(ReceivedRecord {
-                        partition: index,
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        receipt: String::new(),
-                        delivery_count: 0,
-                        headers: r
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.clone()))
-                            .collect(),
-                        key: r.key,
-                        value: r.value,
-                    });
                 }
             }
         }
@@ -933,36 +1043,48 @@ impl Broker {
                 let step_start = from;
                 let mut batches: BTreeMap<(String, i32), (Arc<crate::topic::Topic>, Vec<Record>)> =
                     BTreeMap::new();
-                for mut r in decode(read.records)? {
-                    if r.offset < from || r.offset >= hw {
-                        continue;
+                for batch in p.stored_batches(read.records, "redrive") {
+                    let decoded = match batch? {
+                        StoredBatch::Oversized { header, .. } => {
+                            // Not movable within the bound: left in the dead-letter log.
+                            from = from.max(header.last_offset().saturating_add(1));
+                            continue;
+                        }
+                        StoredBatch::Decoded(decoded) => decoded,
+                    };
+                    for view in decoded.records() {
+                        let view = view?;
+                        if view.offset < from || view.offset >= hw {
+                            continue;
+                        }
+                        let mut r = decoded.record(&view)?;
+                        from = r.offset + 1;
+                        let text = |name| {
+                            header(&r, name)
+                                .and_then(|v| v.as_ref())
+                                .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string))
+                        };
+                        let source_partition: i32 = text(DLQ_SOURCE_PARTITION_HEADER)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        let Some((name, source)) = text(DLQ_SOURCE_TOPIC_HEADER)
+                            .and_then(|name| self.topic(&name).map(|t| (name, t)))
+                        else {
+                            tracing::warn!(
+                                dlq_topic,
+                                offset = r.offset,
+                                "redrive: source topic gone; skipped"
+                            );
+                            continue;
+                        };
+                        r.headers.retain(|k, _| !k.starts_with(DLQ_HEADER_PREFIX));
+                        let sp = source_partition.clamp(0, source.partitions.len() as i32 - 1);
+                        batches
+                            .entry((name, sp))
+                            .or_insert_with(|| (source, Vec::new()))
+                            .1
+                            .push(r);
                     }
-                    from = r.offset + 1;
-                    let text = |name| {
-                        header(&r, name)
-                            .and_then(|v| v.as_ref())
-                            .and_then(|b| std::str::from_utf8(b).ok().map(str::to_string))
-                    };
-                    let source_partition: i32 = text(DLQ_SOURCE_PARTITION_HEADER)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    let Some((name, source)) = text(DLQ_SOURCE_TOPIC_HEADER)
-                        .and_then(|name| self.topic(&name).map(|t| (name, t)))
-                    else {
-                        tracing::warn!(
-                            dlq_topic,
-                            offset = r.offset,
-                            "redrive: source topic gone; skipped"
-                        );
-                        continue;
-                    };
-                    r.headers.retain(|k, _| !k.starts_with(DLQ_HEADER_PREFIX));
-                    let sp = source_partition.clamp(0, source.partitions.len() as i32 - 1);
-                    batches
-                        .entry((name, sp))
-                        .or_insert_with(|| (source, Vec::new()))
-                        .1
-                        .push(r);
                 }
                 let now = now_ms();
                 let mut pending = Vec::with_capacity(batches.len());

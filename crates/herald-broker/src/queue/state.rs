@@ -141,6 +141,17 @@ impl PartitionQueue {
         }
     }
 
+    /// A tracked record whose batch can no longer be read within the decompression
+    /// bound (the bound was lowered after it was tracked): finished undelivered, as the
+    /// scan steps over the records of such a batch (see the queue module's doc).
+    pub fn abandon(&mut self, offset: i64) {
+        if let Some(e) = self.entries.get_mut(&offset) {
+            e.state = EntryState::Done;
+            self.dead_letter_claims.remove(&offset);
+        }
+        self.advance_floor();
+    }
+
     /// Retention deleted the log below `log_start`: records there cannot be delivered
     /// any more; they are counted as lost and the subscription moves on.
     pub fn truncate_below(&mut self, log_start: i64) {

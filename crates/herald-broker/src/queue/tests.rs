@@ -49,6 +49,14 @@ async fn publish(broker: &Broker, topic: &str, partition: i32, records: &[Record
         .unwrap();
 }
 
+/// Every record of stored batches, read with the Kafka codec (as a consumer would).
+fn decode(bytes: Bytes) -> Result<Vec<Record>> {
+    let mut buf = bytes;
+    let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf)
+        .map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
+    Ok(sets.into_iter().flat_map(|s| s.records).collect())
+}
+
 fn header<'a>(r: &'a ReceivedRecord, name: &str) -> Option<&'a str> {
     r.headers
         .iter()
