@@ -12,6 +12,9 @@ use tokio::sync::Notify;
 
 /// Default of the broker-wide budget for request and response buffers.
 pub const MEMORY_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
+/// Default of how long a response may wait for a socket that does not drain (any
+/// listener) before the connection is closed.
+pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Default of the connections one client address may hold on one listener.
 pub const CONNECTIONS_MAX_PER_IP_DEFAULT: usize = 1_000;
 

@@ -67,6 +67,8 @@ pub struct HttpConfig {
     pub body_read_timeout_ms: u64,
     /// A keep-alive connection with no request in progress is closed after this long.
     pub keep_alive_idle_ms: u64,
+    /// A response write that makes no progress this long closes the connection.
+    pub send_timeout_ms: u64,
 }
 
 /// Bounds on what one request may ask for.
@@ -98,6 +100,7 @@ impl HttpConfig {
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
             body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
             keep_alive_idle_ms: KEEP_ALIVE_IDLE_MS_DEFAULT,
+            send_timeout_ms: herald_broker::limits::SEND_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -142,6 +145,7 @@ pub struct HttpServer {
     gate: Arc<ConnectionGate>,
     timeouts: server::Timeouts,
     connections: metrics::ConnectionMetrics,
+    memory: server::BodyMemory,
 }
 
 impl HttpServer {
@@ -156,6 +160,10 @@ impl HttpServer {
         let mut hooks = metrics_hooks;
         let shown = connections.clone();
         hooks.push(Arc::new(move |registry| shown.register(registry)));
+        let memory = server::BodyMemory {
+            pools: broker.memory().clone(),
+            body_bytes_max: config.body_bytes_max,
+        };
         let mut state = AppState::new(broker, config.limits.clone());
         state.metrics_hooks = Arc::new(hooks);
         let ready = state.ready.clone();
@@ -172,8 +180,10 @@ impl HttpServer {
                 header_read: ms(config.header_read_timeout_ms),
                 body_read: ms(config.body_read_timeout_ms),
                 keep_alive_idle: ms(config.keep_alive_idle_ms),
+                send: ms(config.send_timeout_ms),
             },
             connections,
+            memory,
         })
     }
 
@@ -195,9 +205,12 @@ impl HttpServer {
         server::serve(
             self.listener,
             self.router,
-            self.gate,
-            self.timeouts,
-            self.connections,
+            server::Limits {
+                gate: self.gate,
+                timeouts: self.timeouts,
+                metrics: self.connections,
+                memory: self.memory,
+            },
             self.shutdown,
             shutdown,
         )

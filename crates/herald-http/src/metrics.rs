@@ -83,6 +83,7 @@ pub struct ConnectionMetrics {
     refused: Counter,
     closed_header_timeout: Counter,
     closed_idle: Counter,
+    closed_send_timeout: Counter,
     body_timeouts: Counter,
 }
 
@@ -118,6 +119,12 @@ impl ConnectionMetrics {
             self.closed_idle.clone(),
         );
         registry.register(
+            "herald_http_connections_closed_send_timeout",
+            "HTTP connections closed because a response made no progress into the socket \
+             for send_timeout_ms (the client stopped reading)",
+            self.closed_send_timeout.clone(),
+        );
+        registry.register(
             "herald_http_requests_body_timeout",
             "HTTP requests answered 408 because their body did not arrive within \
              http_body_read_timeout_ms (the connection is then closed)",
@@ -142,6 +149,10 @@ impl ConnectionMetrics {
 
     pub(crate) fn closed_idle(&self) {
         self.closed_idle.inc();
+    }
+
+    pub(crate) fn closed_send_timeout(&self) {
+        self.closed_send_timeout.inc();
     }
 
     pub(crate) fn body_timeout(&self) {

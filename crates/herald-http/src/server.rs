@@ -9,6 +9,8 @@
 //!   the request is answered 408 and the connection closed.
 //! - A keep-alive connection with no request in progress is closed after
 //!   `keep_alive_idle_ms`.
+//! - A response that makes no progress into the socket for `send_timeout_ms` (the
+//!   client stopped reading) closes the connection, dropping the response.
 //!
 //! hyper 1.12's own `header_read_timeout` starts when the connection begins waiting for
 //! a head, also between keep-alive requests, so it would close idle connections after
@@ -33,7 +35,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
-use herald_broker::{ConnectionGate, ConnectionPermit};
+use herald_broker::{ConnectionGate, ConnectionPermit, MemoryPools, Reservation};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -56,6 +58,26 @@ pub struct Timeouts {
     pub header_read: Duration,
     pub body_read: Duration,
     pub keep_alive_idle: Duration,
+    /// A response write that makes no progress this long closes the connection.
+    pub send: Duration,
+}
+
+/// Request bodies and responses take their bytes from the broker's memory budget: a
+/// body's announced length (or `body_bytes_max` when it is not announced) is reserved
+/// from the request pool before the handler reads it, waiting while the pool is used
+/// up; a response's bytes are counted in the response pool until it is written.
+#[derive(Debug, Clone)]
+pub struct BodyMemory {
+    pub pools: MemoryPools,
+    pub body_bytes_max: usize,
+}
+
+/// What the listener holds its connections to, and counts them in.
+pub struct Limits {
+    pub gate: Arc<ConnectionGate>,
+    pub timeouts: Timeouts,
+    pub metrics: ConnectionMetrics,
+    pub memory: BodyMemory,
 }
 
 /// Accept until `shutdown` resolves, then tell every connection to finish (`stop`, which
@@ -64,13 +86,17 @@ pub struct Timeouts {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    gate: Arc<ConnectionGate>,
-    timeouts: Timeouts,
-    metrics: ConnectionMetrics,
+    limits: Limits,
     stop: Arc<watch::Sender<bool>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     // Every connection task holds a receiver; when all are dropped, all are done.
+    let Limits {
+        gate,
+        timeouts,
+        metrics,
+        memory,
+    } = limits;
     let (alive_tx, alive_rx) = watch::channel(());
     let mut shutdown = pin!(shutdown);
     loop {
@@ -101,6 +127,7 @@ pub async fn serve(
             router: router.clone(),
             timeouts,
             metrics: metrics.clone(),
+            memory: memory.clone(),
             stop: stop.subscribe(),
         };
         let alive = alive_rx.clone();
@@ -121,6 +148,7 @@ struct Connection {
     router: Router,
     timeouts: Timeouts,
     metrics: ConnectionMetrics,
+    memory: BodyMemory,
     stop: watch::Receiver<bool>,
 }
 
@@ -138,6 +166,7 @@ impl Connection {
             let router = self.router.clone();
             let metrics = self.metrics.clone();
             let (peer, body_read) = (self.peer, self.timeouts.body_read);
+            let memory = self.memory.clone();
             hyper::service::service_fn(move |request: Request<Incoming>| {
                 let request_guard = InFlight::start(activity.clone());
                 handle(
@@ -147,6 +176,7 @@ impl Connection {
                     body_read,
                     peer,
                     metrics.clone(),
+                    memory.clone(),
                 )
             })
         };
@@ -156,6 +186,7 @@ impl Connection {
             .max_buf_size(HEADER_BYTES_MAX);
         let mut conn = pin!(builder.serve_connection(io, service));
         let mut watchdog = pin!(watchdog(&activity, self.timeouts));
+        let mut stalled = pin!(write_stall(&activity, self.timeouts.send));
         let mut draining = false;
         loop {
             tokio::select! {
@@ -170,6 +201,10 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                 }
                 expired = &mut watchdog => {
+                    self.closed(expired);
+                    break;
+                }
+                expired = &mut stalled => {
                     self.closed(expired);
                     break;
                 }
@@ -190,6 +225,10 @@ impl Connection {
                 tracing::info!(%peer, idle_ms = self.timeouts.keep_alive_idle.as_millis() as u64, "closing idle HTTP connection");
                 self.metrics.closed_idle();
             }
+            Expired::SendStalled => {
+                tracing::warn!(%peer, timeout_ms = self.timeouts.send.as_millis() as u64, "closing HTTP connection: a response made no progress (the client does not read)");
+                self.metrics.closed_send_timeout();
+            }
         }
     }
 }
@@ -202,7 +241,20 @@ async fn handle(
     body_read: Duration,
     peer: SocketAddr,
     metrics: ConnectionMetrics,
+    memory: BodyMemory,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let body_bytes = match request.body().size_hint().exact() {
+        Some(0) => 0,
+        Some(announced) => usize::try_from(announced)
+            .unwrap_or(usize::MAX)
+            .min(memory.body_bytes_max),
+        None => memory.body_bytes_max,
+    };
+    let request_memory = if body_bytes > 0 {
+        Some(memory.pools.requests.reserve(body_bytes).await)
+    } else {
+        None
+    };
     let timed_out = Arc::new(AtomicBool::new(false));
     let request = request.map(|inner| DeadlineBody {
         inner,
@@ -233,8 +285,18 @@ async fn handle(
     } else {
         response
     };
+    drop(request_memory);
+    let response_bytes = response
+        .body()
+        .size_hint()
+        .exact()
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    // Counted, not waited for: the response exists already.
+    let mut response_memory = memory.pools.responses.reserve_up_to(0, 0).await;
+    response_memory.resize(response_bytes);
     Ok(response.map(|inner| ResponseBody {
         inner,
+        _memory: response_memory,
         _in_flight: in_flight,
     }))
 }
@@ -255,6 +317,9 @@ enum Phase {
 struct Activity {
     phase: Mutex<Phase>,
     changed: Notify,
+    /// Since when a write has been waiting for the socket (None: not blocked).
+    write_blocked: Mutex<Option<Instant>>,
+    write_changed: Notify,
 }
 
 impl Activity {
@@ -264,7 +329,26 @@ impl Activity {
                 since: Instant::now(),
             }),
             changed: Notify::new(),
+            write_blocked: Mutex::new(None),
+            write_changed: Notify::new(),
         }
+    }
+
+    /// A write returned Pending (the socket is full) or made progress.
+    fn write_polled(&self, blocked: bool) {
+        let mut since = self.write_blocked.lock().unwrap_or_else(|p| p.into_inner());
+        match (blocked, *since) {
+            (true, None) => {
+                *since = Some(Instant::now());
+                self.write_changed.notify_one();
+            }
+            (false, Some(_)) => *since = None,
+            _ => {}
+        }
+    }
+
+    fn write_blocked_since(&self) -> Option<Instant> {
+        *self.write_blocked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn phase(&self) -> Phase {
@@ -321,6 +405,7 @@ impl Activity {
 enum Expired {
     HeaderRead,
     KeepAliveIdle,
+    SendStalled,
 }
 
 /// Resolves when the connection has waited too long for a head or idled too long.
@@ -344,6 +429,20 @@ async fn watchdog(activity: &Activity, timeouts: Timeouts) -> Expired {
     }
 }
 
+/// Resolves when one write has waited for the socket longer than `send`.
+async fn write_stall(activity: &Activity, send: Duration) -> Expired {
+    loop {
+        let Some(since) = activity.write_blocked_since() else {
+            activity.write_changed.notified().await;
+            continue;
+        };
+        if Instant::now() >= since + send {
+            return Expired::SendStalled;
+        }
+        tokio::time::sleep_until(since + send).await;
+    }
+}
+
 /// A request counted in flight until its response body is written or dropped.
 struct InFlight(Arc<Activity>);
 
@@ -363,6 +462,7 @@ impl Drop for InFlight {
 /// The router's response body, holding its request in flight.
 struct ResponseBody {
     inner: Body,
+    _memory: Reservation,
     _in_flight: InFlight,
 }
 
@@ -467,7 +567,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.activity.write_polled(result.is_pending());
+        result
     }
 
     fn poll_write_vectored(
@@ -475,7 +578,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.activity.write_polled(result.is_pending());
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -483,7 +589,10 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.activity.write_polled(result.is_pending());
+        result
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -505,6 +614,7 @@ mod tests {
             header_read: Duration::from_millis(100),
             body_read: Duration::from_millis(100),
             keep_alive_idle: Duration::from_millis(400),
+            send: Duration::from_secs(60),
         };
         let activity = Activity::new();
         let start = Instant::now();

@@ -366,3 +366,37 @@ async fn shutdown_finishes_requests_in_progress_and_closes_idle_connections() {
     stopping.await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
 }
+
+/// A client that pipelines requests and never reads its responses: once the socket is
+/// full, the response write makes no progress and the connection is closed after
+/// `send_timeout_ms` (its responses dropped), while other clients are served.
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_after_the_send_timeout() {
+    let server = start(|c| c.send_timeout_ms = 300).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hog = socket.connect(server.addr).await.unwrap();
+    // Each OpenAPI document is tens of KB: a few hundred fill any socket buffers.
+    let pipelined = get("/openapi.json").repeat(400);
+    let _ = tokio::time::timeout(Duration::from_secs(2), hog.write_all(pipelined.as_bytes())).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let closed = metric(
+            server.addr,
+            "herald_http_connections_closed_send_timeout_total",
+        )
+        .await;
+        if closed == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connection that does not read was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut other = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(request(&mut other, "/health").await.0, 200);
+    drop(hog);
+    server.shutdown().await.unwrap();
+}

@@ -24,7 +24,7 @@ pub use server::KafkaServer;
 /// Kafka's default `connections.max.idle.ms`: 10 minutes.
 pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
 /// How long a response may wait for a socket that does not drain.
-pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+pub const SEND_TIMEOUT_MS_DEFAULT: u64 = herald_broker::limits::SEND_TIMEOUT_MS_DEFAULT;
 
 /// How long the bytes of one request may take to arrive.
 pub const REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;

@@ -142,8 +142,8 @@ pub struct ServeSettings {
     /// Close a Kafka connection idle (nothing sent, nothing owed) this long [default: 600000]
     #[arg(long, env = "HERALD_CONNECTIONS_MAX_IDLE_MS")]
     pub connections_max_idle_ms: Option<u64>,
-    /// Close a Kafka connection whose response makes no progress into the socket this
-    /// long (the client stopped reading) [default: 60000]
+    /// Close a Kafka or HTTP connection whose response makes no progress into the socket
+    /// this long (the client stopped reading) [default: 60000]
     #[arg(long, env = "HERALD_SEND_TIMEOUT_MS")]
     pub send_timeout_ms: Option<u64>,
     /// Close a Kafka connection whose request does not arrive whole this long after its
@@ -401,6 +401,9 @@ impl ServeSettings {
         }
         if let Some(v) = self.http_keep_alive_idle_ms {
             c.keep_alive_idle_ms = positive("http_keep_alive_idle_ms", v)?;
+        }
+        if let Some(v) = self.send_timeout_ms {
+            c.send_timeout_ms = positive("send_timeout_ms", v)?;
         }
         Ok(Some(c))
     }
