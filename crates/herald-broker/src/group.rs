@@ -728,14 +728,23 @@ impl GroupCoordinator {
             group
                 .pending_members
                 .retain(|_, since| now.duration_since(*since) < PENDING_MEMBER_TTL);
+            // A session expires in every state, as in Kafka: a member that died while a
+            // rebalance waits for it is removed after its session timeout, so the
+            // rebalance completes with the living instead of waiting out the rebalance
+            // timeout. A member whose JoinGroup is waiting for the others is alive.
             if matches!(
                 group.state,
-                GroupState::Stable | GroupState::CompletingRebalance
+                GroupState::Stable
+                    | GroupState::CompletingRebalance
+                    | GroupState::PreparingRebalance
             ) {
                 let expired: Vec<String> = group
                     .members
                     .iter()
-                    .filter(|(_, m)| now.duration_since(m.last_heartbeat) > m.session_timeout)
+                    .filter(|(_, m)| {
+                        m.join_waiter.is_none()
+                            && now.duration_since(m.last_heartbeat) > m.session_timeout
+                    })
                     .map(|(id, _)| id.clone())
                     .collect();
                 for id in expired {
@@ -1060,6 +1069,54 @@ mod tests {
         let d = c.describe("g").unwrap();
         assert_eq!(d.state, GroupState::Empty);
         assert!(d.members.is_empty());
+    }
+
+    /// A member that died while a rebalance waits for it is removed after its session
+    /// timeout, and the rebalance completes with the members that rejoined (before, it
+    /// waited out the whole rebalance timeout: 300 s with kafka-python's defaults).
+    #[tokio::test]
+    async fn a_dead_member_is_evicted_while_a_rebalance_waits_for_it() {
+        let (_dir, c) = coordinator(50);
+        let a = join_new(&c).await;
+        let b = join_new(&c).await;
+        let long = |id: &str| {
+            let mut r = join_req(id);
+            r.session_timeout_ms = 6_000;
+            r.rebalance_timeout_ms = 300_000;
+            r
+        };
+        let (c1, c2) = (c.clone(), c.clone());
+        let (ra, rb) = (long(&a), long(&b));
+        let ja = tokio::spawn(async move { c1.join(ra).await });
+        let jb = tokio::spawn(async move { c2.join(rb).await });
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        c.tick();
+        let gen1 = ja.await.unwrap().unwrap().generation_id;
+        jb.await.unwrap().unwrap();
+        // a rejoins (a new rebalance); b is dead and never does.
+        let c3 = c.clone();
+        let ra = long(&a);
+        let rejoin = tokio::spawn(async move { c3.join(ra).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().state, GroupState::PreparingRebalance);
+        {
+            let mut groups = c.lock();
+            let group = groups.get_mut("g").unwrap();
+            for m in group.members.values_mut() {
+                // Both last heard from 7 s ago; only b has no JoinGroup waiting.
+                m.last_heartbeat = Instant::now() - Duration::from_secs(7);
+            }
+        }
+        c.tick();
+        let joined = tokio::time::timeout(Duration::from_secs(5), rejoin)
+            .await
+            .expect("the rebalance still waits for the dead member")
+            .unwrap()
+            .unwrap();
+        assert_eq!(joined.generation_id, gen1 + 1);
+        assert_eq!(joined.members.len(), 1, "only the living member is in");
+        assert_eq!(joined.members[0].member_id, a);
     }
 
     #[tokio::test]
