@@ -1099,7 +1099,10 @@ mod tests {
         let rejoin = tokio::spawn(async move { c3.join(ra).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         c.tick();
-        assert_eq!(c.describe("g").unwrap().state, GroupState::PreparingRebalance);
+        assert_eq!(
+            c.describe("g").unwrap().state,
+            GroupState::PreparingRebalance
+        );
         {
             let mut groups = c.lock();
             let group = groups.get_mut("g").unwrap();
