@@ -100,3 +100,29 @@ def test_bad_listen_address_fails_fast(tmp_path):
     result = _serve_expecting_failure(tmp_path, "--kafka-listen", "not-an-address")
     assert result.returncode != 0
     assert result.stderr.strip()
+
+
+def test_logs_written_to_a_file_have_no_colour_codes(broker):
+    from herald_support import wait_until
+
+    wait_until(lambda: b"herald is ready" in broker.log_path.read_bytes(), 10,
+               "the broker never logged that it is ready")
+    text = broker.log_path.read_bytes()
+    assert b"\x1b[" not in text, "ANSI colour codes in a log that is not a terminal"
+
+
+def test_log_format_json_writes_one_object_per_line(broker_factory):
+    import json as _json
+
+    from herald_support import wait_until
+
+    b = broker_factory(extra_args=["--log-format", "json"])
+    wait_until(lambda: "herald is ready" in b.log_path.read_text(), 10,
+               "the broker never logged that it is ready")
+    # The harness writes its own "===== start" line before each run.
+    lines = [l for l in b.log_path.read_text().splitlines()
+             if l.strip() and not l.startswith("=====")]
+    assert lines, "no log lines"
+    events = [_json.loads(l) for l in lines]
+    ready = [e for e in events if e.get("fields", {}).get("message") == "herald is ready"]
+    assert ready and ready[0]["level"] == "INFO", events

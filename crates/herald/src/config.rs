@@ -54,6 +54,7 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_RETENTION_BYTES",
     "HERALD_RETENTION_CHECK_INTERVAL_MS",
     "HERALD_LOG",
+    "HERALD_LOG_FORMAT",
     "HERALD_BOOTSTRAP",
     // Test-only: makes the log's writes or fsyncs fail on cue (see herald-log's fault.rs).
     herald_log::FAULT_INJECT_ENV,
