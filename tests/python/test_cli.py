@@ -270,3 +270,14 @@ def test_queue_retry_dead_letter_and_redrive_from_the_cli(broker):
     assert stale.returncode != 0 and "not_leased" in stale.stderr and "invalid_receipt" in stale.stderr, stale.stderr
     missing = queue_cli(broker, "stats", topic, "nosuch")
     assert missing.returncode != 0 and "unknown_subscription" in missing.stderr, missing.stderr
+
+
+def test_bootstrap_takes_a_host_name(broker):
+    # "localhost" may resolve to ::1 first, where nothing listens: every address is tried.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    topic = unique("cli-hostname")
+    result = subprocess.run(
+        [str(HERALD_BIN), "topics", "create", topic, "--bootstrap", f"localhost:{broker.port}"],
+        capture_output=True, text=True, env=env, timeout=60)
+    ok(result)
+    assert topic in ok(herald(broker, "topics", "list"))

@@ -129,6 +129,26 @@ struct Cache {
     topics: HashMap<String, TopicMetadata>,
 }
 
+/// Kafka's port, for a bootstrap address given without one.
+pub const DEFAULT_PORT: u16 = 9092;
+
+/// `host` -> `host:9092` (also `[::1]` and a bare `::1`); an address with a port is kept.
+/// Host names are resolved at connect time, and every address they resolve to is tried.
+pub fn with_default_port(addr: &str) -> String {
+    if addr.starts_with('[') {
+        if addr.ends_with(']') {
+            return format!("{addr}:{DEFAULT_PORT}");
+        }
+        return addr.to_owned();
+    }
+    match addr.matches(':').count() {
+        0 => format!("{addr}:{DEFAULT_PORT}"),
+        1 => addr.to_owned(),
+        // More than one colon and no brackets: a bare IPv6 address.
+        _ => format!("[{addr}]:{DEFAULT_PORT}"),
+    }
+}
+
 impl Client {
     /// Connects to the first reachable address of a comma-separated bootstrap list
     /// and loads the broker list.
@@ -141,7 +161,7 @@ impl Client {
             .split(',')
             .map(str::trim)
             .filter(|addr| !addr.is_empty())
-            .map(str::to_owned)
+            .map(with_default_port)
             .collect();
         if bootstrap.is_empty() {
             return Err(Error::InvalidArgument(
@@ -472,6 +492,16 @@ fn metadata_from_response(response: MetadataResponse) -> Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bootstrap_address_without_a_port_gets_kafkas() {
+        assert_eq!(with_default_port("localhost"), "localhost:9092");
+        assert_eq!(with_default_port("10.0.0.1"), "10.0.0.1:9092");
+        assert_eq!(with_default_port("broker1:19092"), "broker1:19092");
+        assert_eq!(with_default_port("[::1]"), "[::1]:9092");
+        assert_eq!(with_default_port("[::1]:19092"), "[::1]:19092");
+        assert_eq!(with_default_port("::1"), "[::1]:9092");
+    }
 
     #[test]
     fn broker_addr_brackets_ipv6() {

@@ -51,7 +51,8 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
 /// Where the broker is; shared by every client subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Broker address(es), HOST:PORT[,HOST:PORT...].
+    /// Broker address(es), HOST[:PORT][,HOST[:PORT]...]; the port is 9092 when left
+    /// out, and a host name is tried at every address it resolves to.
     #[arg(
         long,
         env = "HERALD_BOOTSTRAP",
