@@ -281,3 +281,12 @@ def test_bootstrap_takes_a_host_name(broker):
         capture_output=True, text=True, env=env, timeout=60)
     ok(result)
     assert topic in ok(herald(broker, "topics", "list"))
+
+
+def test_the_cli_pointed_at_the_http_port_says_so(broker):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    result = subprocess.run(
+        [str(HERALD_BIN), "topics", "list", "--bootstrap", f"127.0.0.1:{broker.http_port}"],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode != 0
+    assert "speaks HTTP, not Kafka" in result.stderr, result.stderr

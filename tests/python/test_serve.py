@@ -126,3 +126,32 @@ def test_log_format_json_writes_one_object_per_line(broker_factory):
     events = [_json.loads(l) for l in lines]
     ready = [e for e in events if e.get("fields", {}).get("message") == "herald is ready"]
     assert ready and ready[0]["level"] == "INFO", events
+
+
+def test_http_on_the_kafka_port_is_told_where_http_is(broker):
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        answer = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    text = answer.decode()
+    assert text.startswith("HTTP/1.1 400"), text
+    assert f"http://127.0.0.1:{broker.http_port}/" in text, text
+    # The broker is still serving Kafka clients.
+    admin(broker.bootstrap).list_topics(timeout=10)
+
+
+def test_an_amqp_client_on_the_kafka_port_is_logged_as_such(broker):
+    from herald_support import wait_until
+
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        try:
+            assert s.recv(4096) == b"", "the broker answered an AMQP header"
+        except ConnectionResetError:
+            pass  # closed with the rest of the header unread: a reset, also a close
+    wait_until(lambda: "an AMQP client connected to the Kafka port" in broker.log_path.read_text(),
+               10, "the AMQP client was not logged as such")

@@ -527,14 +527,34 @@ async fn read_loop(read_half: OwnedReadHalf, waiters: Arc<Waiters>) {
     waiters.close(reason);
 }
 
+/// What a server that answered with these first bytes speaks, if it is not Kafka: an
+/// HTTP status line, or a TLS record (an alert or handshake, TLS 1.0 to 1.3).
+pub fn not_kafka(prefix: &[u8; 4]) -> Option<&'static str> {
+    if prefix == b"HTTP" {
+        return Some("HTTP");
+    }
+    if matches!(prefix[0], 0x15 | 0x16) && prefix[1] == 0x03 && prefix[2] <= 0x04 {
+        return Some("TLS");
+    }
+    None
+}
+
 async fn read_frame(reader: &mut BufReader<OwnedReadHalf>) -> std::result::Result<Bytes, String> {
-    let length = match reader.read_i32().await {
-        Ok(length) => length,
+    let mut prefix = [0u8; 4];
+    match reader.read_exact(&mut prefix).await {
+        Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err("closed by the broker".to_owned());
         }
         Err(error) => return Err(format!("read failed: {error}")),
-    };
+    }
+    if let Some(protocol) = not_kafka(&prefix) {
+        return Err(format!(
+            "that port speaks {protocol}, not Kafka: point --bootstrap at the Kafka listener \
+             (9092 by default)"
+        ));
+    }
+    let length = i32::from_be_bytes(prefix);
     let length = usize::try_from(length).map_err(|_| format!("negative frame length {length}"))?;
     if length > FRAME_BYTES_MAX {
         return Err(format!(

@@ -174,14 +174,44 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 }
             }
         }
+        let prefix = length;
         let length = i32::from_be_bytes(length);
         let Ok(length) = usize::try_from(length) else {
             tracing::warn!(%peer, length, "closing connection: negative request length");
             return ReadEnd::Gone;
         };
         if length < REQUEST_HEADER_BYTES_MIN || length > config.request_bytes_max {
-            tracing::warn!(%peer, length, max = config.request_bytes_max, "closing connection: request length out of bounds");
-            return ReadEnd::Gone;
+            return match other_protocol(&prefix) {
+                Some(Other::Http) => {
+                    tracing::warn!(%peer, "an HTTP client connected to the Kafka port; answered 400");
+                    let answer = Outgoing::Ready(http_on_kafka_port(config));
+                    for outgoing in [answer, Outgoing::Close] {
+                        let timed = Timed {
+                            outgoing,
+                            api_key: -1,
+                            arrived: Instant::now(),
+                            request_memory: None,
+                        };
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        if tx.send(timed).await.is_err() {
+                            return ReadEnd::Gone;
+                        }
+                    }
+                    ReadEnd::Close
+                }
+                Some(Other::Amqp) => {
+                    tracing::warn!(%peer, "an AMQP client connected to the Kafka port; AMQP 0-9-1 is not served yet (work queues are served over HTTP)");
+                    ReadEnd::Gone
+                }
+                Some(Other::Tls) => {
+                    tracing::warn!(%peer, "a TLS ClientHello on the Kafka port: TLS is not enabled on this listener");
+                    ReadEnd::Gone
+                }
+                None => {
+                    tracing::warn!(%peer, length, max = config.request_bytes_max, "closing connection: request length out of bounds");
+                    ReadEnd::Gone
+                }
+            };
         }
         let (frame, request_memory) = match read_frame(reader, length, memory, request_read_timeout)
             .await
@@ -219,6 +249,51 @@ async fn read_requests<R: AsyncRead + Unpin>(
             return ReadEnd::Close;
         }
     }
+}
+
+/// A client of another protocol, told apart by its first four bytes (which, read as a
+/// Kafka length, are far out of bounds).
+#[derive(Debug, PartialEq, Eq)]
+enum Other {
+    Http,
+    Amqp,
+    Tls,
+}
+
+fn other_protocol(prefix: &[u8; 4]) -> Option<Other> {
+    const METHODS: [&[u8; 4]; 10] = [
+        b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"CONN", b"TRAC", b"PRI ",
+    ];
+    if METHODS.contains(&prefix) {
+        return Some(Other::Http);
+    }
+    if prefix == b"AMQP" {
+        return Some(Other::Amqp);
+    }
+    // A TLS handshake record: type 22, version 3.x.
+    if prefix[0] == 0x16 && prefix[1] == 0x03 && prefix[2] <= 0x04 {
+        return Some(Other::Tls);
+    }
+    None
+}
+
+/// A one-line answer for an HTTP client on the Kafka port, naming where HTTP is.
+fn http_on_kafka_port(config: &KafkaConfig) -> Bytes {
+    let body = match &config.http_address {
+        Some(http) => format!(
+            "This is Herald's Kafka port ({}); the HTTP API is served at http://{http}/\n",
+            config.listen
+        ),
+        None => format!(
+            "This is Herald's Kafka port ({}); the HTTP API is turned off on this broker\n",
+            config.listen
+        ),
+    };
+    Bytes::from(format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    ))
 }
 
 enum ReadError {
@@ -413,6 +488,16 @@ fn poll_once<T>(future: Pin<&mut (dyn Future<Output = T> + Send)>) -> Option<T> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_protocols_are_told_apart_by_their_first_bytes() {
+        assert_eq!(other_protocol(b"GET "), Some(Other::Http));
+        assert_eq!(other_protocol(b"POST"), Some(Other::Http));
+        assert_eq!(other_protocol(b"AMQP"), Some(Other::Amqp));
+        assert_eq!(other_protocol(&[0x16, 0x03, 0x01, 0x02]), Some(Other::Tls));
+        assert_eq!(other_protocol(&[0, 0, 0, 42]), None);
+        assert_eq!(other_protocol(&[0x7f, 0xff, 0xff, 0xff]), None);
+    }
     use std::sync::atomic::AtomicBool;
 
     fn timed(outgoing: Outgoing) -> Timed {

@@ -56,6 +56,9 @@ pub struct KafkaConfig {
     /// A request whose bytes do not all arrive this soon after its length closes the
     /// connection (its memory is reserved meanwhile).
     pub request_read_timeout_ms: u64,
+    /// Where HTTP is served (host:port), named in the answer to an HTTP client that
+    /// connects to the Kafka port; None when HTTP is off.
+    pub http_address: Option<String>,
 }
 
 impl KafkaConfig {
@@ -73,6 +76,7 @@ impl KafkaConfig {
             connections_max_idle_ms: CONNECTIONS_MAX_IDLE_MS_DEFAULT,
             send_timeout_ms: SEND_TIMEOUT_MS_DEFAULT,
             request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
+            http_address: None,
         }
     }
 }

@@ -28,7 +28,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let flush = broker_config.flush;
     let broker = Broker::open(broker_config)
         .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
-    let server = KafkaServer::bind(kafka_config.clone(), broker.clone())
+    let mut server = KafkaServer::bind(kafka_config.clone(), broker.clone())
         .await
         .with_context(|| format!("cannot listen on {}", kafka_config.listen))?;
     let http = match &http_config {
@@ -43,6 +43,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         Some(h) => h.local_addr().context("HTTP listener address")?.to_string(),
         None => "off".to_string(),
     };
+    // An HTTP client on the Kafka port is told where HTTP is.
+    let mut with_http = (*server.config).clone();
+    with_http.http_address = http.is_some().then(|| http_addr.clone());
+    server.config = std::sync::Arc::new(with_http);
     tracing::info!(
         kafka = %server.local_addr(),
         http = %http_addr,
