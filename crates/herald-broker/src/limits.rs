@@ -102,6 +102,16 @@ impl MemoryBudget {
         }
     }
 
+    /// Count `bytes` that are already allocated (a response that exists), without
+    /// waiting: others wait for them until the reservation is dropped.
+    pub fn count(self: &Arc<Self>, bytes: usize) -> Reservation {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Reservation {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
     /// Reserve `bytes` now if they fit, else None.
     pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
         self.try_take(bytes, bytes).map(|granted| Reservation {

@@ -43,6 +43,22 @@ pub struct ConsumedRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
+impl From<kafka_protocol::records::Record> for ConsumedRecord {
+    fn from(r: kafka_protocol::records::Record) -> ConsumedRecord {
+        ConsumedRecord {
+            offset: r.offset,
+            timestamp_ms: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value))
+                .collect(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
     /// How long the broker may hold the request waiting for `min_bytes`.
@@ -179,17 +195,7 @@ pub fn decode_records(
             set.records
                 .into_iter()
                 .filter(|r| r.offset >= from_offset && !r.control)
-                .map(|r| ConsumedRecord {
-                    offset: r.offset,
-                    timestamp_ms: r.timestamp,
-                    key: r.key,
-                    value: r.value,
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|(name, value)| (name.as_str().to_owned(), value))
-                        .collect(),
-                }),
+                .map(ConsumedRecord::from),
         );
     }
     if next_offset == from_offset && !data.is_empty() && records.is_empty() {

@@ -600,17 +600,7 @@ pub(crate) fn read_records(
                 let r = decoded.record(&view).map_err(corrupt)?;
                 out.next = view.offset + 1;
                 out.records
-                    .push(stored_record(herald_client::ConsumedRecord {
-                        offset: r.offset,
-                        timestamp_ms: r.timestamp,
-                        key: r.key,
-                        value: r.value,
-                        headers: r
-                            .headers
-                            .into_iter()
-                            .map(|(name, value)| (name.to_string(), value))
-                            .collect(),
-                    }));
+                    .push(stored_record(herald_client::ConsumedRecord::from(r)));
             }
             if out.records.len() < max_records {
                 // Past the whole batch, compaction gaps and all.

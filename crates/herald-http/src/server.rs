@@ -292,8 +292,7 @@ async fn handle(
         .exact()
         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
     // Counted, not waited for: the response exists already.
-    let mut response_memory = memory.pools.responses.reserve_up_to(0, 0).await;
-    response_memory.resize(response_bytes);
+    let response_memory = memory.pools.responses.count(response_bytes);
     Ok(response.map(|inner| ResponseBody {
         inner,
         _memory: response_memory,

@@ -9,7 +9,8 @@
 //!   socket is not read;
 //! - a request's bytes are reserved from the broker's `MemoryBudget` before they are
 //!   read (the socket is not read while the budget is used up), must arrive within
-//!   `request_read_timeout_ms`, and are held until the response is written;
+//!   `request_read_timeout_ms`, and are returned once nothing holds the frame any more
+//!   (a deferred fetch: when its response is ready);
 //! - a fetch is a deferred `Later`: it reads the log only when the writer reaches it,
 //!   i.e. once every earlier response was handed to the socket, so a client that does
 //!   not read holds at most one fetch response, and that within its budget share;
@@ -71,7 +72,7 @@ pub struct Connection<S> {
 }
 
 /// A response on its way to the writer, with what its latency is measured from and
-/// the request's memory, returned once the response is written.
+/// the request's memory (a deferred fetch's), returned once the response is ready.
 struct Timed {
     outgoing: Outgoing,
     api_key: i16,
@@ -235,11 +236,17 @@ async fn read_requests<R: AsyncRead + Unpin>(
         };
         let outgoing = dispatch::handle_frame(context, frame.freeze()).await;
         let close = matches!(outgoing, Outgoing::Close);
+        // A fetch waiting for its turn holds its decoded request, whose strings are
+        // slices of the frame: its bytes stay reserved until its response is ready.
+        // Every other request is done with its frame by now (produce keeps no slice of
+        // it while it waits for the fsync), so its memory returns at once.
+        let request_memory =
+            (api_key == kafka_protocol::messages::ApiKey::Fetch as i16).then_some(request_memory);
         let timed = Timed {
             outgoing,
             api_key,
             arrived,
-            request_memory: Some(request_memory),
+            request_memory,
         };
         in_flight.fetch_add(1, Ordering::AcqRel);
         if tx.send(timed).await.is_err() {
@@ -395,12 +402,13 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             Outgoing::Close => break,
         };
         metrics.observe(api_key, arrived);
+        // The request is answered: its memory is not held while the client reads.
+        drop(request_memory);
         if let Some(reply) = reply
             && let Err(stall) = out.send(&reply.bytes).await
         {
             return failed(stall);
         }
-        drop(request_memory);
         in_flight.fetch_sub(1, Ordering::AcqRel);
         // Batch small responses into one write; flush when nothing else is queued.
         if rx.is_empty()

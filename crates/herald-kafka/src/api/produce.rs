@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use herald_broker::{BrokerError, PendingAppend, Topic, now_ms};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
 use super::str;
 use crate::connection::{Outgoing, Reply};
@@ -17,8 +18,12 @@ struct PartitionOutcome {
     result: Result<PendingAppend, BrokerError>,
 }
 
+/// What the response needs of one topic. Owned copies: the decoded request's strings
+/// are slices of the request frame, and keeping one would keep the whole frame (its
+/// records) alive until the fsync.
 struct TopicOutcome {
-    request: kafka_protocol::messages::produce_request::TopicProduceData,
+    name: TopicName,
+    topic_id: uuid::Uuid,
     partitions: Vec<PartitionOutcome>,
 }
 
@@ -43,14 +48,15 @@ pub fn handle(ctx: &Context, header: RequestHeader, request: ProduceRequest) -> 
             })
             .collect();
         outcomes.push(TopicOutcome {
-            request: topic_data,
+            name: TopicName(StrBytes::from_string(topic_data.name.0.to_string())),
+            topic_id: topic_data.topic_id,
             partitions,
         });
     }
     for outcome in &outcomes {
         for p in &outcome.partitions {
             if let Err(e) = &p.result {
-                tracing::debug!(peer = %ctx.peer, topic = %outcome.request.name.0.as_str(), partition = p.index, error = %e, "produce refused");
+                tracing::debug!(peer = %ctx.peer, topic = %outcome.name.0.as_str(), partition = p.index, error = %e, "produce refused");
             }
         }
     }
@@ -58,6 +64,11 @@ pub fn handle(ctx: &Context, header: RequestHeader, request: ProduceRequest) -> 
         return Outgoing::Later(Box::pin(async { None }));
     }
     let version = header.request_api_version;
+    // Only what the response header needs (the client id would pin the frame too).
+    let header = RequestHeader::default()
+        .with_request_api_key(header.request_api_key)
+        .with_request_api_version(version)
+        .with_correlation_id(header.correlation_id);
     Outgoing::Later(Box::pin(async move {
         let mut responses = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
@@ -70,10 +81,10 @@ pub fn handle(ctx: &Context, header: RequestHeader, request: ProduceRequest) -> 
                 partition_responses.push(partition_response(version, p.index, result));
             }
             let mut t = TopicProduceResponse::default()
-                .with_name(outcome.request.name)
+                .with_name(outcome.name)
                 .with_partition_responses(partition_responses);
             if version >= 13 {
-                t = t.with_topic_id(outcome.request.topic_id);
+                t = t.with_topic_id(outcome.topic_id);
             }
             responses.push(t);
         }
