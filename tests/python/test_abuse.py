@@ -21,6 +21,7 @@ Bounds asserted (documented here so a failure says what was promised):
 
 from __future__ import annotations
 
+import re
 import selectors
 import socket
 import struct
@@ -51,6 +52,7 @@ from abuse_support import (
     parse_fetch_v4,
     plain_records,
     produce_raw,
+    produce_v7,
     raise_nofile,
     record_batch,
     round_trip,
@@ -729,3 +731,39 @@ def test_stored_zstd_bomb_is_stepped_over_by_readers(broker_factory):
     assert watch.peak < RSS_BOUND, f"broker RSS peaked at {watch.peak / MiB:.0f} MiB reading a stored bomb"
     broker.assert_running()
     round_trip(broker, 200, timeout_s=60)
+
+
+PRODUCES_BEHIND = 80  # 1 MiB each: more than the request half of the budget (64 MiB)
+
+
+def pool_used(broker, pool: str) -> float:
+    text = httpx.get(f"{broker.http_url}/metrics", timeout=10).text
+    m = re.search(r'^herald_memory_budget_used_bytes\{pool="%s"\} (\S+)$' % pool, text, re.M)
+    assert m, f"no {pool} pool in /metrics"
+    return float(m.group(1))
+
+
+def test_produces_queued_behind_an_unread_response_do_not_hold_the_request_pool(broker_factory):
+    """A client pipelines a large fetch it never reads, then produce requests: the
+    produces are appended and wait behind the stuck response, but their frames are not
+    kept, so the request pool stays free for everyone else."""
+    broker = broker_factory(budget_args())
+    big = unique("big")
+    fill_topic(broker, big, 64 * MiB)
+    target = unique("queued-produce")
+    batch = record_batch(plain_records([b"x" * (MiB - 128)]), 1)
+    requests = fetch_v4(1, big, max_bytes=50 * MiB, partition_max_bytes=50 * MiB, max_wait_ms=0)
+    requests += b"".join(produce_v7(2 + i, target, 0, batch) for i in range(PRODUCES_BEHIND))
+    s = connect(broker, rcvbuf=4096)
+    try:
+        sent = send_some(s, requests, timeout_s=10)
+        time.sleep(1.0)
+        used = pool_used(broker, "requests")
+        note(broker, f"queued produces: sent {sent / MiB:.0f} MiB behind an unread fetch; "
+                     f"request pool used {used / MiB:.1f} MiB of {MEMORY_BUDGET / 2 / MiB:.0f} MiB")
+        assert sent == len(requests), "the broker stopped reading: the request pool is held"
+        assert used < 4 * MiB, f"{used / MiB:.1f} MiB of the request pool held by answered requests"
+        elapsed = round_trip(broker, 100, timeout_s=30)
+        note(broker, f"queued produces: ordinary round trip {elapsed:.2f}s meanwhile")
+    finally:
+        s.close()
