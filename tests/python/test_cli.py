@@ -290,3 +290,73 @@ def test_the_cli_pointed_at_the_http_port_says_so(broker):
         capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode != 0
     assert "speaks HTTP, not Kafka" in result.stderr, result.stderr
+
+
+def test_changing_commands_confirm_and_errors_read_as_words(broker):
+    topic = unique("cli-words")
+    created = ok(herald(broker, "topics", "create", topic, "--partitions", "3"))
+    assert created.strip() == f"created topic {topic} with 3 partitions"
+    produced = ok(herald(broker, "produce", topic, stdin="a\nb\n"))
+    assert produced.strip() == f"produced 2 events to {topic}"
+
+    again = herald(broker, "topics", "create", topic)
+    assert again.returncode != 0
+    # One layer of context, then the broker's reason with the Kafka error's name.
+    assert again.stderr.strip() == (
+        f'herald: cannot create topic {topic}: topic "{topic}" already exists (TopicAlreadyExists)'), again.stderr
+    too_many = herald(broker, "topics", "create", unique("cli-big"), "--partitions", "20000")
+    assert too_many.returncode != 0
+    assert "1 to 10000 partitions" in too_many.stderr and "partitions_per_topic_max" in too_many.stderr, \
+        too_many.stderr
+    wrong_partition = herald(broker, "produce", topic, "--partition", "7", stdin="x\n")
+    assert wrong_partition.returncode != 0
+    assert "3 partitions, 0 to 2; there is no partition 7" in wrong_partition.stderr, wrong_partition.stderr
+    for result in (again, too_many, wrong_partition):
+        assert ".." not in result.stderr, f"Rust range notation in {result.stderr!r}"
+
+    deleted = ok(herald(broker, "topics", "delete", topic))
+    assert deleted.strip() == f"deleted topic {topic} and its events"
+
+
+def _bench_until(broker, stop, *bench_args):
+    """Start a long `herald bench`, let it measure for a moment, call `stop(process)`,
+    return (exit code, stdout, stderr)."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    process = subprocess.Popen(
+        [str(HERALD_BIN), "bench", *bench_args, "--bootstrap", broker.bootstrap, "--quiet",
+         "--duration-secs", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(2.5)
+    assert process.poll() is None, "the bench ended before it was stopped"
+    stop(process)
+    stdout, stderr = process.communicate(timeout=30)
+    return process.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize("mode", ["produce", "end-to-end"])
+def test_bench_interrupted_prints_what_it_measured(broker, mode):
+    import signal
+
+    args = [mode, "--topic", unique("cli-bench-int"), "--count", "1000000000", "--message-bytes", "100"]
+    if mode == "end-to-end":
+        args += ["--rate", "2000"]
+    code, stdout, stderr = _bench_until(broker, lambda p: p.send_signal(signal.SIGINT), *args)
+    assert code != 0, "an interrupted run must not look like a finished one"
+    assert "partial report, the run stopped early: interrupted (Ctrl-C)" in stdout, stdout + stderr
+    records = int(re.search(r"^(\d+) records", stdout, re.M).group(1))
+    assert records > 0, stdout
+
+
+def test_bench_reports_a_lost_broker(broker):
+    topic = unique("cli-bench-lost")
+    create_topic(broker.bootstrap, topic, partitions=1)
+    code, stdout, stderr = _bench_until(
+        broker, lambda p: broker.kill(), "produce", "--topic", topic, "--count", "1000000000",
+        "--message-bytes", "100", "--json")
+    assert code != 0
+    report = json.loads(stdout)
+    assert report["stopped"] and report["stopped"].startswith("lost the broker"), report
+    assert report["records"] > 0, report
+    assert "stopped early: lost the broker" in stderr, stderr

@@ -15,15 +15,17 @@ pub enum BrokerError {
     TopicExists(String),
     #[error("invalid topic name {name:?}: {reason}")]
     InvalidTopic { name: String, reason: String },
-    #[error("invalid partition count {0}")]
-    InvalidPartitions(i64),
+    #[error(
+        "invalid partition count {count}: a topic has 1 to {max} partitions, the limit set by partitions_per_topic_max"
+    )]
+    InvalidPartitions { count: i64, max: u32 },
     #[error("invalid config {name}={value:?}: {reason}")]
     InvalidConfig {
         name: String,
         value: String,
         reason: String,
     },
-    #[error("offset {offset} is out of range [{log_start}, {log_end}]")]
+    #[error("offset {offset} is out of range: the log holds offsets {log_start} to {log_end}")]
     OffsetOutOfRange {
         offset: i64,
         log_start: i64,

@@ -415,8 +415,9 @@ impl Broker {
     ) -> Result<Arc<Topic>> {
         topic::validate_topic_name(name)?;
         let count = partitions.unwrap_or(i64::from(self.config.default_partitions));
-        if count < 1 || count > i64::from(self.config.partitions_per_topic_max) {
-            return Err(BrokerError::InvalidPartitions(count));
+        let max = self.config.partitions_per_topic_max;
+        if count < 1 || count > i64::from(max) {
+            return Err(BrokerError::InvalidPartitions { count, max });
         }
         topic::validate_configs(&configs)?;
         let _admin = self
@@ -674,7 +675,7 @@ mod tests {
         ));
         assert!(matches!(
             broker.create_topic("t", Some(0), BTreeMap::new(), false),
-            Err(BrokerError::InvalidPartitions(0))
+            Err(BrokerError::InvalidPartitions { count: 0, .. })
         ));
         let t = broker
             .create_topic("t", None, BTreeMap::new(), false)

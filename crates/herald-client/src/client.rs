@@ -371,7 +371,8 @@ impl Client {
             Some(code) => Err(Error::Kafka {
                 context: format!("topic {topic}"),
                 code,
-                message: None,
+                message: (code == ResponseError::UnknownTopicOrPartition)
+                    .then(|| format!("topic {topic} does not exist")),
             }),
             None => Ok(found),
         }
@@ -392,13 +393,14 @@ impl Client {
                 Some(p) if p.leader >= 0 => p.leader,
                 Some(_) => -1,
                 None => {
+                    let count = metadata.partition_count();
                     return Err(Error::Kafka {
-                        context: format!(
-                            "partition {partition} of topic {topic} (it has {} partitions)",
-                            metadata.partition_count()
-                        ),
+                        context: format!("partition {partition} of topic {topic}"),
                         code: ResponseError::UnknownTopicOrPartition,
-                        message: None,
+                        message: Some(format!(
+                            "topic {topic} has {count} partitions, 0 to {}; there is no partition {partition}",
+                            count - 1
+                        )),
                     });
                 }
             };

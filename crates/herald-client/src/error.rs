@@ -54,8 +54,10 @@ pub enum Error {
         bytes_max: usize,
     },
 
-    /// The broker answered with a Kafka error code.
-    #[error("{context}: {code}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    /// The broker answered with a Kafka error code. The broker's own message, when
+    /// it sent one, already says what failed, so it stands alone; without one the
+    /// context says what was asked.
+    #[error("{}", kafka_display(context, *code, message.as_deref()))]
     Kafka {
         context: String,
         code: ResponseError,
@@ -104,6 +106,13 @@ impl Error {
             Error::ConnectionClosed { .. } | Error::Connect { .. } => true,
             _ => false,
         }
+    }
+}
+
+fn kafka_display(context: &str, code: ResponseError, message: Option<&str>) -> String {
+    match message {
+        Some(message) => format!("{message} ({code})"),
+        None => format!("{context}: {code}"),
     }
 }
 

@@ -87,7 +87,9 @@ impl ConfigSource {
 }
 
 impl Client {
-    pub async fn create_topic(&self, topic: &NewTopic) -> Result<()> {
+    /// Creates a topic; returns its partition count when the broker says it
+    /// (CreateTopics v5 and later).
+    pub async fn create_topic(&self, topic: &NewTopic) -> Result<Option<i32>> {
         if topic.name.is_empty() {
             return Err(Error::InvalidArgument("topic name is empty".to_owned()));
         }
@@ -137,7 +139,9 @@ impl Client {
             result.error_code,
             || format!("create topic {}", topic.name),
             result.error_message.as_deref(),
-        )
+        )?;
+        // CreateTopics v5+ says how many partitions the broker chose.
+        Ok((result.num_partitions > 0).then_some(result.num_partitions))
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<()> {

@@ -361,7 +361,8 @@ pub async fn publish(
                 return Err(ApiError::not_found(
                     "unknown_partition",
                     format!(
-                        "records[{index}].partition {p}: topic {name:?} has partitions 0..{partitions}"
+                        "records[{index}].partition {p}: topic {name:?} has {partitions} partitions, 0 to {}",
+                        partitions - 1
                     ),
                 ));
             }
@@ -637,7 +638,7 @@ pub fn check_readable(
         StatusCode::RANGE_NOT_SATISFIABLE,
         "offset_out_of_range",
         format!(
-            "offset {offset} is outside {log_start_offset}..={high_watermark}, the readable range"
+            "offset {offset} is outside the readable range, {log_start_offset} to {high_watermark}"
         ),
     ))
 }

@@ -349,7 +349,7 @@ fn topic_error(error: BrokerError) -> ApiError {
         BrokerError::InvalidTopic { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", message)
         }
-        BrokerError::InvalidPartitions(_) => {
+        BrokerError::InvalidPartitions { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_partitions", message)
         }
         BrokerError::InvalidConfig { .. } => {

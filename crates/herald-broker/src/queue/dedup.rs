@@ -43,7 +43,7 @@ impl Broker {
     ) -> Result<PublishOutcome> {
         if message_id.is_empty() || message_id.len() > MESSAGE_ID_BYTES_MAX {
             return Err(BrokerError::InvalidRequest(format!(
-                "message id must be 1..={MESSAGE_ID_BYTES_MAX} bytes"
+                "message id must be 1 to {MESSAGE_ID_BYTES_MAX} bytes"
             )));
         }
         let window_ms = window_ms.unwrap_or(DEDUP_WINDOW_MS_DEFAULT);

@@ -61,7 +61,7 @@ impl SubscriptionSettings {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(BrokerError::InvalidSubscription(m.to_string()));
         if self.lease_ms == 0 || self.lease_ms > LEASE_MS_MAX {
-            return bad("lease_ms must be 1..=43200000");
+            return bad("lease_ms must be 1 to 43200000 (12 hours)");
         }
         if self.max_deliveries == 0 {
             return bad("max_deliveries must be at least 1");
@@ -70,13 +70,13 @@ impl SubscriptionSettings {
             return bad("backoff_factor must be >= 1");
         }
         if !(0.0..=1.0).contains(&self.backoff_jitter) {
-            return bad("backoff_jitter must be within 0..=1");
+            return bad("backoff_jitter must be between 0 and 1");
         }
         if self.backoff_max_ms < self.backoff_base_ms {
             return bad("backoff_max_ms must be >= backoff_base_ms");
         }
         if self.max_unacked == 0 || self.max_unacked > MAX_UNACKED_MAX {
-            return bad("max_unacked must be 1..=100000");
+            return bad("max_unacked must be 1 to 100000");
         }
         if let Some(t) = &self.dead_letter_topic {
             crate::topic::validate_topic_name(t)?;

@@ -27,6 +27,112 @@ use tokio::task::JoinSet;
 use super::ConnectArgs;
 use super::produce::{CompressionArg, parse_acks};
 
+/// Why a run ends before its `--count` or `--duration-secs`: Ctrl-C (or SIGTERM), or
+/// the broker went away. Every loop of the run checks it; the first reason given is
+/// the one reported, with what was measured until then.
+#[derive(Clone)]
+pub struct Stop(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop(Arc::new(tokio::sync::watch::Sender::new(None)))
+    }
+}
+
+impl Stop {
+    pub fn stop(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.0.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason);
+            true
+        });
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves once the run is told to stop.
+    pub async fn stopped(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    /// An error that means the broker is gone (not a Kafka error code it answered)
+    /// stops the run.
+    fn on_error(&self, error: &herald_client::Error) {
+        use herald_client::Error as E;
+        if matches!(
+            error,
+            E::Connect { .. } | E::ConnectionClosed { .. } | E::Timeout { .. }
+        ) {
+            self.stop(format!("lost the broker: {error}"));
+        }
+    }
+}
+
+/// After a stop, how long requests already sent may take to be answered before the
+/// report is printed without them.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Stop the run on Ctrl-C or SIGTERM.
+fn stop_on_signals(stop: &Stop) {
+    let on_interrupt = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_interrupt.stop("interrupted (Ctrl-C)");
+        }
+    });
+    #[cfg(unix)]
+    {
+        let on_term = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                term.recv().await;
+                on_term.stop("terminated (SIGTERM)");
+            }
+        });
+    }
+}
+
+/// Wait for the produce requests still in flight: all of them, or, once the run is
+/// stopped, those answered within [`STOP_GRACE`] (the rest are dropped uncounted).
+async fn drain_requests(
+    requests: &mut JoinSet<((bool, Duration), usize)>,
+    stop: &Stop,
+    histogram: &mut Histogram<u64>,
+    acked: &mut u64,
+    errors: &mut u64,
+) {
+    let mut grace_until: Option<tokio::time::Instant> = None;
+    loop {
+        if stop.is_stopped() && grace_until.is_none() {
+            grace_until = Some(tokio::time::Instant::now() + STOP_GRACE);
+        }
+        let next = match grace_until {
+            Some(until) => match tokio::time::timeout_at(until, requests.join_next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => tokio::select! {
+                next = requests.join_next() => next,
+                () = stop.stopped() => continue,
+            },
+        };
+        let Some(done) = next else { break };
+        record_done(done, histogram, acked, errors);
+    }
+    requests.abort_all();
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchMode {
     /// Send records and time each acknowledgement.
@@ -146,6 +252,9 @@ pub struct Report {
     pub latency_us: Option<Histogram<u64>>,
     pub end_to_end: Option<EndToEnd>,
     pub rss: Option<rss::RssStats>,
+    /// Set when the run ended early ([`Stop`]): the figures are what was measured
+    /// until then.
+    pub stopped: Option<String>,
 }
 
 /// What the consumer of an end-to-end run saw.
@@ -213,6 +322,7 @@ impl Report {
             "mb_per_sec": self.mb_per_sec(),
             "errors": self.errors,
             "latency": latency,
+            "stopped": self.stopped,
         });
         if let Some(e2e) = &self.end_to_end {
             json["end_to_end"] = serde_json::json!({
@@ -236,7 +346,11 @@ impl Report {
     }
 
     pub fn to_text(&self) -> String {
-        let mut out = format!(
+        let mut out = match &self.stopped {
+            Some(reason) => format!("partial report, the run stopped early: {reason}\n"),
+            None => String::new(),
+        };
+        out.push_str(&format!(
             "{} records, {:.1} MB in {:.2} s: {:.0} records/s, {:.1} MB/s, {} errors",
             self.records,
             self.bytes as f64 / 1_000_000.0,
@@ -244,17 +358,21 @@ impl Report {
             self.records_per_sec(),
             self.mb_per_sec(),
             self.errors
-        );
+        ));
         if let Some(h) = &self.latency_us {
             out.push_str(&percentiles_text("ack latency", h));
         }
         if let Some(e2e) = &self.end_to_end {
+            let missing = if self.stopped.is_some() {
+                "missing records not checked (stopped early)".to_owned()
+            } else {
+                format!("{} acknowledged records missing", e2e.missing)
+            };
             out.push_str(&format!(
-                "\nconsumers received {} records in {:.2} s: {:.0} records/s, {} acknowledged records missing",
+                "\nconsumers received {} records in {:.2} s: {:.0} records/s, {missing}",
                 e2e.received,
                 e2e.elapsed.as_secs_f64(),
                 e2e.records_per_sec(),
-                e2e.missing
             ));
             out.push_str(&percentiles_text("end-to-end latency", &e2e.latency_us));
         }
@@ -276,13 +394,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = args.connect.connect().await?;
     let sampler = args.broker_pid.map(rss::Sampler::start).transpose()?;
     let progress = progress_bar(&args);
+    let stop = Stop::default();
+    stop_on_signals(&stop);
     let result = match args.mode {
-        BenchMode::Produce => produce(&client, &args, &progress).await,
-        BenchMode::Consume => consume(&client, &args, &progress).await,
-        BenchMode::EndToEnd => e2e::run(&client, &args, &progress).await,
+        BenchMode::Produce => produce(&client, &args, &progress, &stop).await,
+        BenchMode::Consume => consume(&client, &args, &progress, &stop).await,
+        BenchMode::EndToEnd => e2e::run(&client, &args, &progress, &stop).await,
     };
     progress.finish_and_clear();
     let mut report = result?;
+    report.stopped = stop.reason();
     if let Some(sampler) = sampler {
         report.rss = sampler.stop().await;
     }
@@ -290,6 +411,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", report.to_json());
     } else {
         println!("{}", report.to_text());
+    }
+    if let Some(reason) = &report.stopped {
+        bail!("the run stopped early: {reason}");
     }
     if report.errors > 0 {
         bail!("{} requests failed", report.errors);
@@ -361,6 +485,7 @@ async fn produce(
     client: &Client,
     args: &BenchArgs,
     progress: &ProgressBar,
+    stop: &Stop,
 ) -> anyhow::Result<Report> {
     let partitions = ensure_topic(client, args).await?;
     let per_batch = args
@@ -390,14 +515,19 @@ async fn produce(
         let mine = args.count / u64::from(args.producers)
             + u64::from(u64::from(producer) < args.count % u64::from(args.producers));
         let in_flight = args.in_flight as usize;
+        let stop = stop.clone();
         producers.spawn(async move {
             let permits = Arc::new(Semaphore::new(in_flight));
             let mut requests = JoinSet::new();
             let mut histogram = new_histogram();
             let (mut acked, mut errors, mut queued) = (0u64, 0u64, 0u64);
             let mut i = 0u64;
-            while queued < mine && Instant::now() < deadline {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
+            while queued < mine && Instant::now() < deadline && !stop.is_stopped() {
+                let permit = tokio::select! {
+                    permit = permits.clone().acquire_owned() => permit,
+                    () = stop.stopped() => break,
+                };
+                let Ok(permit) = permit else {
                     break;
                 };
                 // The next `per_request` partitions in this producer's cycle over all of
@@ -421,15 +551,21 @@ async fn produce(
                     batches,
                     options: options.clone(),
                     progress: progress.clone(),
+                    stop: stop.clone(),
                 };
                 requests.spawn(request.send(permit));
                 while let Some(done) = requests.try_join_next() {
                     record_done(done, &mut histogram, &mut acked, &mut errors);
                 }
             }
-            while let Some(done) = requests.join_next().await {
-                record_done(done, &mut histogram, &mut acked, &mut errors);
-            }
+            drain_requests(
+                &mut requests,
+                &stop,
+                &mut histogram,
+                &mut acked,
+                &mut errors,
+            )
+            .await;
             (histogram, acked, errors)
         });
     }
@@ -443,6 +579,7 @@ async fn produce(
         latency_us: (args.acks != Acks::None).then_some(histogram),
         end_to_end: None,
         rss: None,
+        stopped: None,
     })
 }
 
@@ -456,6 +593,7 @@ struct ProduceRequest {
     batches: Vec<(i32, Arc<Vec<ProduceRecord>>)>,
     options: Arc<ProduceOptions>,
     progress: ProgressBar,
+    stop: Stop,
 }
 
 impl ProduceRequest {
@@ -474,8 +612,9 @@ impl ProduceRequest {
             .await;
         drop(permit);
         let records: usize = self.batches.iter().map(|(_, r)| r.len()).sum();
-        if result.is_ok() {
-            self.progress.inc(records as u64);
+        match &result {
+            Ok(_) => self.progress.inc(records as u64),
+            Err(error) => self.stop.on_error(error),
         }
         ((result.is_ok(), at.elapsed()), records)
     }
@@ -531,6 +670,7 @@ async fn consume(
     client: &Client,
     args: &BenchArgs,
     progress: &ProgressBar,
+    stop: &Stop,
 ) -> anyhow::Result<Report> {
     let topic = client
         .topic(&args.topic)
@@ -568,6 +708,7 @@ async fn consume(
             (args.count, deadline),
             received.clone(),
             progress.clone(),
+            stop.clone(),
         ));
     }
     let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
@@ -586,6 +727,7 @@ async fn consume(
         latency_us: None,
         end_to_end: None,
         rss: None,
+        stopped: None,
     })
 }
 
@@ -599,10 +741,27 @@ async fn read_to_end(
     (count, deadline): (u64, Instant),
     received: Arc<AtomicU64>,
     progress: ProgressBar,
+    stop: Stop,
 ) -> anyhow::Result<(u64, u64, u64)> {
     let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
-    while received.load(Ordering::Relaxed) < count && Instant::now() < deadline {
-        let fetched = client.fetch_many(&positions, &options).await?;
+    while received.load(Ordering::Relaxed) < count
+        && Instant::now() < deadline
+        && !stop.is_stopped()
+    {
+        let fetched = tokio::select! {
+            fetched = client.fetch_many(&positions, &options) => fetched,
+            () = stop.stopped() => break,
+        };
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                stop.on_error(&error);
+                if stop.is_stopped() {
+                    break;
+                }
+                return Err(error.into());
+            }
+        };
         let mut progressed = false;
         for part in fetched {
             if part.error.is_some() {
@@ -654,6 +813,7 @@ mod tests {
             latency_us: Some(h),
             end_to_end: None,
             rss: None,
+            stopped: None,
         };
         let json = report.to_json();
         assert_eq!(json["records_per_sec"], 1000.0);
@@ -696,6 +856,7 @@ mod tests {
                 end: 21_000_000,
                 samples: 3,
             }),
+            stopped: None,
         };
         let json = report.to_json();
         assert_eq!(json["mode"], "end-to-end");

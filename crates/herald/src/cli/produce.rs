@@ -180,7 +180,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         && partition >= partitions
     {
         bail!(
-            "topic {} has {partitions} partitions (0..{}); there is no partition {partition}",
+            "topic {} has {partitions} partitions, 0 to {}; there is no partition {partition}",
             args.topic,
             partitions - 1
         );
@@ -265,7 +265,17 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             args.topic
         );
     }
-    Ok(())
+    let mut out = super::Output::default();
+    let events = if total == 1 { "event" } else { "events" };
+    out.line(if args.acks == Acks::None {
+        format!(
+            "sent {total} {events} to {} (acks=0: not confirmed)",
+            args.topic
+        )
+    } else {
+        format!("produced {total} {events} to {}", args.topic)
+    });
+    out.emit()
 }
 
 /// Waits for the previous flush, then starts sending `pending`. Returns how many

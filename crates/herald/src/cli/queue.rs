@@ -43,7 +43,7 @@ pub enum QueueCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
-    /// The broker's HTTP API.
+    /// The broker's HTTP API: a URL, or HOST:PORT.
     #[arg(
         long,
         env = "HERALD_HTTP",
@@ -179,7 +179,7 @@ impl Api {
             .build()
             .into();
         Api {
-            base: http.http.trim_end_matches('/').to_string(),
+            base: base_url(&http.http),
             agent,
         }
     }
@@ -219,9 +219,19 @@ impl Api {
         if !status.is_success() {
             let code = json["error"].as_str().unwrap_or("error");
             let message = json["message"].as_str().unwrap_or(&text);
-            bail!("{method} {path}: {status} {code}: {message}");
+            bail!("{message} (HTTP {status}, {code})");
         }
         Ok(json)
+    }
+}
+
+/// The API's base URL: `--http` may be a URL or a bare HOST:PORT (then http://).
+fn base_url(http: &str) -> String {
+    let trimmed = http.trim_end_matches('/');
+    if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
     }
 }
 

@@ -75,10 +75,17 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         replication_factor: args.replication_factor.unwrap_or(-1),
         configs: args.configs,
     };
-    client
+    let partitions = client
         .create_topic(&topic)
         .await
-        .with_context(|| format!("cannot create topic {}", args.name))
+        .with_context(|| format!("cannot create topic {}", args.name))?;
+    let mut out = Output::default();
+    out.line(match partitions {
+        Some(1) => format!("created topic {} with 1 partition", args.name),
+        Some(n) => format!("created topic {} with {n} partitions", args.name),
+        None => format!("created topic {}", args.name),
+    });
+    out.emit()
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
@@ -168,7 +175,10 @@ async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     client
         .delete_topic(&args.name)
         .await
-        .with_context(|| format!("cannot delete topic {}", args.name))
+        .with_context(|| format!("cannot delete topic {}", args.name))?;
+    let mut out = Output::default();
+    out.line(format!("deleted topic {} and its events", args.name));
+    out.emit()
 }
 
 #[cfg(test)]

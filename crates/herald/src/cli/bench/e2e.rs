@@ -17,8 +17,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::{
-    BenchArgs, BenchMode, EndToEnd, ProduceRequest, Report, ensure_topic, join_producers,
-    new_histogram, record_done,
+    BenchArgs, BenchMode, EndToEnd, ProduceRequest, Report, Stop, drain_requests, ensure_topic,
+    join_producers, new_histogram, record_done,
 };
 
 /// Bytes at the start of each value that carry the send time.
@@ -66,6 +66,7 @@ pub async fn run(
     client: &Client,
     args: &BenchArgs,
     progress: &ProgressBar,
+    stop: &Stop,
 ) -> anyhow::Result<Report> {
     if (args.message_bytes as usize) < TIMESTAMP_BYTES {
         bail!("end-to-end needs --message-bytes of at least {TIMESTAMP_BYTES} (the send time)");
@@ -103,6 +104,7 @@ pub async fn run(
             args.fetch_bytes,
             total_rx.clone(),
             received.clone(),
+            stop.clone(),
         ));
     }
 
@@ -131,18 +133,23 @@ pub async fn run(
         let mine = args.count / u64::from(args.producers)
             + u64::from(u64::from(producer) < args.count % u64::from(args.producers));
         let in_flight = args.in_flight as usize;
+        let stop = stop.clone();
         producers.spawn(async move {
             let permits = Arc::new(Semaphore::new(in_flight));
             let mut requests = JoinSet::new();
             let mut histogram = new_histogram();
             let (mut acked, mut errors, mut sent) = (0u64, 0u64, 0u64);
             let mut k = 0u64;
-            while sent < mine && Instant::now() < deadline {
-                tokio::time::sleep_until(
-                    (started + batch_due(k, per_batch, rate_per_producer)).into(),
-                )
-                .await;
-                let Ok(permit) = permits.clone().acquire_owned().await else {
+            while sent < mine && Instant::now() < deadline && !stop.is_stopped() {
+                let due = started + batch_due(k, per_batch, rate_per_producer);
+                let permit = tokio::select! {
+                    permit = async {
+                        tokio::time::sleep_until(due.into()).await;
+                        permits.clone().acquire_owned().await
+                    } => permit,
+                    () = stop.stopped() => break,
+                };
+                let Ok(permit) = permit else {
                     break;
                 };
                 let n = per_batch.min((mine - sent) as usize);
@@ -163,6 +170,7 @@ pub async fn run(
                     batches: vec![(partition, records)],
                     options: options.clone(),
                     progress: progress.clone(),
+                    stop: stop.clone(),
                 };
                 requests.spawn(request.send(permit));
                 sent += n as u64;
@@ -171,9 +179,14 @@ pub async fn run(
                     record_done(done, &mut histogram, &mut acked, &mut errors);
                 }
             }
-            while let Some(done) = requests.join_next().await {
-                record_done(done, &mut histogram, &mut acked, &mut errors);
-            }
+            drain_requests(
+                &mut requests,
+                &stop,
+                &mut histogram,
+                &mut acked,
+                &mut errors,
+            )
+            .await;
             (histogram, acked, errors)
         });
     }
@@ -202,6 +215,7 @@ pub async fn run(
             elapsed: last_received - started,
         }),
         rss: None,
+        stopped: None,
     })
 }
 
@@ -241,6 +255,7 @@ async fn consume(
     fetch_bytes: i32,
     mut total: watch::Receiver<Option<u64>>,
     received: Arc<AtomicU64>,
+    stop: Stop,
 ) -> anyhow::Result<(Histogram<u64>, Instant)> {
     let options = FetchOptions {
         max_wait: FETCH_WAIT,
@@ -251,6 +266,9 @@ async fn consume(
     let mut last = Instant::now();
     let mut drain_deadline = None;
     loop {
+        if stop.is_stopped() {
+            break;
+        }
         if let Some(expected) = *total.borrow_and_update() {
             if received.load(Ordering::Relaxed) >= expected {
                 break;
@@ -260,10 +278,20 @@ async fn consume(
                 break;
             }
         }
-        let fetched = client
-            .fetch_many(&positions, &options)
-            .await
-            .context("end-to-end consumer fetch failed")?;
+        let fetched = tokio::select! {
+            fetched = client.fetch_many(&positions, &options) => fetched,
+            () = stop.stopped() => break,
+        };
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                stop.on_error(&error);
+                if stop.is_stopped() {
+                    break;
+                }
+                return Err(error).context("end-to-end consumer fetch failed");
+            }
+        };
         let now = now_nanos();
         for part in fetched {
             if let Some(error) = part.error {
