@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -467,3 +468,89 @@ def test_metrics_time_kafka_requests_per_api_and_count_connections(broker):
     del producer
     wait_until(lambda: _metrics(broker)[("herald_kafka_connections", ())] < open_now, 30,
                "closing the producer did not lower herald_kafka_connections")
+
+
+def test_groups_list_and_describe_agree_on_protocol_type_over_http_and_kafka(broker):
+    """An offsets-only ("simple") group has protocol type "" and a consumer group has
+    "consumer", also once its last member left, in GET /groups, GET /groups/{id},
+    ListGroups and DescribeGroups alike (as Kafka reports them)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    topic, simple, emptied = unique("http-ptype"), unique("simple"), unique("emptied")
+    create_topic(broker.bootstrap, topic, 1)
+    _produce(broker, topic, {0: 3})
+    client = admin(broker.bootstrap)
+    # An admin client commits offsets for a group nobody ever joined.
+    altered = client.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(simple, [TopicPartition(topic, 0, 2)])], request_timeout=10)
+    altered[simple].result(timeout=20)
+    # A consumer group that committed and then left: Empty, no members.
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": emptied,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    wait_until(lambda: consumer.poll(0.2) is not None and consumer.assignment(), 30, "never assigned")
+    consumer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    consumer.close()
+
+    want = {simple: "", emptied: "consumer"}
+    listed = {g["group_id"]: g for g in httpx.get(f"{broker.http_url}/groups").json()}
+    for group, protocol_type in want.items():
+        detail = httpx.get(f"{broker.http_url}/groups/{group}").json()
+        assert detail["state"] == listed[group]["state"] == "Empty", (detail, listed[group])
+        assert (listed[group]["protocol_type"], detail["protocol_type"]) == (protocol_type,) * 2, group
+
+    # The Kafka API says the same: ListGroups (list_consumer_groups) ...
+    groups = client.list_consumer_groups(request_timeout=10).result(timeout=20)
+    assert not groups.errors, groups.errors
+    simple_flags = {g.group_id: g.is_simple_consumer_group for g in groups.valid}
+    assert simple_flags[simple] is True and simple_flags[emptied] is False, simple_flags
+    # ... and ListGroups + DescribeGroups (list_groups).
+    legacy = {g.id: g.protocol_type for g in client.list_groups(timeout=10) if g.id in want}
+    assert legacy == want, legacy
+
+
+def _closed_without_an_answer(port: int, greeting: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(greeting)
+        try:
+            assert s.recv(4096) == b"", "the HTTP port answered"
+        except ConnectionResetError:
+            pass  # closed with bytes unread: a reset, also a close
+
+
+# ApiVersions v3, the first request of every modern Kafka client.
+_API_VERSIONS_BODY = (bytes.fromhex("0012" "0003" "00000001" "0007") + b"rdkafka" + b"\x00"
+                      + b"\x0d" + b"librdkafka-c" + b"\x04" + b"2.6" + b"\x00")
+_API_VERSIONS = len(_API_VERSIONS_BODY).to_bytes(4, "big") + _API_VERSIONS_BODY
+
+
+def _answered_400_naming_kafka(broker):
+    """A Kafka request on the HTTP port gets one HTTP 400 naming the Kafka listener, then a close."""
+    with socket.create_connection(("127.0.0.1", broker.http_port), timeout=5) as s:
+        s.sendall(_API_VERSIONS)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert f"Kafka is served at 127.0.0.1:{broker.port}.".encode() in answer, answer
+
+
+def test_tls_amqp_and_kafka_clients_on_the_http_port_are_closed_and_logged(broker):
+    client_hello = bytes.fromhex("16030100c8010000c40303") + b"\xab" * 32
+    _closed_without_an_answer(broker.http_port, client_hello)
+    _closed_without_an_answer(broker.http_port, b"AMQP\x00\x00\x09\x01")
+    _answered_400_naming_kafka(broker)
+    for line in ("a TLS ClientHello on the HTTP port: TLS is not enabled on this HTTP listener",
+                 "an AMQP client connected to the HTTP port; AMQP is not served on this port",
+                 "a Kafka client connected to the HTTP port"):
+        wait_until(lambda: line in broker.log_path.read_text(), 10, f"not logged: {line!r}")
+    # The listener still serves HTTP.
+    assert httpx.get(f"{broker.http_url}/health").json() == {"status": "ok"}
+
+
+def test_a_kafka_client_on_the_http_port_is_told_where_kafka_is(broker):
+    # Needs `herald serve` to hand the HTTP server the Kafka listener's address.
+    _answered_400_naming_kafka(broker)
+    line = f"Kafka is served at 127.0.0.1:{broker.port}"
+    wait_until(lambda: line in broker.log_path.read_text(), 10,
+               f"not logged: {line!r}; log:\n{broker.stderr_tail()}")

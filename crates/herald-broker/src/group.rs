@@ -177,6 +177,9 @@ impl Member {
 struct Group {
     state: GroupState,
     generation: i32,
+    /// The members' protocol type (`consumer` for consumers), kept when the group
+    /// empties; empty for a group that only ever committed offsets (a "simple" group),
+    /// as Kafka reports it. ListGroups and DescribeGroups both show this value.
     protocol_type: String,
     protocol_name: String,
     leader: Option<String>,
@@ -272,10 +275,11 @@ impl Group {
         self.pending_members.clear();
         self.generation = self.generation.wrapping_add(1);
         if self.members.is_empty() {
+            // The protocol type stays (as in Kafka): an emptied consumer group is still
+            // a `consumer` group; only a group that never had members has none.
             self.state = GroupState::Empty;
             self.leader = None;
             self.protocol_name.clear();
-            self.protocol_type.clear();
             return;
         }
         self.protocol_name = self.select_protocol();
@@ -364,10 +368,10 @@ impl Group {
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
                 if self.members.is_empty() {
+                    // The protocol type stays, as in `maybe_complete_join`.
                     self.state = GroupState::Empty;
                     self.generation = self.generation.wrapping_add(1);
                     self.protocol_name.clear();
-                    self.protocol_type.clear();
                 } else {
                     self.prepare_rebalance(now, initial_delay);
                 }
@@ -864,11 +868,7 @@ impl GroupCoordinator {
             .map(|(id, g)| GroupListing {
                 group_id: id.clone(),
                 state: g.state,
-                protocol_type: if g.protocol_type.is_empty() && g.members.is_empty() {
-                    "consumer".to_string()
-                } else {
-                    g.protocol_type.clone()
-                },
+                protocol_type: g.protocol_type.clone(),
             })
             .collect();
         out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
@@ -1120,6 +1120,64 @@ mod tests {
         assert_eq!(joined.generation_id, gen1 + 1);
         assert_eq!(joined.members.len(), 1, "only the living member is in");
         assert_eq!(joined.members[0].member_id, a);
+    }
+
+    /// List and describe report the same protocol type, the one Kafka reports: empty for
+    /// a group that only committed offsets (admin clients call it a simple group),
+    /// `consumer` for a consumer group, also once its last member left.
+    #[tokio::test]
+    async fn list_and_describe_agree_on_the_protocol_type() {
+        let (_dir, c) = coordinator(0);
+        let protocol_types = |c: &GroupCoordinator, group: &str| {
+            let listed = c.list().into_iter().find(|g| g.group_id == group).unwrap();
+            let described = c.describe(group).unwrap();
+            assert_eq!(listed.state, described.state);
+            (listed.protocol_type, described.protocol_type)
+        };
+        let commit = OffsetCommit {
+            topic: "orders".into(),
+            partition: 0,
+            record: OffsetRecord {
+                offset: 7,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: 0,
+            },
+        };
+        c.commit_offsets("simple", -1, "", vec![commit.clone()])
+            .await
+            .unwrap();
+        assert_eq!(protocol_types(&c, "simple"), (String::new(), String::new()));
+
+        let a = join_new(&c).await;
+        let joined = c.join(join_req(&a)).await.unwrap();
+        c.sync(
+            "g",
+            joined.generation_id,
+            &a,
+            vec![(a.clone(), Bytes::new())],
+        )
+        .await
+        .unwrap();
+        c.commit_offsets("g", joined.generation_id, &a, vec![commit])
+            .await
+            .unwrap();
+        let consumer = || ("consumer".to_string(), "consumer".to_string());
+        assert_eq!(protocol_types(&c, "g"), consumer());
+        assert!(c.leave("g", &[(a, None)]).unwrap()[0].is_ok());
+        assert_eq!(c.describe("g").unwrap().state, GroupState::Empty);
+        assert_eq!(protocol_types(&c, "g"), consumer());
+
+        // An emptied group takes whatever type its next first member brings.
+        let b = join_new(&c).await;
+        let mut other = join_req(&b);
+        other.protocol_type = "connect".into();
+        let joined = c.join(other).await.unwrap();
+        assert_eq!(joined.protocol_type, "connect");
+        assert_eq!(
+            protocol_types(&c, "g"),
+            ("connect".to_string(), "connect".to_string())
+        );
     }
 
     #[tokio::test]

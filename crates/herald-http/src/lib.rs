@@ -7,6 +7,8 @@
 //!
 //! The listener bounds its connections and how long a client may take to send a
 //! request (see `server`), so slow or hostile clients cannot hold memory or sockets.
+//! A TLS, AMQP or Kafka client that connects to it is logged as such and closed
+//! (see `sniff`).
 
 mod body;
 mod error;
@@ -15,6 +17,7 @@ mod queues;
 mod records;
 mod routes;
 mod server;
+mod sniff;
 mod tail;
 
 use std::future::Future;
@@ -69,6 +72,9 @@ pub struct HttpConfig {
     pub keep_alive_idle_ms: u64,
     /// A response write that makes no progress this long closes the connection.
     pub send_timeout_ms: u64,
+    /// Where Kafka is served (host:port), named in the log line when a Kafka client
+    /// connects to the HTTP port; None when not known.
+    pub kafka_address: Option<String>,
 }
 
 /// Bounds on what one request may ask for.
@@ -101,6 +107,7 @@ impl HttpConfig {
             body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
             keep_alive_idle_ms: KEEP_ALIVE_IDLE_MS_DEFAULT,
             send_timeout_ms: herald_broker::limits::SEND_TIMEOUT_MS_DEFAULT,
+            kafka_address: None,
         }
     }
 }
@@ -146,6 +153,7 @@ pub struct HttpServer {
     timeouts: server::Timeouts,
     connections: metrics::ConnectionMetrics,
     memory: server::BodyMemory,
+    kafka_address: Option<Arc<str>>,
 }
 
 impl HttpServer {
@@ -184,6 +192,7 @@ impl HttpServer {
             },
             connections,
             memory,
+            kafka_address: config.kafka_address.as_deref().map(Arc::from),
         })
     }
 
@@ -210,6 +219,7 @@ impl HttpServer {
                 timeouts: self.timeouts,
                 metrics: self.connections,
                 memory: self.memory,
+                kafka_address: self.kafka_address,
             },
             self.shutdown,
             shutdown,

@@ -21,6 +21,11 @@
 //!
 //! Each connection keeps hyper's adaptive read buffer (8 KiB to start), capped at
 //! `HEADER_BYTES_MAX`, which also bounds a request head.
+//!
+//! Before hyper sees a connection, its first bytes (at most `sniff::SNIFF_BYTES_MAX`,
+//! within the header timeout) tell a client of another protocol apart: a TLS
+//! ClientHello, an AMQP header or a Kafka request is logged as such and closed without
+//! an answer; anything else goes to hyper with those bytes read again first.
 
 use std::future::Future;
 use std::io;
@@ -40,13 +45,17 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::metrics::ConnectionMetrics;
+use crate::sniff::{self, Prefixed, Sniffed};
+
+/// How long the one-line answer to a Kafka client on this port may take to be written.
+const WRONG_PROTOCOL_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Largest read buffer of one connection, and so the largest request head (hyper's
 /// default, ~400 KiB, would let 4096 slow clients hold 1.6 GB of heads).
@@ -78,6 +87,8 @@ pub struct Limits {
     pub timeouts: Timeouts,
     pub metrics: ConnectionMetrics,
     pub memory: BodyMemory,
+    /// Where Kafka is served, named when a Kafka client connects to this port.
+    pub kafka_address: Option<Arc<str>>,
 }
 
 /// Accept until `shutdown` resolves, then tell every connection to finish (`stop`, which
@@ -96,6 +107,7 @@ pub async fn serve(
         timeouts,
         metrics,
         memory,
+        kafka_address,
     } = limits;
     let (alive_tx, alive_rx) = watch::channel(());
     let mut shutdown = pin!(shutdown);
@@ -128,6 +140,7 @@ pub async fn serve(
             timeouts,
             metrics: metrics.clone(),
             memory: memory.clone(),
+            kafka_address: kafka_address.clone(),
             stop: stop.subscribe(),
         };
         let alive = alive_rx.clone();
@@ -149,14 +162,63 @@ struct Connection {
     timeouts: Timeouts,
     metrics: ConnectionMetrics,
     memory: BodyMemory,
+    kafka_address: Option<Arc<str>>,
     stop: watch::Receiver<bool>,
 }
 
 impl Connection {
-    async fn run(self, socket: TcpStream, permit: ConnectionPermit) {
-        let mut stop = self.stop.clone();
+    async fn run(self, mut socket: TcpStream, permit: ConnectionPermit) {
         let open = self.metrics.connection_opened();
         let activity = Arc::new(Activity::new());
+        if let Some(prefix) = self.sniff(&mut socket, &activity).await {
+            self.serve_http(Prefixed::new(socket, prefix), activity)
+                .await;
+        }
+        drop(open);
+        drop(permit);
+    }
+
+    /// The connection's first bytes, if it is to be served as HTTP; None when it was
+    /// closed: a client of another protocol (logged), one that went away, one that sent
+    /// too little within the header timeout (which runs from the accept, as for any
+    /// head), or a shutdown before it sent anything telling.
+    async fn sniff(&self, socket: &mut TcpStream, activity: &Activity) -> Option<sniff::Prefix> {
+        let mut stop = self.stop.clone();
+        let sniffed = tokio::select! {
+            sniffed = sniff::read_prefix(socket) => sniffed,
+            expired = watchdog(activity, self.timeouts) => {
+                self.closed(expired);
+                return None;
+            }
+            _ = stop.wait_for(|stop| *stop) => return None,
+        };
+        let Sniffed::Decided { verdict, prefix } = sniffed else {
+            return None;
+        };
+        let Some(line) = sniff::wrong_protocol(verdict, self.kafka_address.as_deref()) else {
+            return Some(prefix);
+        };
+        let peer = self.peer;
+        match verdict {
+            sniff::Verdict::Kafka {
+                api_key,
+                api_version,
+            } => {
+                tracing::warn!(%peer, api_key, api_version, "{line}");
+                let answer = sniff::kafka_answer(self.kafka_address.as_deref());
+                let _ = tokio::time::timeout(WRONG_PROTOCOL_ANSWER_TIMEOUT, async {
+                    socket.write_all(answer.as_bytes()).await?;
+                    socket.shutdown().await
+                })
+                .await;
+            }
+            _ => tracing::warn!(%peer, "{line}"),
+        }
+        None
+    }
+
+    async fn serve_http(&self, socket: Prefixed<TcpStream>, activity: Arc<Activity>) {
+        let mut stop = self.stop.clone();
         let io = TokioIo::new(Watched {
             inner: socket,
             activity: activity.clone(),
@@ -210,8 +272,6 @@ impl Connection {
                 }
             }
         }
-        drop(open);
-        drop(permit);
     }
 
     fn closed(&self, expired: Expired) {
@@ -538,9 +598,9 @@ impl HttpBody for DeadlineBody {
     }
 }
 
-/// The socket, telling `Activity` when bytes arrive.
+/// The socket (after the bytes sniffed from it), telling `Activity` when bytes arrive.
 struct Watched {
-    inner: TcpStream,
+    inner: Prefixed<TcpStream>,
     activity: Arc<Activity>,
 }
 

@@ -32,11 +32,16 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", kafka_config.listen))?;
     let http = match &http_config {
-        Some(config) => Some(
-            HttpServer::bind(config, broker.clone(), vec![kafka_metrics_hook(&server)])
-                .await
-                .with_context(|| format!("cannot listen for HTTP on {}", config.listen))?,
-        ),
+        Some(config) => {
+            // A Kafka client on the HTTP port is told where Kafka is.
+            let mut config = config.clone();
+            config.kafka_address = Some(server.local_addr().to_string());
+            Some(
+                HttpServer::bind(&config, broker.clone(), vec![kafka_metrics_hook(&server)])
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP on {}", config.listen))?,
+            )
+        }
         None => None,
     };
     let http_addr = match &http {
