@@ -171,7 +171,9 @@ impl PartitionLog {
             recovery,
             closed: clean_shutdown,
         };
-        if !clean_shutdown
+        // A directory with no segment yet is a new partition, not a recovery.
+        let fresh = bases.is_empty();
+        if !fresh && !clean_shutdown
             || log.recovery.truncated_bytes > 0
             || log.recovery.rebuilt_indexes > 0
             || log.recovery.corrupt_batches > 0

@@ -145,10 +145,11 @@ async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     out.line(format!("Group: {}", group.group_id));
     out.line(format!("State: {}", group.state));
     if !group.protocol_type.is_empty() {
-        out.line(format!(
-            "Protocol: {}/{}",
-            group.protocol_type, group.protocol
-        ));
+        out.line(if group.protocol.is_empty() {
+            format!("Protocol: {}", group.protocol_type)
+        } else {
+            format!("Protocol: {}/{}", group.protocol_type, group.protocol)
+        });
     }
     out.line(format!("Members: {}", group.members.len()));
     if !group.members.is_empty() {

@@ -287,15 +287,36 @@ fn run_blocking(command: QueueCommand) -> anyhow::Result<Output> {
             let mut body = serde_json::to_value(&args.settings)?;
             body["name"] = json!(args.sub.subscription);
             let path = format!("/topics/{}/subscriptions", encode(&args.sub.topic));
-            let created = Api::new(&args.sub.http, 0).call("POST", &path, Some(&body))?;
+            let created = Api::new(&args.sub.http, 0)
+                .call("POST", &path, Some(&body))
+                .with_context(|| {
+                    format!(
+                        "cannot create subscription {} on {}",
+                        args.sub.subscription, args.sub.topic
+                    )
+                })?;
             describe(&mut out, &created);
         }
         QueueCommand::Stats(sub) => {
-            let detail = Api::new(&sub.http, 0).call("GET", &Api::sub_path(&sub, ""), None)?;
+            let detail = Api::new(&sub.http, 0)
+                .call("GET", &Api::sub_path(&sub, ""), None)
+                .with_context(|| {
+                    format!(
+                        "cannot read subscription {} of {}",
+                        sub.subscription, sub.topic
+                    )
+                })?;
             describe(&mut out, &detail);
         }
         QueueCommand::Delete(sub) => {
-            Api::new(&sub.http, 0).call("DELETE", &Api::sub_path(&sub, ""), None)?;
+            Api::new(&sub.http, 0)
+                .call("DELETE", &Api::sub_path(&sub, ""), None)
+                .with_context(|| {
+                    format!(
+                        "cannot delete subscription {} of {}",
+                        sub.subscription, sub.topic
+                    )
+                })?;
             out.line(format!(
                 "deleted subscription {} of {}",
                 sub.subscription, sub.topic
@@ -383,10 +404,9 @@ fn run_blocking(command: QueueCommand) -> anyhow::Result<Output> {
         QueueCommand::Redrive(sub) => {
             let answer =
                 Api::new(&sub.http, 0).call("POST", &Api::sub_path(&sub, "/redrive"), None)?;
-            out.line(format!(
-                "moved {} records back to {}",
-                answer["moved"], sub.topic
-            ));
+            let moved = answer["moved"].as_u64().unwrap_or(0);
+            let records = if moved == 1 { "record" } else { "records" };
+            out.line(format!("moved {moved} {records} back to {}", sub.topic));
         }
     }
     Ok(out)
