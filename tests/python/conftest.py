@@ -33,6 +33,25 @@ SHUTDOWN_TIMEOUT_S = 15.0
 GROUP_INITIAL_REBALANCE_DELAY_MS = "100"
 
 
+_AMQP_SUPPORTED: bool | None = None
+
+
+def amqp_supported() -> bool:
+    """Whether this herald binary has an AMQP listener (`herald serve --help` names
+    `--amqp-listen`). Asked once per run; until it does, Broker.amqp_port is None and
+    the AMQP tests skip."""
+    global _AMQP_SUPPORTED
+    if _AMQP_SUPPORTED is None and HERALD_BIN.exists():
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+            out = subprocess.run([str(HERALD_BIN), "serve", "--help"], env=env, capture_output=True,
+                                 text=True, timeout=30)
+            _AMQP_SUPPORTED = "--amqp-listen" in out.stdout + out.stderr
+        except (OSError, subprocess.SubprocessError):
+            _AMQP_SUPPORTED = False
+    return bool(_AMQP_SUPPORTED)
+
+
 class BrokerExited(RuntimeError):
     """The broker process ended when it should have been running."""
 
@@ -62,6 +81,8 @@ class Broker:
         # (environment, file, default) and start() does not wait for it.
         self.http = http
         self.http_port = free_port(avoid=(self.port,))
+        # AMQP 0-9-1 listener, only when the binary has one (see amqp_supported).
+        self.amqp_port = free_port(avoid=(self.port, self.http_port)) if amqp_supported() else None
         self.extra_args = list(extra_args or [])
         self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
@@ -94,6 +115,7 @@ class Broker:
             "--kafka-listen",
             self.bootstrap,
             *(["--http-listen", f"{self.host}:{self.http_port}"] if self.http else []),
+            *(["--amqp-listen", f"{self.host}:{self.amqp_port}"] if self.amqp_port else []),
             *self.extra_args,
         ]
 
@@ -136,7 +158,9 @@ class Broker:
                     f"output tail:\n{self.stderr_tail()}"
                 )
             try:
-                for port in (self.port, self.http_port) if self.http else (self.port,):
+                ports = [self.port, *([self.http_port] if self.http else []),
+                         *([self.amqp_port] if self.amqp_port else [])]
+                for port in ports:
                     with socket.create_connection((self.host, port), timeout=0.5):
                         pass
                 return

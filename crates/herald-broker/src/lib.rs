@@ -2,12 +2,15 @@
 //! API that every protocol front end calls. It knows nothing of sockets or wire formats;
 //! it knows the log through `herald-log` and metadata through `herald-meta`.
 
+pub mod amqp;
 pub mod cleaner;
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod group;
 pub mod limits;
 pub mod partition;
+mod principal;
 pub mod producer;
 pub mod queue;
 pub mod records;
@@ -40,6 +43,7 @@ pub use limits::{
     ConnectionGate, ConnectionPermit, MemoryBudget, MemoryPools, Refused, Reservation,
 };
 pub use partition::{Partition, PendingAppend, ReadResult, StartOffsetMove};
+pub use principal::Principal;
 pub use topic::{ConfigOp, ConfigSource, Topic};
 
 /// A change of a topic's config overrides.
@@ -98,6 +102,8 @@ pub struct Broker {
     data_changed: Arc<watch::Sender<u64>>,
     producer_ids: std::sync::Mutex<(i64, i64)>,
     queues: queue::Queues,
+    /// AMQP queues, exchanges and bindings.
+    amqp: amqp::AmqpState,
     /// Request and response buffers of every front end, broker-wide.
     memory: MemoryPools,
     /// How far batches may decompress; shared with every partition.
@@ -163,6 +169,7 @@ impl Broker {
             data_changed,
             producer_ids: std::sync::Mutex::new((0, 0)),
             queues: queue::Queues::new(meta.clone()),
+            amqp: amqp::AmqpState::new(),
             memory,
             record_bounds,
             _data_dir_lock: data_dir_lock,
@@ -188,6 +195,7 @@ impl Broker {
             }
         });
         broker.load_subscriptions()?;
+        broker.load_amqp()?;
         queue::spawn_timer(Arc::downgrade(&broker));
         cleaner::spawn(Arc::downgrade(&broker));
         tokio::spawn(retention_task(

@@ -201,8 +201,30 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     ReadEnd::Close
                 }
                 Some(Other::Amqp) => {
-                    tracing::warn!(%peer, "an AMQP client connected to the Kafka port; AMQP 0-9-1 is not served yet (work queues are served over HTTP)");
-                    ReadEnd::Gone
+                    match &config.amqp_address {
+                        Some(amqp) => {
+                            tracing::warn!(%peer, "an AMQP client connected to the Kafka port; AMQP 0-9-1 is served at {amqp}; answered with the AMQP protocol header and closed")
+                        }
+                        None => {
+                            tracing::warn!(%peer, "an AMQP client connected to the Kafka port; the AMQP listener is turned off on this broker; answered with the AMQP protocol header and closed")
+                        }
+                    }
+                    // What an AMQP server answers a header it will not serve: the
+                    // version it speaks, then a close (clients report a protocol error).
+                    let answer = Outgoing::Ready(Bytes::from_static(b"AMQP\x00\x00\x09\x01"));
+                    for outgoing in [answer, Outgoing::Close] {
+                        let timed = Timed {
+                            outgoing,
+                            api_key: -1,
+                            arrived: Instant::now(),
+                            request_memory: None,
+                        };
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        if tx.send(timed).await.is_err() {
+                            return ReadEnd::Gone;
+                        }
+                    }
+                    ReadEnd::Close
                 }
                 Some(Other::Tls) => {
                     tracing::warn!(%peer, "a TLS ClientHello on the Kafka port: TLS is not enabled on this listener");

@@ -59,6 +59,9 @@ pub struct KafkaConfig {
     /// Where HTTP is served (host:port), named in the answer to an HTTP client that
     /// connects to the Kafka port; None when HTTP is off.
     pub http_address: Option<String>,
+    /// Where AMQP is served (host:port), named in the log line for an AMQP client
+    /// that connects to the Kafka port; None when AMQP is off.
+    pub amqp_address: Option<String>,
 }
 
 impl KafkaConfig {
@@ -77,6 +80,7 @@ impl KafkaConfig {
             send_timeout_ms: SEND_TIMEOUT_MS_DEFAULT,
             request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
             http_address: None,
+            amqp_address: None,
         }
     }
 }

@@ -35,6 +35,11 @@ pub const DEDUP_PRUNE_PER_WRITE: usize = 64;
 /// (dead-letter topic, partition) -> the redrive floor: records below it were redriven.
 const REDRIVE_FLOORS: TableDefinition<(&str, u32), i64> = TableDefinition::new("redrive_floors");
 
+/// (kind, name) -> an AMQP definition (exchange, queue or binding), bytes chosen by
+/// the broker.
+const AMQP_DEFINITIONS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("amqp_definitions");
+
 const CLUSTER_ID_KEY: &str = "cluster_id";
 const NEXT_PRODUCER_ID_KEY: &str = "next_producer_id";
 
@@ -124,6 +129,7 @@ impl MetaStore {
         txn.open_table(REDRIVE_FLOORS)?;
         txn.open_table(DEDUP)?;
         txn.open_table(DEDUP_BY_TIME)?;
+        txn.open_table(AMQP_DEFINITIONS)?;
         txn.commit()?;
         Ok(MetaStore { db })
     }
@@ -307,6 +313,41 @@ impl MetaStore {
             .retain(|(t, n, _), _| !(t == topic && n == name))?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Write and delete AMQP definitions (kind, name) in one transaction.
+    pub fn put_amqp_definitions(
+        &self,
+        puts: &[(&str, &str, &[u8])],
+        deletes: &[(&str, &str)],
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(AMQP_DEFINITIONS)?;
+            for (kind, name, value) in puts {
+                table.insert((*kind, *name), *value)?;
+            }
+            for (kind, name) in deletes {
+                table.remove((*kind, *name))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every AMQP definition of one kind: (name, bytes).
+    pub fn amqp_definitions(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AMQP_DEFINITIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (k, name) = key.value();
+            if k == kind {
+                out.push((name.to_string(), value.value().to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// Every subscription: (topic, name, settings).

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use herald_amqp::AmqpConfig;
 use herald_broker::{BrokerConfig, FlushPolicy};
 use herald_http::HttpConfig;
 use herald_kafka::KafkaConfig;
@@ -79,6 +80,24 @@ pub struct ServeSettings {
     /// HTTP listener (health, metrics, API) host:port, or `off` [default: 127.0.0.1:8080]
     #[arg(long, env = "HERALD_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// AMQP 0-9-1 listener (RabbitMQ clients) host:port, or `off` [default: 127.0.0.1:5672]
+    #[arg(long, env = "HERALD_AMQP_LISTEN")]
+    pub amqp_listen: Option<String>,
+    /// Largest AMQP frame offered to clients, bytes [default: 131072]
+    #[arg(long, env = "HERALD_AMQP_FRAME_MAX")]
+    pub amqp_frame_max: Option<u32>,
+    /// Channels per AMQP connection [default: 2047]
+    #[arg(long, env = "HERALD_AMQP_CHANNEL_MAX")]
+    pub amqp_channel_max: Option<u16>,
+    /// AMQP heartbeat offered to clients, seconds; 0 turns it off [default: 60]
+    #[arg(long, env = "HERALD_AMQP_HEARTBEAT_S")]
+    pub amqp_heartbeat_s: Option<u16>,
+    /// Largest AMQP message body [default: 16777216]
+    #[arg(long, env = "HERALD_AMQP_MESSAGE_BYTES_MAX")]
+    pub amqp_message_bytes_max: Option<usize>,
+    /// Unacked deliveries an AMQP consumer without a prefetch may hold [default: 1000]
+    #[arg(long, env = "HERALD_AMQP_UNACKED_PER_CONSUMER_MAX")]
+    pub amqp_unacked_per_consumer_max: Option<u32>,
     /// Largest HTTP request body [default: 8388608]
     #[arg(long, env = "HERALD_HTTP_BODY_BYTES_MAX")]
     pub http_body_bytes_max: Option<usize>,
@@ -213,6 +232,12 @@ impl ServeSettings {
             kafka_listen,
             kafka_advertised,
             http_listen,
+            amqp_listen,
+            amqp_frame_max,
+            amqp_channel_max,
+            amqp_heartbeat_s,
+            amqp_message_bytes_max,
+            amqp_unacked_per_consumer_max,
             http_body_bytes_max,
             http_publish_records_max,
             http_read_records_max,
@@ -346,6 +371,52 @@ impl ServeSettings {
             bail!("group_session_timeout_min_ms is larger than group_session_timeout_max_ms");
         }
         Ok(c)
+    }
+
+    /// The AMQP listener's settings, or `None` when it is turned off.
+    pub fn amqp_config(&self) -> anyhow::Result<Option<AmqpConfig>> {
+        let text = self
+            .amqp_listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:5672")
+            .trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let listen: SocketAddr = text.parse().with_context(|| {
+            format!(
+                "amqp_listen {text:?} is not a host:port address such as 127.0.0.1:5672, or off"
+            )
+        })?;
+        let mut c = AmqpConfig::new(listen);
+        if let Some(v) = self.amqp_frame_max {
+            if v < 4096 {
+                bail!("amqp_frame_max must be at least 4096 (the protocol's minimum)");
+            }
+            c.frame_max = v;
+        }
+        if let Some(v) = self.amqp_channel_max {
+            c.channel_max = v;
+        }
+        if let Some(v) = self.amqp_heartbeat_s {
+            c.heartbeat_s = v;
+        }
+        if let Some(v) = self.amqp_message_bytes_max {
+            c.message_bytes_max = positive("amqp_message_bytes_max", v)?;
+        }
+        if let Some(v) = self.amqp_unacked_per_consumer_max {
+            if v == 0 {
+                bail!("amqp_unacked_per_consumer_max must be at least 1");
+            }
+            c.unacked_per_consumer_max = v;
+        }
+        if let Some(v) = self.connections_max_per_ip {
+            c.connections_max_per_ip = positive("connections_max_per_ip", v)?;
+        }
+        if let Some(v) = self.send_timeout_ms {
+            c.send_timeout_ms = positive("send_timeout_ms", v)?;
+        }
+        Ok(Some(c))
     }
 
     /// The HTTP listener's settings, or `None` when it is turned off.

@@ -2,6 +2,7 @@
 //! SIGINT/SIGTERM (stop accepting, flush every partition, mark logs cleanly closed).
 
 use anyhow::Context;
+use herald_amqp::AmqpServer;
 use herald_broker::Broker;
 use herald_http::HttpServer;
 use herald_kafka::KafkaServer;
@@ -24,6 +25,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let broker_config = settings.broker_config()?;
     let kafka_config = settings.kafka_config()?;
     let http_config = settings.http_config()?;
+    let amqp_config = settings.amqp_config()?;
     let data_dir = broker_config.data_dir.clone();
     let flush = broker_config.flush;
     let broker = Broker::open(broker_config)
@@ -31,13 +33,36 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let mut server = KafkaServer::bind(kafka_config.clone(), broker.clone())
         .await
         .with_context(|| format!("cannot listen on {}", kafka_config.listen))?;
+    let amqp = match amqp_config {
+        Some(config) => {
+            let listen = config.listen;
+            Some(
+                AmqpServer::bind(config, broker.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen for AMQP on {listen} (another AMQP broker there? \
+                             set --amqp-listen to another address, or off)"
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let mut metrics_hooks: Vec<herald_http::MetricsHook> = vec![kafka_metrics_hook(&server)];
+    if let Some(amqp) = &amqp {
+        let metrics = amqp.metrics();
+        metrics_hooks.push(std::sync::Arc::new(move |registry| {
+            metrics.register(registry)
+        }));
+    }
     let http = match &http_config {
         Some(config) => {
             // A Kafka client on the HTTP port is told where Kafka is.
             let mut config = config.clone();
             config.kafka_address = Some(server.local_addr().to_string());
             Some(
-                HttpServer::bind(&config, broker.clone(), vec![kafka_metrics_hook(&server)])
+                HttpServer::bind(&config, broker.clone(), metrics_hooks)
                     .await
                     .with_context(|| format!("cannot listen for HTTP on {}", config.listen))?,
             )
@@ -51,16 +76,23 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     // An HTTP client on the Kafka port is told where HTTP is.
     let mut with_http = (*server.config).clone();
     with_http.http_address = http.is_some().then(|| http_addr.clone());
+    with_http.amqp_address = amqp.as_ref().map(|a| a.local_addr().to_string());
     server.config = std::sync::Arc::new(with_http);
+    let amqp_addr = match &amqp {
+        Some(a) => a.local_addr().to_string(),
+        None => "off".to_string(),
+    };
     tracing::info!(
         kafka = %server.local_addr(),
         http = %http_addr,
+        amqp = %amqp_addr,
         advertised = %format!("{}:{}", server.config.advertised_host, server.config.advertised_port),
         data_dir = %data_dir.display(),
         flush = ?flush,
         "herald is ready"
     );
     let accept = tokio::spawn(server.run());
+    let amqp_accept = amqp.map(|a| tokio::spawn(a.run()));
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = http.map(|h| {
         h.set_ready();
@@ -72,6 +104,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     accept.abort();
     let _ = accept.await;
+    if let Some(task) = amqp_accept {
+        task.abort();
+        let _ = task.await;
+    }
     let _ = http_stop.send(());
     if let Some(task) = http_task {
         // Requests in progress finish; a client holding a connection open does not

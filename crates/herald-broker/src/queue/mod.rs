@@ -176,6 +176,12 @@ impl Receipt {
     }
 }
 
+/// How many times the record a receipt names had been handed out when it was (1 on
+/// the first delivery); None if it is not a receipt.
+pub fn receipt_attempt(receipt: &str) -> Option<u32> {
+    Receipt::parse(receipt).ok().map(|r| r.attempt)
+}
+
 /// The (topic, subscription) a receipt handle was issued by; `InvalidReceipt` if it is
 /// not one.
 pub fn receipt_subscription(receipt: &str) -> Result<(String, String)> {
@@ -263,6 +269,20 @@ fn record_at(partition: &Partition, offset: i64, reader: &'static str) -> Result
 }
 
 impl Broker {
+    /// The record a receipt names (its topic, partition and offset), read from the log;
+    /// None when retention, compaction or the decompression bound took it.
+    pub(crate) fn record_for_receipt(&self, receipt: &str) -> Result<Option<Record>> {
+        let r = Receipt::parse(receipt)?;
+        let topic = self
+            .topic(&r.topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(r.topic.clone()))?;
+        let partition = topic.partition(r.partition)?;
+        Ok(match record_at(partition, r.offset, "dead-lettering")? {
+            AtOffset::Record(record) => Some(*record),
+            AtOffset::Oversized | AtOffset::Missing => None,
+        })
+    }
+
     /// Load every subscription's settings and state; called from `Broker::open`.
     pub(crate) fn load_subscriptions(&self) -> Result<()> {
         for (topic, name, bytes) in self.meta.subscriptions()? {
@@ -871,6 +891,26 @@ impl Broker {
         Ok(())
     }
 
+    /// Drop every record of the subscription that is not handed out now (AMQP's
+    /// queue.purge): the records stay in the log, the subscription moves past them.
+    /// Returns how many; durable before it returns.
+    pub async fn purge_subscription(&self, topic: &str, name: &str) -> Result<u64> {
+        let sub = self.subscription(topic, name)?;
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        let mut purged = 0;
+        let mut writes = Vec::new();
+        for (index, slot) in sub.partitions.iter().enumerate() {
+            let end = t.partition(index as i32)?.high_watermark();
+            let mut q = slot.lock().map_err(|_| poisoned())?;
+            purged += q.purge(end);
+            writes.push((sub.clone(), index as u32));
+        }
+        self.queues.commit.submit(writes).await?;
+        Ok(purged)
+    }
+
     /// Counters of one subscription; reads memory only.
     pub fn subscription_stats(&self, topic: &str, name: &str) -> Result<SubscriptionStats> {
         let sub = self.subscription(topic, name)?;
@@ -1107,7 +1147,7 @@ impl Broker {
 }
 
 /// Encode records as one batch from a non-idempotent producer, numbered from 0.
-fn encode_batch(records: Vec<Record>) -> Result<Vec<u8>> {
+pub(crate) fn encode_batch(records: Vec<Record>) -> Result<Vec<u8>> {
     let records: Vec<Record> = records
         .into_iter()
         .enumerate()

@@ -152,6 +152,22 @@ impl PartitionQueue {
         self.advance_floor();
     }
 
+    /// Finish undelivered every record not handed out, up to `log_end` (a queue
+    /// purge); leased records stay with their holders. Returns how many were purged.
+    pub fn purge(&mut self, log_end: i64) -> u64 {
+        let mut purged = 0;
+        for e in self.entries.values_mut() {
+            if matches!(e.state, EntryState::Available { .. }) {
+                e.state = EntryState::Done;
+                purged += 1;
+            }
+        }
+        purged += (log_end - self.scan_next).max(0) as u64;
+        self.skip_to(log_end);
+        self.advance_floor();
+        purged
+    }
+
     /// Retention deleted the log below `log_start`: records there cannot be delivered
     /// any more; they are counted as lost and the subscription moves on.
     pub fn truncate_below(&mut self, log_start: i64) {

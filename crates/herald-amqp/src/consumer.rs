@@ -1,0 +1,413 @@
+//! What a channel shares with its consumer tasks: the delivery tags it handed out and
+//! not yet settled (each holding its prefetch permits), and the consumer task itself
+//! (one per `basic.consume`), which leases records from the queue's subscription and
+//! writes `basic.deliver` frames.
+//!
+//! A consumer is told to stop through a watch flag, never aborted: a lease it got is
+//! either delivered (and then tracked here until settled) or released, so no record
+//! waits out a lease for a consumer that is gone.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use amq_protocol::protocol::{AMQPClass, basic};
+use bytes::{Bytes, BytesMut};
+use herald_broker::amqp::{AMQP_SUBSCRIPTION, delivery_info};
+use herald_broker::queue::ReceivedRecord;
+use herald_broker::{Broker, BrokerError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use crate::frame;
+use crate::metrics::AmqpMetrics;
+use crate::values::short;
+
+/// How long one lease call waits for a record before looking at the stop flag again.
+const RECEIVE_WAIT_MS: u64 = 1_000;
+/// Records one lease call takes at most (bounded by the consumer's free prefetch).
+const RECEIVE_BATCH_MAX: usize = 256;
+
+/// A delivery not yet acked, nacked or rejected.
+pub struct Unsettled {
+    pub receipt: String,
+    pub topic: Arc<str>,
+    /// The consumer it went to (None for basic.get).
+    pub consumer: Option<Arc<str>>,
+    /// Returned to the prefetch windows when the delivery is settled.
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+#[derive(Default)]
+pub struct Tags {
+    next: u64,
+    pub unsettled: BTreeMap<u64, Unsettled>,
+}
+
+/// Shared by a channel and its consumers.
+#[derive(Default)]
+pub struct ChannelShared {
+    pub tags: Mutex<Tags>,
+}
+
+impl ChannelShared {
+    /// A new delivery tag for `receipt` (tags start at 1).
+    pub fn register(
+        &self,
+        receipt: String,
+        topic: Arc<str>,
+        consumer: Option<Arc<str>>,
+        permits: Vec<OwnedSemaphorePermit>,
+    ) -> u64 {
+        let Ok(mut tags) = self.tags.lock() else {
+            return 0;
+        };
+        tags.next += 1;
+        let tag = tags.next;
+        tags.unsettled.insert(
+            tag,
+            Unsettled {
+                receipt,
+                topic,
+                consumer,
+                _permits: permits,
+            },
+        );
+        tag
+    }
+
+    /// A tag for a delivery that needs no settling (no-ack consumers).
+    pub fn next_tag(&self) -> u64 {
+        match self.tags.lock() {
+            Ok(mut tags) => {
+                tags.next += 1;
+                tags.next
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Take the deliveries `tag` names: just it, or with `multiple` every one up to it
+    /// (tag 0 with multiple: all). None when a single tag is not outstanding.
+    pub fn take(&self, tag: u64, multiple: bool) -> Option<Vec<Unsettled>> {
+        let mut tags = self.tags.lock().ok()?;
+        if multiple {
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            let keys: Vec<u64> = tags.unsettled.range(..=upto).map(|(k, _)| *k).collect();
+            if keys.is_empty() && tag != 0 {
+                return None;
+            }
+            Some(
+                keys.into_iter()
+                    .filter_map(|k| tags.unsettled.remove(&k))
+                    .collect(),
+            )
+        } else {
+            tags.unsettled.remove(&tag).map(|u| vec![u])
+        }
+    }
+
+    /// Every unsettled delivery (channel closing, basic.recover).
+    pub fn take_all(&self) -> Vec<Unsettled> {
+        match self.tags.lock() {
+            Ok(mut tags) => std::mem::take(&mut tags.unsettled).into_values().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Settling work, done in order by the connection's settle task.
+pub enum Settle {
+    Ack(Vec<String>),
+    /// Back to the queue now (requeue, a closed channel, recover).
+    Release(Vec<String>),
+    /// Rejected without requeue: dead-lettered when the queue has a dead-letter
+    /// exchange, dropped otherwise.
+    Reject {
+        receipts: Vec<String>,
+        reason: &'static str,
+    },
+    /// Answered once everything queued before it is settled.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+pub type SettleTx = mpsc::UnboundedSender<Settle>;
+
+/// The connection's settle task: acks and releases in the order the client sent them,
+/// each batch of acks covered by one commit of the work-queue engine.
+pub async fn settle_task(
+    broker: Arc<Broker>,
+    metrics: AmqpMetrics,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut acks: Vec<String> = Vec::new();
+        for op in batch {
+            match op {
+                Settle::Ack(receipts) => acks.extend(receipts),
+                other => {
+                    flush_acks(&broker, &metrics, &mut acks).await;
+                    match other {
+                        Settle::Release(receipts) => {
+                            metrics.requeued(receipts.len() as u64);
+                            for receipt in receipts {
+                                if let Err(error) = broker.amqp_requeue(&receipt).await {
+                                    tracing::debug!(%error, "release of an AMQP delivery");
+                                }
+                            }
+                        }
+                        Settle::Reject { receipts, reason } => {
+                            metrics.rejected(receipts.len() as u64);
+                            for receipt in receipts {
+                                if let Err(error) = broker.amqp_reject(&receipt, reason).await {
+                                    tracing::warn!(%error, "reject of an AMQP delivery");
+                                }
+                            }
+                        }
+                        Settle::Barrier(done) => {
+                            let _ = done.send(());
+                        }
+                        Settle::Ack(_) => {}
+                    }
+                }
+            }
+        }
+        flush_acks(&broker, &metrics, &mut acks).await;
+    }
+}
+
+async fn flush_acks(broker: &Broker, metrics: &AmqpMetrics, acks: &mut Vec<String>) {
+    if acks.is_empty() {
+        return;
+    }
+    metrics.acked(acks.len() as u64);
+    for outcome in broker.ack_many(acks).await {
+        if let Err(error) = outcome {
+            tracing::debug!(%error, "ack of an AMQP delivery");
+        }
+    }
+    acks.clear();
+}
+
+/// Writes frames to the connection's writer; false once the connection is gone.
+#[derive(Clone)]
+pub struct Out(pub mpsc::Sender<Bytes>);
+
+impl Out {
+    pub async fn send(&self, bytes: Bytes) -> bool {
+        self.0.send(bytes).await.is_ok()
+    }
+}
+
+/// The frames of one delivery (`basic.deliver` or `basic.get-ok`, content header,
+/// body frames).
+pub fn delivery_frames(
+    channel: u16,
+    method: AMQPClass,
+    record: &ReceivedRecord,
+    frame_max: usize,
+    counts_deliveries: bool,
+) -> Bytes {
+    let info = delivery_info(record);
+    let body = record.value.clone().unwrap_or_default();
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&frame::method(channel, method));
+    let delivery_count = (counts_deliveries && record.delivery_count > 1)
+        .then(|| i64::from(record.delivery_count) - 1);
+    let plain = info.deaths.entries.is_empty() && delivery_count.is_none();
+    let properties = match (&info.raw_properties, plain) {
+        (Some(raw), true) => raw.clone(),
+        (raw, _) => {
+            let mut properties = raw
+                .as_ref()
+                .and_then(|raw| {
+                    amq_protocol::protocol::basic::parse_properties(&raw[..])
+                        .ok()
+                        .map(|(_, p)| p)
+                })
+                .unwrap_or_else(|| crate::values::kafka_properties(record));
+            if !info.deaths.entries.is_empty() {
+                properties = crate::values::with_deaths(properties, &info.deaths);
+            }
+            if let Some(count) = delivery_count {
+                let mut headers = properties.headers().clone().unwrap_or_default();
+                headers.insert(
+                    "x-delivery-count".into(),
+                    amq_protocol::types::AMQPValue::LongLongInt(count),
+                );
+                properties = properties.with_headers(headers);
+            }
+            frame::encode_properties(&properties)
+        }
+    };
+    frame::content(&mut out, channel, &properties, &body, frame_max);
+    out.freeze()
+}
+
+pub struct ConsumerTask {
+    pub broker: Arc<Broker>,
+    pub metrics: AmqpMetrics,
+    pub channel: u16,
+    pub tag: Arc<str>,
+    pub topic: Arc<str>,
+    pub no_ack: bool,
+    pub counts_deliveries: bool,
+    pub windows: Vec<Arc<Semaphore>>,
+    pub shared: Arc<ChannelShared>,
+    pub out: Out,
+    pub settle: SettleTx,
+    pub frame_max: usize,
+    pub stop: watch::Receiver<bool>,
+    /// True once the consumer is cancelled; see the delivery loop.
+    pub gate: Arc<Mutex<bool>>,
+    /// The client understands a broker-sent basic.cancel.
+    pub cancel_notify: bool,
+}
+
+impl ConsumerTask {
+    pub async fn run(mut self) {
+        let _held = self.metrics.consumer();
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            // One permit from every window first (waiting), then as many more as
+            // every window has free right now.
+            let Some(mut permits) = self.acquire_one().await else {
+                return;
+            };
+            let mut grants = vec![std::mem::take(&mut permits)];
+            while grants.len() < RECEIVE_BATCH_MAX {
+                match self.try_acquire() {
+                    Some(more) => grants.push(more),
+                    None => break,
+                }
+            }
+            let got = self
+                .broker
+                .receive(
+                    &self.topic,
+                    AMQP_SUBSCRIPTION,
+                    grants.len(),
+                    RECEIVE_WAIT_MS,
+                )
+                .await;
+            let records = match got {
+                Ok(records) => records,
+                Err(BrokerError::UnknownSubscription { .. } | BrokerError::UnknownTopic(_)) => {
+                    // The queue was deleted under the consumer: tell the client,
+                    // unless the consumer was cancelled meanwhile (its channel id
+                    // may already belong to a new channel).
+                    if self.cancel_notify
+                        && let Ok(slot) = self.out.0.reserve().await
+                        && let Ok(stopped) = self.gate.lock()
+                        && !*stopped
+                    {
+                        let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                            consumer_tag: short(&self.tag),
+                            nowait: true,
+                        }));
+                        slot.send(frame::method(self.channel, cancel));
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, topic = %self.topic, "AMQP consumer cannot lease records");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if *self.stop.borrow() {
+                self.release(records.into_iter().map(|r| r.receipt).collect());
+                return;
+            }
+            let mut records = records.into_iter();
+            while let Some(record) = records.next() {
+                let permits = grants.pop().unwrap_or_default();
+                let redelivered = record.delivery_count > 1;
+                // A slot in the writer's queue first (this may wait), then, under the
+                // gate, the stop check, the tag and the enqueue: a cancel-ok or
+                // channel close the reader sends after flipping the gate can never be
+                // overtaken by a delivery of this consumer.
+                let Ok(slot) = self.out.0.reserve().await else {
+                    let mut rest: Vec<String> = records.map(|r| r.receipt).collect();
+                    rest.push(record.receipt);
+                    self.release(rest);
+                    return;
+                };
+                let info = delivery_info(&record);
+                {
+                    let Ok(stopped) = self.gate.lock() else {
+                        return;
+                    };
+                    if *stopped {
+                        drop(stopped);
+                        let mut rest: Vec<String> = records.map(|r| r.receipt).collect();
+                        rest.push(record.receipt);
+                        self.release(rest);
+                        return;
+                    }
+                    let tag = if self.no_ack {
+                        self.shared.next_tag()
+                    } else {
+                        self.shared.register(
+                            record.receipt.clone(),
+                            self.topic.clone(),
+                            Some(self.tag.clone()),
+                            permits,
+                        )
+                    };
+                    let deliver = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                        consumer_tag: short(&self.tag),
+                        delivery_tag: tag,
+                        redelivered,
+                        exchange: short(&info.exchange),
+                        routing_key: short(&info.routing_key),
+                    }));
+                    slot.send(delivery_frames(
+                        self.channel,
+                        deliver,
+                        &record,
+                        self.frame_max,
+                        self.counts_deliveries,
+                    ));
+                }
+                self.metrics.delivered(redelivered);
+                if self.no_ack {
+                    let _ = self.settle.send(Settle::Ack(vec![record.receipt]));
+                }
+            }
+        }
+    }
+
+    async fn acquire_one(&mut self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let mut permits = Vec::with_capacity(self.windows.len());
+        for window in &self.windows {
+            let window = window.clone();
+            tokio::select! {
+                permit = window.acquire_owned() => permits.push(permit.ok()?),
+                _ = self.stop.wait_for(|stop| *stop) => return None,
+            }
+        }
+        Some(permits)
+    }
+
+    fn try_acquire(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let mut permits = Vec::with_capacity(self.windows.len());
+        for window in &self.windows {
+            permits.push(window.clone().try_acquire_owned().ok()?);
+        }
+        Some(permits)
+    }
+
+    fn release(&self, receipts: Vec<String>) {
+        if !receipts.is_empty() {
+            let _ = self.settle.send(Settle::Release(receipts));
+        }
+    }
+}

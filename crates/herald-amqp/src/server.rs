@@ -1,0 +1,76 @@
+//! Accept loop: one task per connection, bounded by `connections_max` in all and by
+//! `connections_max_per_ip` from one client address.
+
+use std::sync::Arc;
+
+use herald_broker::{Broker, ConnectionGate};
+use tokio::net::TcpListener;
+
+use crate::AmqpConfig;
+use crate::connection::Connection;
+use crate::metrics::AmqpMetrics;
+
+pub struct AmqpServer {
+    listener: TcpListener,
+    pub config: Arc<AmqpConfig>,
+    broker: Arc<Broker>,
+    metrics: AmqpMetrics,
+}
+
+impl AmqpServer {
+    pub async fn bind(mut config: AmqpConfig, broker: Arc<Broker>) -> std::io::Result<AmqpServer> {
+        let listener = TcpListener::bind(config.listen).await?;
+        config.listen = listener.local_addr()?;
+        Ok(AmqpServer {
+            listener,
+            config: Arc::new(config),
+            broker,
+            metrics: AmqpMetrics::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.config.listen
+    }
+
+    pub fn metrics(&self) -> AmqpMetrics {
+        self.metrics.clone()
+    }
+
+    /// Serve until the task is dropped or aborted.
+    pub async fn run(self) {
+        let gate = ConnectionGate::new(
+            self.config.connections_max,
+            self.config.connections_max_per_ip,
+        );
+        loop {
+            let (socket, peer) = match self.listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "AMQP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let permit = match gate.try_admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(refused) => {
+                    tracing::warn!(%peer, "AMQP connection refused: {refused}");
+                    self.metrics.connection_refused();
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let connection = Connection::new(
+                self.config.clone(),
+                self.broker.clone(),
+                self.metrics.clone(),
+                peer,
+            );
+            tokio::spawn(async move {
+                connection.run(socket).await;
+                drop(permit);
+            });
+        }
+    }
+}

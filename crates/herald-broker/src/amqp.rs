@@ -1,0 +1,1361 @@
+//! AMQP 0-9-1's model on the log, so that every front end (the AMQP listener, the HTTP
+//! API) routes and queues the same way: a semantic lives here once.
+//!
+//! - An AMQP queue `Q` is the topic `Q` (created with one partition when missing, so
+//!   order is the queue's order; an existing topic is used as it is) and the shared
+//!   subscription [`AMQP_SUBSCRIPTION`] of it: leases, redelivery, durable delivery
+//!   state are the work-queue engine's. A name that is not a valid topic name (`@`,
+//!   longer than 249 bytes) gets a topic `amqp.<sanitised>.<hash>`; the mapping is stored.
+//! - A published message becomes one record per queue it is routed to: the body is
+//!   the value; the exchange, routing key and the properties as the client sent them
+//!   (raw bytes, see [`PROPERTIES_HEADER`]) are record headers, and so are string
+//!   headers and the content type, for Kafka consumers.
+//! - Exchanges and bindings are definitions (`exchange.rs` does the routing), stored in
+//!   the meta store with the queues; non-durable ones do not survive a restart, as in
+//!   RabbitMQ.
+//!
+//! Errors carry RabbitMQ's reply codes and texts ([`AmqpError`]), so front ends send
+//! them verbatim.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::Record;
+use serde::{Deserialize, Serialize};
+
+use crate::error::BrokerError;
+use crate::exchange::{Table, Value};
+use crate::queue::{ReceivedRecord, StartPosition, SubscriptionSettings};
+use crate::{Broker, PendingAppend, Principal, now_ms};
+
+/// The subscription of a queue's topic that AMQP consumers share.
+pub const AMQP_SUBSCRIPTION: &str = "amqp";
+/// Record header with the message's properties exactly as the publisher encoded them
+/// (flags and values): delivered back unchanged to AMQP consumers.
+pub const PROPERTIES_HEADER: &str = "amqp.properties";
+pub const EXCHANGE_HEADER: &str = "amqp.exchange";
+pub const ROUTING_KEY_HEADER: &str = "amqp.routing-key";
+/// A dead-lettered message's deaths (postcard of [`Deaths`]); the
+/// front end turns them into `x-death` and `x-first-death-*` on delivery.
+pub const DEATHS_HEADER: &str = "amqp.deaths";
+/// The content type, also as a plain header for Kafka consumers.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+/// Unacked deliveries a queue's subscription tracks per partition.
+pub const QUEUE_UNACKED_MAX: usize = 10_000;
+/// An AMQP delivery's lease: RabbitMQ's default `consumer_timeout` (30 minutes). A
+/// consumer holding a message longer gets it taken back (redelivered).
+pub const DELIVERY_LEASE_MS: u64 = 30 * 60 * 1000;
+/// Queues one broker holds (each is a topic).
+pub const QUEUES_MAX: usize = 100_000;
+
+/// AMQP reply codes (the spec's constants).
+pub mod codes {
+    pub const REPLY_SUCCESS: u16 = 200;
+    pub const CONTENT_TOO_LARGE: u16 = 311;
+    pub const NO_ROUTE: u16 = 312;
+    pub const NO_CONSUMERS: u16 = 313;
+    pub const CONNECTION_FORCED: u16 = 320;
+    pub const INVALID_PATH: u16 = 402;
+    pub const ACCESS_REFUSED: u16 = 403;
+    pub const NOT_FOUND: u16 = 404;
+    pub const RESOURCE_LOCKED: u16 = 405;
+    pub const PRECONDITION_FAILED: u16 = 406;
+    pub const FRAME_ERROR: u16 = 501;
+    pub const SYNTAX_ERROR: u16 = 502;
+    pub const COMMAND_INVALID: u16 = 503;
+    pub const CHANNEL_ERROR: u16 = 504;
+    pub const UNEXPECTED_FRAME: u16 = 505;
+    pub const RESOURCE_ERROR: u16 = 506;
+    pub const NOT_ALLOWED: u16 = 530;
+    pub const NOT_IMPLEMENTED: u16 = 540;
+    pub const INTERNAL_ERROR: u16 = 541;
+}
+
+/// An AMQP exception: the reply code and RabbitMQ's reply text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct AmqpError {
+    pub code: u16,
+    pub text: String,
+}
+
+impl AmqpError {
+    pub fn new(code: u16, text: impl Into<String>) -> AmqpError {
+        AmqpError {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// Connection-level (closes the connection) rather than channel-level.
+    pub fn is_hard(&self) -> bool {
+        !matches!(
+            self.code,
+            codes::CONTENT_TOO_LARGE
+                | codes::NO_ROUTE
+                | codes::NO_CONSUMERS
+                | codes::ACCESS_REFUSED
+                | codes::NOT_FOUND
+                | codes::RESOURCE_LOCKED
+                | codes::PRECONDITION_FAILED
+        )
+    }
+
+    /// A storage or internal failure of the broker underneath.
+    pub fn from_broker(error: &BrokerError) -> AmqpError {
+        AmqpError::new(codes::INTERNAL_ERROR, format!("INTERNAL_ERROR - {error}"))
+    }
+
+    fn not_found_queue(name: &str) -> AmqpError {
+        AmqpError::new(
+            codes::NOT_FOUND,
+            format!("NOT_FOUND - no queue '{name}' in vhost '/'"),
+        )
+    }
+
+    fn locked(name: &str) -> AmqpError {
+        AmqpError::new(
+            codes::RESOURCE_LOCKED,
+            format!(
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost '/'. \
+                 It could be originally declared on another connection or the exclusive property value \
+                 does not match that of the original declaration."
+            ),
+        )
+    }
+}
+
+pub type AmqpResult<T> = std::result::Result<T, AmqpError>;
+
+impl From<crate::exchange::ExchangeError> for AmqpError {
+    fn from(e: crate::exchange::ExchangeError) -> AmqpError {
+        AmqpError::new(e.code(), e.to_string())
+    }
+}
+
+/// A queue as declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueDef {
+    pub name: String,
+    pub topic: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: Table,
+    /// The declare created the topic: deleting the queue deletes it.
+    pub owns_topic: bool,
+}
+
+/// What `queue.declare` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct DeclareQueue {
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: Table,
+}
+
+/// What `exchange.declare` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct DeclareExchange {
+    pub name: String,
+    pub kind: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: Table,
+}
+
+/// `queue.declare-ok`'s fields.
+#[derive(Debug, Clone)]
+pub struct QueueOk {
+    pub name: String,
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// A published message, as a front end assembled it.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    /// The properties' header table (headers exchanges route on it).
+    pub headers: Table,
+    pub expiration: Option<String>,
+    pub content_type: Option<String>,
+    pub message_id: Option<String>,
+    /// The properties as encoded by the publisher.
+    pub raw_properties: Bytes,
+    pub body: Bytes,
+}
+
+/// The appends a publish made (one per queue it reached), not yet durable.
+pub struct Published {
+    pub appends: Vec<PendingAppend>,
+    pub routed: bool,
+}
+
+/// A consumer's place on a queue, from [`Broker::amqp_consume`].
+#[derive(Debug, Clone)]
+pub struct ConsumerSlot {
+    pub id: u64,
+    pub topic: String,
+    /// Redeliveries carry `x-delivery-count` (quorum queues and queues with a
+    /// delivery limit, as in RabbitMQ).
+    pub counts_deliveries: bool,
+}
+
+/// One entry of RabbitMQ's `x-death`: how often a message died in one queue for one
+/// reason, when it last did, and where it had been published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Death {
+    pub queue: String,
+    pub reason: String,
+    pub count: i64,
+    pub time_s: u64,
+    pub exchange: String,
+    pub routing_keys: Vec<String>,
+}
+
+/// A dead-lettered message's history: every (queue, reason) it died for, newest
+/// first, and where it died the first time (RabbitMQ's `x-first-death-*`, set once).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deaths {
+    pub entries: Vec<Death>,
+    pub first_reason: String,
+    pub first_queue: String,
+    pub first_exchange: String,
+}
+
+/// What a delivery needs from a stored record.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryInfo {
+    pub exchange: String,
+    pub routing_key: String,
+    pub raw_properties: Option<Bytes>,
+    pub deaths: Deaths,
+}
+
+/// The exchange, routing key and raw properties a record carries (a record a Kafka
+/// producer wrote has none: exchange "" and its topic's queue name).
+pub fn delivery_info(record: &ReceivedRecord) -> DeliveryInfo {
+    let mut info = DeliveryInfo::default();
+    for (name, value) in &record.headers {
+        let Some(value) = value else { continue };
+        match name.as_str() {
+            PROPERTIES_HEADER => info.raw_properties = Some(value.clone()),
+            EXCHANGE_HEADER => info.exchange = String::from_utf8_lossy(value).into_owned(),
+            ROUTING_KEY_HEADER => info.routing_key = String::from_utf8_lossy(value).into_owned(),
+            DEATHS_HEADER => info.deaths = postcard::from_bytes(value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    info
+}
+
+struct QueueState {
+    def: QueueDef,
+    /// The connection an exclusive queue belongs to.
+    owner: Option<u64>,
+    /// Consumer slot -> (connection, exclusive).
+    consumers: BTreeMap<u64, (u64, bool)>,
+}
+
+/// The broker's AMQP definitions in memory (the meta store has the durable ones).
+pub(crate) struct AmqpState {
+    queues: RwLock<BTreeMap<String, QueueState>>,
+    exchanges: RwLock<crate::exchange::Exchanges>,
+    /// Serialises definition changes (each touches the meta store, some the topics).
+    admin: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+}
+
+const KIND_QUEUE: &str = "queue";
+const KIND_EXCHANGE: &str = "exchange";
+const KIND_BINDING: &str = "binding";
+
+impl AmqpState {
+    pub(crate) fn new() -> AmqpState {
+        AmqpState {
+            queues: RwLock::new(BTreeMap::new()),
+            exchanges: RwLock::new(crate::exchange::Exchanges::new()),
+            admin: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+fn poisoned() -> AmqpError {
+    AmqpError::new(codes::INTERNAL_ERROR, "INTERNAL_ERROR - lock poisoned")
+}
+
+/// The topic a queue name maps to.
+pub fn topic_for_queue(name: &str) -> String {
+    if crate::topic::validate_topic_name(name).is_ok() && !name.starts_with("__") {
+        return name.to_string();
+    }
+    let mut clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect();
+    if clean.is_empty() {
+        clean.push('q');
+    }
+    format!("amqp.{clean}.{:016x}", fnv1a(name.as_bytes()))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    hash
+}
+
+/// The arguments RabbitMQ compares when a queue is declared again.
+const EQUIVALENT_ARGS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-delivery-limit",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-max-priority",
+];
+
+fn inequivalent(name: &str, what: &str, received: &str, current: &str) -> AmqpError {
+    AmqpError::new(
+        codes::PRECONDITION_FAILED,
+        format!(
+            "PRECONDITION_FAILED - inequivalent arg '{what}' for queue '{name}' in vhost '/': received {received} but current is {current}"
+        ),
+    )
+}
+
+fn value_text(value: Option<&Value>) -> String {
+    match value {
+        None => "none".to_string(),
+        Some(v) => format!("{v:?}"),
+    }
+}
+
+fn queue_settings(arguments: &Table) -> SubscriptionSettings {
+    let delivery_limit = arguments
+        .get("x-delivery-limit")
+        .and_then(int_value)
+        .and_then(|n| u32::try_from(n).ok());
+    SubscriptionSettings {
+        lease_ms: DELIVERY_LEASE_MS,
+        // AMQP requeues do not count as failures; only expired leases would.
+        max_deliveries: delivery_limit.map_or(u32::MAX, |n| n.saturating_add(1)),
+        backoff_base_ms: 0,
+        backoff_factor: 1.0,
+        backoff_max_ms: 0,
+        backoff_jitter: 0.0,
+        dead_letter_topic: None,
+        ordered_by_key: false,
+        start: StartPosition::Latest,
+        max_unacked: QUEUE_UNACKED_MAX,
+    }
+}
+
+fn int_value(value: &Value) -> Option<i64> {
+    match value {
+        Value::I8(v) => Some(i64::from(*v)),
+        Value::U8(v) => Some(i64::from(*v)),
+        Value::I16(v) => Some(i64::from(*v)),
+        Value::U16(v) => Some(i64::from(*v)),
+        Value::I32(v) => Some(i64::from(*v)),
+        Value::U32(v) => Some(i64::from(*v)),
+        Value::I64(v) => Some(*v),
+        _ => None,
+    }
+}
+
+fn server_named() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let suffix: String = (0..22)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("amq.gen-{suffix}")
+}
+
+impl Broker {
+    /// A new id for an AMQP connection (exclusive queues and consumers name it).
+    pub fn amqp_connection_id(&self) -> u64 {
+        self.amqp.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Restore durable definitions at startup; transient queues (and their topics,
+    /// when they made them) are deleted, as RabbitMQ loses them at a restart.
+    pub(crate) fn load_amqp(&self) -> crate::Result<()> {
+        let mut transient = Vec::new();
+        let mut queues = BTreeMap::new();
+        for (name, bytes) in self.meta.amqp_definitions(KIND_QUEUE)? {
+            match postcard::from_bytes::<QueueDef>(&bytes) {
+                Ok(def) if def.durable && !def.exclusive => {
+                    queues.insert(
+                        name,
+                        QueueState {
+                            def,
+                            owner: None,
+                            consumers: BTreeMap::new(),
+                        },
+                    );
+                }
+                Ok(def) => transient.push(def),
+                Err(e) => {
+                    tracing::warn!(queue = %name, error = %e, "unreadable AMQP queue definition; skipped")
+                }
+            }
+        }
+        let mut exchanges = Vec::new();
+        for (name, bytes) in self.meta.amqp_definitions(KIND_EXCHANGE)? {
+            match postcard::from_bytes::<crate::exchange::ExchangeDef>(&bytes) {
+                Ok(def) => exchanges.push(def),
+                Err(e) => {
+                    tracing::warn!(exchange = %name, error = %e, "unreadable AMQP exchange definition; skipped")
+                }
+            }
+        }
+        let mut bindings = Vec::new();
+        for (key, bytes) in self.meta.amqp_definitions(KIND_BINDING)? {
+            match postcard::from_bytes::<crate::exchange::Binding>(&bytes) {
+                Ok(b) => bindings.push(b),
+                Err(e) => {
+                    tracing::warn!(binding = %key, error = %e, "unreadable AMQP binding; skipped")
+                }
+            }
+        }
+        let mut deletes: Vec<(String, String)> = Vec::new();
+        for def in &transient {
+            deletes.push((KIND_QUEUE.to_string(), def.name.clone()));
+            if def.owns_topic
+                && self.topic(&def.topic).is_some()
+                && let Err(e) = self.delete_topic(&def.topic)
+            {
+                tracing::warn!(topic = %def.topic, error = %e, "cannot delete a transient AMQP queue's topic");
+            }
+        }
+        let restored =
+            crate::exchange::Exchanges::restore(exchanges, queues.keys().cloned(), bindings);
+        // Bindings naming a queue or exchange that did not survive go too.
+        for b in &restored.dropped {
+            deletes.push((KIND_BINDING.to_string(), binding_key(b)));
+        }
+        let deletes_ref: Vec<(&str, &str)> = deletes
+            .iter()
+            .map(|(k, n)| (k.as_str(), n.as_str()))
+            .collect();
+        self.meta.put_amqp_definitions(&[], &deletes_ref)?;
+        if let Ok(mut ex) = self.amqp.exchanges.write() {
+            *ex = restored.exchanges;
+        }
+        if let Ok(mut q) = self.amqp.queues.write() {
+            *q = queues;
+        }
+        Ok(())
+    }
+
+    fn persist(
+        &self,
+        puts: &[(&str, String, Vec<u8>)],
+        deletes: &[(&str, String)],
+    ) -> AmqpResult<()> {
+        let puts: Vec<(&str, &str, &[u8])> = puts
+            .iter()
+            .map(|(k, n, v)| (*k, n.as_str(), v.as_slice()))
+            .collect();
+        let deletes: Vec<(&str, &str)> = deletes.iter().map(|(k, n)| (*k, n.as_str())).collect();
+        self.meta
+            .put_amqp_definitions(&puts, &deletes)
+            .map_err(|e| AmqpError::from_broker(&BrokerError::from(e)))
+    }
+
+    pub async fn amqp_declare_queue(
+        &self,
+        _who: &Principal,
+        connection: u64,
+        req: DeclareQueue,
+    ) -> AmqpResult<QueueOk> {
+        let _admin = self.amqp.admin.lock().await;
+        if req.passive {
+            if req.name.is_empty() {
+                return Err(AmqpError::not_found_queue(""));
+            }
+            return self.queue_ok(&req.name, Some(connection));
+        }
+        let name = if req.name.is_empty() {
+            server_named()
+        } else {
+            req.name.clone()
+        };
+        if name.starts_with("amq.") && !req.name.is_empty() {
+            return Err(AmqpError::new(
+                codes::ACCESS_REFUSED,
+                format!("ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.*'"),
+            ));
+        }
+        let existing = self
+            .amqp
+            .queues
+            .read()
+            .map_err(|_| poisoned())?
+            .get(&name)
+            .map(|q| (q.def.clone(), q.owner));
+        if let Some((def, owner)) = existing {
+            if let Some(owner) = owner
+                && owner != connection
+            {
+                return Err(AmqpError::locked(&name));
+            }
+            if def.durable != req.durable {
+                return Err(inequivalent(
+                    &name,
+                    "durable",
+                    &req.durable.to_string(),
+                    &def.durable.to_string(),
+                ));
+            }
+            if def.auto_delete != req.auto_delete {
+                return Err(inequivalent(
+                    &name,
+                    "auto_delete",
+                    &req.auto_delete.to_string(),
+                    &def.auto_delete.to_string(),
+                ));
+            }
+            if def.exclusive != req.exclusive {
+                return Err(inequivalent(
+                    &name,
+                    "exclusive",
+                    &req.exclusive.to_string(),
+                    &def.exclusive.to_string(),
+                ));
+            }
+            for arg in EQUIVALENT_ARGS {
+                let (a, b) = (req.arguments.get(*arg), def.arguments.get(*arg));
+                let same = match (a, b) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => {
+                        a == b || int_value(a).is_some() && int_value(a) == int_value(b)
+                    }
+                    // A classic queue may be declared without x-queue-type again.
+                    (None, Some(Value::Str(t))) | (Some(Value::Str(t)), None)
+                        if *arg == "x-queue-type" =>
+                    {
+                        t == "classic"
+                    }
+                    _ => false,
+                };
+                if !same {
+                    return Err(inequivalent(&name, arg, &value_text(a), &value_text(b)));
+                }
+            }
+            return self.queue_ok(&name, Some(connection));
+        }
+        validate_queue_arguments(&req.arguments)?;
+        if self.amqp.queues.read().map_err(|_| poisoned())?.len() >= QUEUES_MAX {
+            return Err(AmqpError::new(
+                codes::RESOURCE_ERROR,
+                format!("RESOURCE_ERROR - the broker holds at most {QUEUES_MAX} AMQP queues"),
+            ));
+        }
+        let topic = topic_for_queue(&name);
+        let owns_topic = self.topic(&topic).is_none();
+        if owns_topic {
+            self.create_topic(&topic, Some(1), BTreeMap::new(), false)
+                .map_err(|e| AmqpError::from_broker(&e))?;
+        }
+        let settings = queue_settings(&req.arguments);
+        match self
+            .create_subscription(&topic, AMQP_SUBSCRIPTION, settings.clone())
+            .await
+        {
+            Ok(_) => {}
+            Err(BrokerError::SubscriptionExists { .. }) => {
+                // Left by a queue deleted while its subscription lived on (or declared
+                // by hand over HTTP): adopt it with the queue's settings.
+                self.update_subscription(&topic, AMQP_SUBSCRIPTION, settings)
+                    .await
+                    .map_err(|e| AmqpError::from_broker(&e))?;
+            }
+            Err(e) => return Err(AmqpError::from_broker(&e)),
+        }
+        let def = QueueDef {
+            name: name.clone(),
+            topic,
+            durable: req.durable,
+            exclusive: req.exclusive,
+            auto_delete: req.auto_delete,
+            arguments: req.arguments,
+            owns_topic,
+        };
+        let bytes = postcard::to_stdvec(&def).unwrap_or_default();
+        self.persist(&[(KIND_QUEUE, name.clone(), bytes)], &[])?;
+        if let Ok(mut ex) = self.amqp.exchanges.write() {
+            ex.add_queue(&name);
+        }
+        self.amqp.queues.write().map_err(|_| poisoned())?.insert(
+            name.clone(),
+            QueueState {
+                def,
+                owner: req.exclusive.then_some(connection),
+                consumers: BTreeMap::new(),
+            },
+        );
+        tracing::info!(queue = %name, "declared AMQP queue");
+        Ok(QueueOk {
+            name,
+            messages: 0,
+            consumers: 0,
+        })
+    }
+
+    /// A queue's declare-ok (it must exist and not be another connection's).
+    fn queue_ok(&self, name: &str, connection: Option<u64>) -> AmqpResult<QueueOk> {
+        let (topic, consumers) = {
+            let queues = self.amqp.queues.read().map_err(|_| poisoned())?;
+            let q = queues
+                .get(name)
+                .ok_or_else(|| AmqpError::not_found_queue(name))?;
+            if let (Some(owner), Some(connection)) = (q.owner, connection)
+                && owner != connection
+            {
+                return Err(AmqpError::locked(name));
+            }
+            (q.def.topic.clone(), q.consumers.len())
+        };
+        let messages = self
+            .subscription_stats(&topic, AMQP_SUBSCRIPTION)
+            .map(|s| s.depth)
+            .unwrap_or(0);
+        Ok(QueueOk {
+            name: name.to_string(),
+            messages: u32::try_from(messages).unwrap_or(u32::MAX),
+            consumers: u32::try_from(consumers).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Where basic.get leases from: the queue's slot (id 0) and its ready count.
+    pub fn amqp_queue_for_get(
+        &self,
+        _who: &Principal,
+        connection: u64,
+        name: &str,
+    ) -> AmqpResult<(ConsumerSlot, u32)> {
+        let ok = self.queue_ok(name, Some(connection))?;
+        let queues = self.amqp.queues.read().map_err(|_| poisoned())?;
+        let q = queues
+            .get(name)
+            .ok_or_else(|| AmqpError::not_found_queue(name))?;
+        let slot = ConsumerSlot {
+            id: 0,
+            topic: q.def.topic.clone(),
+            counts_deliveries: counts_deliveries(&q.def),
+        };
+        Ok((slot, ok.messages))
+    }
+
+    fn queue_topic(&self, name: &str) -> AmqpResult<String> {
+        self.amqp
+            .queues
+            .read()
+            .map_err(|_| poisoned())?
+            .get(name)
+            .map(|q| q.def.topic.clone())
+            .ok_or_else(|| AmqpError::not_found_queue(name))
+    }
+
+    pub async fn amqp_delete_queue(
+        &self,
+        _who: &Principal,
+        connection: u64,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> AmqpResult<u32> {
+        let _admin = self.amqp.admin.lock().await;
+        let ok = match self.queue_ok(name, Some(connection)) {
+            Ok(ok) => ok,
+            // Deleting a queue that does not exist is fine, as in RabbitMQ.
+            Err(e) if e.code == codes::NOT_FOUND => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        if if_unused && ok.consumers > 0 {
+            return Err(AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"),
+            ));
+        }
+        if if_empty && ok.messages > 0 {
+            return Err(AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - queue '{name}' in vhost '/' is not empty"),
+            ));
+        }
+        self.remove_queue(name).await?;
+        Ok(ok.messages)
+    }
+
+    /// Drop a queue: its bindings, its subscription, and its topic if the declare
+    /// made it. Caller holds the admin lock.
+    async fn remove_queue(&self, name: &str) -> AmqpResult<()> {
+        let Some(state) = self
+            .amqp
+            .queues
+            .write()
+            .map_err(|_| poisoned())?
+            .remove(name)
+        else {
+            return Ok(());
+        };
+        let removed = match self.amqp.exchanges.write() {
+            Ok(mut ex) => ex.remove_queue(name),
+            Err(_) => return Err(poisoned()),
+        };
+        let mut deletes = vec![(KIND_QUEUE, name.to_string())];
+        deletes.extend(
+            removed
+                .bindings
+                .iter()
+                .map(|b| (KIND_BINDING, binding_key(b))),
+        );
+        deletes.extend(removed.exchanges.iter().map(|e| (KIND_EXCHANGE, e.clone())));
+        self.persist(&[], &deletes)?;
+        let topic = state.def.topic;
+        if let Err(e) = self.delete_subscription(&topic, AMQP_SUBSCRIPTION).await
+            && !matches!(e, BrokerError::UnknownSubscription { .. })
+        {
+            tracing::warn!(queue = %name, error = %e, "cannot delete an AMQP queue's subscription");
+        }
+        if state.def.owns_topic
+            && let Err(e) = self.delete_topic(&topic)
+            && !matches!(e, BrokerError::UnknownTopic(_))
+        {
+            tracing::warn!(queue = %name, error = %e, "cannot delete an AMQP queue's topic");
+        }
+        tracing::info!(queue = %name, "deleted AMQP queue");
+        Ok(())
+    }
+
+    pub async fn amqp_purge_queue(
+        &self,
+        _who: &Principal,
+        connection: u64,
+        name: &str,
+    ) -> AmqpResult<u32> {
+        self.queue_ok(name, Some(connection))?;
+        let topic = self.queue_topic(name)?;
+        let purged = self
+            .purge_subscription(&topic, AMQP_SUBSCRIPTION)
+            .await
+            .map_err(|e| AmqpError::from_broker(&e))?;
+        Ok(u32::try_from(purged).unwrap_or(u32::MAX))
+    }
+
+    /// Register a consumer on a queue.
+    pub fn amqp_consume(
+        &self,
+        _who: &Principal,
+        connection: u64,
+        name: &str,
+        exclusive: bool,
+    ) -> AmqpResult<ConsumerSlot> {
+        let mut queues = self.amqp.queues.write().map_err(|_| poisoned())?;
+        let q = queues
+            .get_mut(name)
+            .ok_or_else(|| AmqpError::not_found_queue(name))?;
+        if let Some(owner) = q.owner
+            && owner != connection
+        {
+            return Err(AmqpError::locked(name));
+        }
+        let held_exclusively = q.consumers.values().any(|(_, ex)| *ex);
+        if held_exclusively || (exclusive && !q.consumers.is_empty()) {
+            return Err(AmqpError::new(
+                codes::ACCESS_REFUSED,
+                format!("ACCESS_REFUSED - queue '{name}' in vhost '/' in exclusive use"),
+            ));
+        }
+        let id = self.amqp.next_id.fetch_add(1, Ordering::Relaxed);
+        q.consumers.insert(id, (connection, exclusive));
+        Ok(ConsumerSlot {
+            id,
+            topic: q.def.topic.clone(),
+            counts_deliveries: counts_deliveries(&q.def),
+        })
+    }
+
+    /// A consumer went away (cancel, channel or connection closed). An auto-delete
+    /// queue goes with its last consumer.
+    pub async fn amqp_cancel(&self, name: &str, slot: u64) {
+        let delete = match self.amqp.queues.write() {
+            Ok(mut queues) => match queues.get_mut(name) {
+                Some(q) => {
+                    q.consumers.remove(&slot).is_some()
+                        && q.consumers.is_empty()
+                        && q.def.auto_delete
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if delete {
+            let _admin = self.amqp.admin.lock().await;
+            let still_unused = self
+                .amqp
+                .queues
+                .read()
+                .map(|q| q.get(name).is_some_and(|q| q.consumers.is_empty()))
+                .unwrap_or(false);
+            if still_unused && let Err(e) = self.remove_queue(name).await {
+                tracing::warn!(queue = %name, error = %e, "cannot auto-delete an AMQP queue");
+            }
+        }
+    }
+
+    /// A connection closed: its exclusive queues are deleted.
+    pub async fn amqp_connection_closed(&self, connection: u64) {
+        let owned: Vec<String> = match self.amqp.queues.read() {
+            Ok(queues) => queues
+                .iter()
+                .filter(|(_, q)| q.owner == Some(connection))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if owned.is_empty() {
+            return;
+        }
+        let _admin = self.amqp.admin.lock().await;
+        for name in owned {
+            if let Err(e) = self.remove_queue(&name).await {
+                tracing::warn!(queue = %name, error = %e, "cannot delete an exclusive AMQP queue");
+            }
+        }
+    }
+
+    /// A delivery given back (nack or reject with requeue, a closed channel): to the
+    /// queue again, unless the queue has `x-delivery-limit` and the message was
+    /// delivered more often than that: then it is dead-lettered with reason
+    /// `delivery_limit` (or dropped), as a RabbitMQ quorum queue does.
+    pub async fn amqp_requeue(&self, receipt: &str) -> crate::Result<()> {
+        let (topic, _) = crate::queue::receipt_subscription(receipt)?;
+        let limit = self.amqp.queues.read().ok().and_then(|queues| {
+            queues
+                .values()
+                .find(|q| q.def.topic == topic)
+                .and_then(|q| q.def.arguments.get("x-delivery-limit").and_then(int_value))
+        });
+        let attempt = crate::queue::receipt_attempt(receipt).unwrap_or(0);
+        match limit {
+            Some(limit) if i64::from(attempt) > limit => {
+                self.amqp_reject(receipt, "delivery_limit").await
+            }
+            _ => self.release(receipt).await,
+        }
+    }
+
+    /// A delivery rejected without requeue (or nacked), or expired: the queue is done
+    /// with it. With `x-dead-letter-exchange` a copy is published there first (durable
+    /// before the original is acked: at least once), carrying its deaths; without one
+    /// it is dropped, as in RabbitMQ.
+    pub async fn amqp_reject(&self, receipt: &str, reason: &str) -> crate::Result<()> {
+        let (topic, _) = crate::queue::receipt_subscription(receipt)?;
+        let def = self.amqp.queues.read().ok().and_then(|queues| {
+            queues
+                .values()
+                .find(|q| q.def.topic == topic)
+                .map(|q| q.def.clone())
+        });
+        if let Some(def) = def
+            && let Some(dlx) = def
+                .arguments
+                .get("x-dead-letter-exchange")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            && let Some(record) = self.record_for_receipt(receipt)?
+        {
+            match self.dead_letter_record(&def, record, &dlx, reason) {
+                Ok(appends) => {
+                    for append in appends {
+                        append.durable().await?;
+                    }
+                }
+                Err(error) => {
+                    // An unusable dead-letter exchange drops the message, as RabbitMQ
+                    // does; said once per message so it is not silent.
+                    tracing::warn!(queue = %def.name, exchange = %dlx, "cannot dead-letter: {}", error.text);
+                }
+            }
+        }
+        self.ack(receipt).await
+    }
+
+    /// Publish `record` (from queue `def`) to its dead-letter exchange with one more
+    /// death: RabbitMQ's `x-death` entry for (queue, reason) gets its count raised and
+    /// moves to the front, or a new one is put first.
+    fn dead_letter_record(
+        &self,
+        def: &QueueDef,
+        mut record: Record,
+        dlx: &str,
+        reason: &str,
+    ) -> AmqpResult<Vec<PendingAppend>> {
+        let text = |record: &Record, name: &str| {
+            record
+                .headers
+                .get(&StrBytes::from_string(name.to_string()))
+                .and_then(|v| v.as_ref())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let exchange = text(&record, EXCHANGE_HEADER).unwrap_or_default();
+        let routing_key = text(&record, ROUTING_KEY_HEADER).unwrap_or_else(|| def.name.clone());
+        let mut deaths: Deaths = record
+            .headers
+            .get(&StrBytes::from_static_str(DEATHS_HEADER))
+            .and_then(|v| v.as_ref())
+            .and_then(|v| postcard::from_bytes(v).ok())
+            .unwrap_or_default();
+        if deaths.entries.is_empty() {
+            deaths.first_reason = reason.to_string();
+            deaths.first_queue = def.name.clone();
+            deaths.first_exchange = exchange.clone();
+        }
+        let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        match deaths
+            .entries
+            .iter()
+            .position(|d| d.queue == def.name && d.reason == reason)
+        {
+            Some(i) => {
+                let mut death = deaths.entries.remove(i);
+                death.count += 1;
+                death.time_s = now_s;
+                deaths.entries.insert(0, death);
+            }
+            None => deaths.entries.insert(
+                0,
+                Death {
+                    queue: def.name.clone(),
+                    reason: reason.to_string(),
+                    count: 1,
+                    time_s: now_s,
+                    exchange: exchange.clone(),
+                    routing_keys: vec![routing_key.clone()],
+                },
+            ),
+        }
+        let dl_key = def
+            .arguments
+            .get("x-dead-letter-routing-key")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or(routing_key);
+        let headers = self.amqp_headers_of(&record);
+        let queues = self
+            .amqp
+            .exchanges
+            .read()
+            .map_err(|_| poisoned())?
+            .route(dlx, &dl_key, &headers)?
+            .queues;
+        record.headers.insert(
+            StrBytes::from_static_str(DEATHS_HEADER),
+            Some(Bytes::from(
+                postcard::to_stdvec(&deaths).unwrap_or_default(),
+            )),
+        );
+        record.headers.insert(
+            StrBytes::from_static_str(EXCHANGE_HEADER),
+            Some(Bytes::from(dlx.to_string().into_bytes())),
+        );
+        record.headers.insert(
+            StrBytes::from_static_str(ROUTING_KEY_HEADER),
+            Some(Bytes::from(dl_key.clone().into_bytes())),
+        );
+        // Never back into the queue it died in with the same reason forever: RabbitMQ
+        // drops a message that would cycle without a rejection in between.
+        let topics: Vec<String> = {
+            let all = self.amqp.queues.read().map_err(|_| poisoned())?;
+            queues
+                .iter()
+                .filter_map(|q| all.get(q).map(|q| q.def.topic.clone()))
+                .collect()
+        };
+        let batch =
+            crate::queue::encode_batch(vec![record]).map_err(|e| AmqpError::from_broker(&e))?;
+        let now = now_ms();
+        let mut appends = Vec::new();
+        for topic in topics {
+            let Some(t) = self.topic(&topic) else {
+                continue;
+            };
+            appends.push(
+                t.append(0, &batch, now)
+                    .map_err(|e| AmqpError::from_broker(&e))?,
+            );
+        }
+        Ok(appends)
+    }
+
+    /// The AMQP headers table a stored record carries, for headers-exchange routing of
+    /// a dead letter: its string headers (the raw properties are the front end's).
+    fn amqp_headers_of(&self, record: &Record) -> Table {
+        record
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("amqp."))
+            .filter_map(|(k, v)| {
+                let v = v.as_ref()?;
+                Some((
+                    k.to_string(),
+                    Value::Str(String::from_utf8_lossy(v).into_owned()),
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn amqp_declare_exchange(
+        &self,
+        _who: &Principal,
+        req: DeclareExchange,
+    ) -> AmqpResult<()> {
+        let DeclareExchange {
+            name,
+            kind,
+            passive,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+        } = req;
+        let name = name.as_str();
+        let _admin = self.amqp.admin.lock().await;
+        let mut ex = self.amqp.exchanges.write().map_err(|_| poisoned())?;
+        if passive {
+            return ex
+                .declare_passive(name)
+                .map(|_| ())
+                .map_err(AmqpError::from);
+        }
+        let def = crate::exchange::ExchangeDef {
+            name: name.to_string(),
+            kind: crate::exchange::ExchangeKind::parse(&kind)?,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+        };
+        let created = ex.declare(def.clone())?;
+        if created && durable {
+            let bytes = postcard::to_stdvec(&def).unwrap_or_default();
+            drop(ex);
+            self.persist(&[(KIND_EXCHANGE, name.to_string(), bytes)], &[])?;
+        }
+        Ok(())
+    }
+
+    pub async fn amqp_delete_exchange(
+        &self,
+        _who: &Principal,
+        name: &str,
+        if_unused: bool,
+    ) -> AmqpResult<()> {
+        let _admin = self.amqp.admin.lock().await;
+        let removed = self
+            .amqp
+            .exchanges
+            .write()
+            .map_err(|_| poisoned())?
+            .delete(name, if_unused)?;
+        let mut deletes = vec![(KIND_EXCHANGE, name.to_string())];
+        deletes.extend(
+            removed
+                .bindings
+                .iter()
+                .map(|b| (KIND_BINDING, binding_key(b))),
+        );
+        deletes.extend(removed.exchanges.iter().map(|e| (KIND_EXCHANGE, e.clone())));
+        self.persist(&[], &deletes)
+    }
+
+    /// Bind (or with `bind` false, unbind) a queue to an exchange.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn amqp_bind_queue(
+        &self,
+        _who: &Principal,
+        connection: u64,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: Table,
+        bind: bool,
+    ) -> AmqpResult<()> {
+        self.queue_ok(queue, Some(connection))?;
+        let binding = crate::exchange::Binding {
+            source: exchange.to_string(),
+            destination: crate::exchange::Destination::Queue(queue.to_string()),
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
+        self.change_binding(binding, bind).await
+    }
+
+    /// Bind (or unbind) exchange `destination` to exchange `source`.
+    pub async fn amqp_bind_exchange(
+        &self,
+        _who: &Principal,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: Table,
+        bind: bool,
+    ) -> AmqpResult<()> {
+        let binding = crate::exchange::Binding {
+            source: source.to_string(),
+            destination: crate::exchange::Destination::Exchange(destination.to_string()),
+            routing_key: routing_key.to_string(),
+            arguments,
+        };
+        self.change_binding(binding, bind).await
+    }
+
+    async fn change_binding(
+        &self,
+        binding: crate::exchange::Binding,
+        bind: bool,
+    ) -> AmqpResult<()> {
+        let _admin = self.amqp.admin.lock().await;
+        let mut ex = self.amqp.exchanges.write().map_err(|_| poisoned())?;
+        if bind {
+            ex.bind(&binding)?;
+            drop(ex);
+            let bytes = postcard::to_stdvec(&binding).unwrap_or_default();
+            self.persist(&[(KIND_BINDING, binding_key(&binding), bytes)], &[])
+        } else {
+            let removed = ex.unbind(&binding)?;
+            drop(ex);
+            let mut deletes = vec![(KIND_BINDING, binding_key(&binding))];
+            deletes.extend(removed.exchanges.into_iter().map(|e| (KIND_EXCHANGE, e)));
+            self.persist(&[], &deletes)
+        }
+    }
+
+    /// Route a message and append it to every queue it reaches. Appends are made in
+    /// call order (a channel's publishes stay in order); their durability is awaited
+    /// by the caller (publisher confirms).
+    pub fn amqp_publish(&self, _who: &Principal, message: &Message) -> AmqpResult<Published> {
+        let routed = self
+            .amqp
+            .exchanges
+            .read()
+            .map_err(|_| poisoned())?
+            .route(&message.exchange, &message.routing_key, &message.headers)?
+            .queues;
+        let topics: Vec<String> = {
+            let queues = self.amqp.queues.read().map_err(|_| poisoned())?;
+            routed
+                .iter()
+                .filter_map(|q| queues.get(q).map(|q| q.def.topic.clone()))
+                .collect()
+        };
+        if topics.is_empty() {
+            return Ok(Published {
+                appends: Vec::new(),
+                routed: false,
+            });
+        }
+        let batch = encode_message(message).map_err(|e| AmqpError::from_broker(&e))?;
+        let now = now_ms();
+        let mut appends = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let Some(t) = self.topic(&topic) else {
+                continue;
+            };
+            let partition = if t.partitions.len() <= 1 {
+                0
+            } else {
+                (fnv1a(message.routing_key.as_bytes()) % t.partitions.len() as u64) as i32
+            };
+            let append = t
+                .append(partition, &batch, now)
+                .map_err(|e| AmqpError::from_broker(&e))?;
+            appends.push(append);
+        }
+        Ok(Published {
+            appends,
+            routed: true,
+        })
+    }
+
+    /// Exchanges, for listings.
+    pub fn amqp_exchanges(&self) -> Vec<crate::exchange::ExchangeDef> {
+        self.amqp
+            .exchanges
+            .read()
+            .map(|ex| ex.exchanges().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Bindings, for listings.
+    pub fn amqp_bindings(&self) -> Vec<crate::exchange::Binding> {
+        self.amqp
+            .exchanges
+            .read()
+            .map(|ex| ex.bindings())
+            .unwrap_or_default()
+    }
+
+    /// Queues with their ready and consumer counts, for listings.
+    pub fn amqp_queues(&self) -> Vec<(QueueDef, QueueOk)> {
+        let names: Vec<String> = self
+            .amqp
+            .queues
+            .read()
+            .map(|q| q.keys().cloned().collect())
+            .unwrap_or_default();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let def = self.amqp.queues.read().ok()?.get(&name)?.def.clone();
+                let ok = self.queue_ok(&name, None).ok()?;
+                Some((def, ok))
+            })
+            .collect()
+    }
+}
+
+fn counts_deliveries(def: &QueueDef) -> bool {
+    def.arguments.contains_key("x-delivery-limit")
+        || def.arguments.get("x-queue-type").and_then(Value::as_str) == Some("quorum")
+}
+
+fn validate_queue_arguments(arguments: &Table) -> AmqpResult<()> {
+    if let Some(kind) = arguments.get("x-queue-type") {
+        match kind.as_str() {
+            Some("classic" | "quorum" | "stream") => {}
+            _ => {
+                return Err(AmqpError::new(
+                    codes::PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue in vhost '/': {kind:?} (classic, quorum or stream)"
+                    ),
+                ));
+            }
+        }
+    }
+    for arg in [
+        "x-message-ttl",
+        "x-expires",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-delivery-limit",
+    ] {
+        if let Some(v) = arguments.get(arg)
+            && int_value(v).is_none_or(|n| n < 0)
+        {
+            return Err(AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                format!(
+                    "PRECONDITION_FAILED - invalid arg '{arg}' for queue in vhost '/': {v:?} (a non-negative integer)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The meta-store key of a binding: every field, so equal bindings share a key.
+fn binding_key(b: &crate::exchange::Binding) -> String {
+    let (kind, dest) = match &b.destination {
+        crate::exchange::Destination::Queue(q) => ("q", q.as_str()),
+        crate::exchange::Destination::Exchange(e) => ("e", e.as_str()),
+    };
+    let args = serde_json::to_string(&b.arguments).unwrap_or_default();
+    format!(
+        "{}\u{0}{kind}\u{0}{dest}\u{0}{}\u{0}{args}",
+        b.source, b.routing_key
+    )
+}
+
+/// One record for a published message (see the module doc for its headers).
+fn encode_message(message: &Message) -> crate::Result<Vec<u8>> {
+    let mut headers = indexmap_headers(message);
+    headers.shrink_to_fit();
+    let record = Record {
+        transactional: false,
+        control: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: now_ms(),
+        key: message
+            .message_id
+            .as_ref()
+            .map(|id| Bytes::from(id.clone().into_bytes())),
+        value: Some(message.body.clone()),
+        headers,
+        delete_horizon: false,
+    };
+    crate::queue::encode_batch(vec![record])
+}
+
+fn indexmap_headers(
+    message: &Message,
+) -> kafka_protocol::indexmap::IndexMap<StrBytes, Option<Bytes>> {
+    let mut headers = kafka_protocol::indexmap::IndexMap::new();
+    headers.insert(
+        StrBytes::from_static_str(PROPERTIES_HEADER),
+        Some(message.raw_properties.clone()),
+    );
+    headers.insert(
+        StrBytes::from_static_str(EXCHANGE_HEADER),
+        Some(Bytes::from(message.exchange.clone().into_bytes())),
+    );
+    headers.insert(
+        StrBytes::from_static_str(ROUTING_KEY_HEADER),
+        Some(Bytes::from(message.routing_key.clone().into_bytes())),
+    );
+    if let Some(ct) = &message.content_type {
+        headers.insert(
+            StrBytes::from_static_str(CONTENT_TYPE_HEADER),
+            Some(Bytes::from(ct.clone().into_bytes())),
+        );
+    }
+    for (name, value) in &message.headers {
+        if let Some(text) = value.as_str()
+            && !name.starts_with("amqp.")
+        {
+            headers.insert(
+                StrBytes::from_string(name.clone()),
+                Some(Bytes::from(text.to_string().into_bytes())),
+            );
+        }
+    }
+    headers
+}
