@@ -20,7 +20,7 @@ use amq_protocol::protocol::{
 };
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};
-use herald_broker::amqp::{AmqpError, DeclareExchange, DeclareQueue, Message, codes};
+use herald_broker::amqp::{AmqpError, DeclareExchange, DeclareQueue, Message, Published, codes};
 use herald_broker::{Broker, PendingAppend, Principal};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -420,7 +420,6 @@ fn server_properties() -> FieldTable {
         "per_consumer_qos",
         "authentication_failure_close",
         "connection.blocked",
-        "direct_reply_to",
     ] {
         caps.insert(name.into(), AMQPValue::Boolean(true));
     }
@@ -544,8 +543,16 @@ struct Channel {
 }
 
 type PendingAppends = Vec<PendingAppend>;
-/// A publish's sequence number and its appends (None: it was not stored: a nack).
-type ConfirmTx = mpsc::Sender<(u64, Option<PendingAppends>)>;
+/// What a confirm waits for: the publish's sequence number, its appends (None: not
+/// stored or refused by a full queue: a nack), and the drop-head queues to trim once
+/// they are durable, before the ack.
+struct Confirm {
+    tag: u64,
+    appends: Option<PendingAppends>,
+    trim: Vec<String>,
+}
+
+type ConfirmTx = mpsc::Sender<Confirm>;
 
 struct Session {
     config: Arc<AmqpConfig>,
@@ -1190,7 +1197,7 @@ impl Session {
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 if self.channel(id).confirm.is_none() {
                     let (tx, rx) = mpsc::channel(CONFIRM_QUEUE);
-                    tokio::spawn(confirm_task(id, rx, self.out.clone()));
+                    tokio::spawn(confirm_task(id, rx, self.out.clone(), self.broker.clone()));
                     self.channel(id).confirm = Some((1, tx));
                 }
                 if !s.nowait {
@@ -1315,6 +1322,7 @@ impl Session {
             topic: Arc::from(slot.topic.as_str()),
             no_ack: c.no_ack,
             counts_deliveries: slot.counts_deliveries,
+            ttl_ms: slot.ttl_ms,
             windows,
             shared: channel.shared.clone(),
             out: self.out.clone(),
@@ -1348,7 +1356,29 @@ impl Session {
             .receive(&topic, herald_broker::amqp::AMQP_SUBSCRIPTION, 1, 0)
             .await
             .map_err(|e| Soft(AmqpError::from_broker(&e)))?;
-        let Some(record) = got.into_iter().next() else {
+        let mut got = got.into_iter();
+        let record = loop {
+            match got.next() {
+                Some(record)
+                    if herald_broker::amqp::is_expired(
+                        &record,
+                        slot.ttl_ms,
+                        herald_broker::now_ms(),
+                    ) =>
+                {
+                    let _ = self.broker.amqp_reject(&record.receipt, "expired").await;
+                    // Look again: the next one may be fresh.
+                    let again = self
+                        .broker
+                        .receive(&topic, herald_broker::amqp::AMQP_SUBSCRIPTION, 1, 0)
+                        .await
+                        .map_err(|e| Soft(AmqpError::from_broker(&e)))?;
+                    got = again.into_iter();
+                }
+                other => break other,
+            }
+        };
+        let Some(record) = record else {
             self.reply(
                 id,
                 AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
@@ -1540,7 +1570,13 @@ impl Session {
                 // Not stored: a nack when confirms are on, and the channel stays.
                 tracing::warn!(peer = %self.peer, "AMQP publish not stored: {}", error.text);
                 if let (Some(tag), Some((_, tx))) = (tag, &self.channel(id).confirm) {
-                    let _ = tx.send((tag, None)).await;
+                    let _ = tx
+                        .send(Confirm {
+                            tag,
+                            appends: None,
+                            trim: Vec::new(),
+                        })
+                        .await;
                 }
                 return Next::Continue;
             }
@@ -1571,8 +1607,34 @@ impl Session {
             frame::content(&mut out, id, &header.raw_properties, &body, self.frame_max);
             self.out.send(out.freeze()).await;
         }
-        if let (Some(tag), Some((_, tx))) = (tag, &self.channel(id).confirm) {
-            let _ = tx.send((tag, Some(published.appends))).await;
+        let Published {
+            appends,
+            rejected,
+            trim,
+            ..
+        } = published;
+        match (tag, &self.channel(id).confirm) {
+            (Some(tag), Some((_, tx))) => {
+                let outcome = Confirm {
+                    tag,
+                    appends: (!rejected).then_some(appends),
+                    trim,
+                };
+                let _ = tx.send(outcome).await;
+            }
+            _ if !trim.is_empty() => {
+                // Drop-head once the new message is durable (and so counted).
+                let broker = self.broker.clone();
+                tokio::spawn(async move {
+                    for append in appends {
+                        let _ = append.durable().await;
+                    }
+                    for queue in trim {
+                        broker.amqp_trim(&queue).await;
+                    }
+                });
+            }
+            _ => {}
         }
         Next::Continue
     }
@@ -1583,15 +1645,19 @@ impl Session {
 /// consecutive acks go out as one `basic.ack` with `multiple`.
 async fn confirm_task(
     channel: u16,
-    mut rx: mpsc::Receiver<(u64, Option<PendingAppends>)>,
+    mut rx: mpsc::Receiver<Confirm>,
     out: Out,
+    broker: Arc<Broker>,
 ) {
     while let Some(first) = rx.recv().await {
         // A run of consecutive acks: (first tag, last tag).
         let mut run: Option<(u64, u64)> = None;
         let mut next = Some(first);
-        while let Some((tag, appends)) = next.take() {
+        while let Some(Confirm { tag, appends, trim }) = next.take() {
             if durable(appends).await {
+                for queue in trim {
+                    broker.amqp_trim(&queue).await;
+                }
                 run = Some(run.map_or((tag, tag), |(start, _)| (start, tag)));
             } else {
                 if let Some(done) = run.take()

@@ -257,6 +257,7 @@ pub struct ConsumerTask {
     pub topic: Arc<str>,
     pub no_ack: bool,
     pub counts_deliveries: bool,
+    pub ttl_ms: Option<i64>,
     pub windows: Vec<Arc<Semaphore>>,
     pub shared: Arc<ChannelShared>,
     pub out: Out,
@@ -329,6 +330,15 @@ impl ConsumerTask {
             let mut records = records.into_iter();
             while let Some(record) = records.next() {
                 let permits = grants.pop().unwrap_or_default();
+                if herald_broker::amqp::is_expired(&record, self.ttl_ms, herald_broker::now_ms()) {
+                    // Past its TTL: dead-lettered (or dropped), never delivered.
+                    drop(permits);
+                    let _ = self.settle.send(Settle::Reject {
+                        receipts: vec![record.receipt],
+                        reason: "expired",
+                    });
+                    continue;
+                }
                 let redelivered = record.delivery_count > 1;
                 // A slot in the writer's queue first (this may wait), then, under the
                 // gate, the stop check, the tag and the enqueue: a cancel-ok or

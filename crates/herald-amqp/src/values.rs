@@ -132,6 +132,9 @@ pub fn with_deaths(
             t.insert("queue".into(), text(&d.queue));
             t.insert("time".into(), AMQPValue::Timestamp(d.time_s));
             t.insert("exchange".into(), text(&d.exchange));
+            if let Some(expiration) = &d.original_expiration {
+                t.insert("original-expiration".into(), text(expiration));
+            }
             t.insert(
                 "routing-keys".into(),
                 AMQPValue::FieldArray(FieldArray::from(
@@ -145,13 +148,67 @@ pub fn with_deaths(
         "x-death".into(),
         AMQPValue::FieldArray(FieldArray::from(entries)),
     );
+    let expired_once = deaths
+        .entries
+        .iter()
+        .any(|d| d.original_expiration.is_some());
     headers.insert("x-first-death-reason".into(), text(&deaths.first_reason));
     headers.insert("x-first-death-queue".into(), text(&deaths.first_queue));
     headers.insert(
         "x-first-death-exchange".into(),
         text(&deaths.first_exchange),
     );
+    let properties = if expired_once {
+        without_expiration(properties)
+    } else {
+        properties
+    };
     properties.with_headers(headers)
+}
+
+/// The same properties with no `expiration` (the codec has setters only).
+fn without_expiration(p: AMQPProperties) -> AMQPProperties {
+    let mut out = AMQPProperties::default();
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.headers() {
+        out = out.with_headers(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        out = out.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id() {
+        out = out.with_user_id(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
+    }
+    out
 }
 
 #[cfg(test)]

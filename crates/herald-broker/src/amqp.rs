@@ -41,6 +41,14 @@ pub const ROUTING_KEY_HEADER: &str = "amqp.routing-key";
 /// A dead-lettered message's deaths (postcard of [`Deaths`]); the
 /// front end turns them into `x-death` and `x-first-death-*` on delivery.
 pub const DEATHS_HEADER: &str = "amqp.deaths";
+/// When a message with a per-message `expiration` expires (epoch ms, decimal).
+pub const EXPIRES_AT_HEADER: &str = "amqp.expires-at";
+/// The per-message `expiration` as the publisher set it.
+pub const EXPIRATION_HEADER: &str = "amqp.expiration";
+/// Queues the expiry sweep looks at per pass, and messages per queue.
+const EXPIRY_SWEEP_BATCH: usize = 100;
+/// How often expired messages are looked for in queues with a TTL.
+pub const EXPIRY_SWEEP_MS: u64 = 200;
 /// The content type, also as a plain header for Kafka consumers.
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 /// Unacked deliveries a queue's subscription tracks per partition.
@@ -199,6 +207,17 @@ pub struct Message {
 pub struct Published {
     pub appends: Vec<PendingAppend>,
     pub routed: bool,
+    /// A queue at its `x-max-length` with `x-overflow` reject-publish refused it: the
+    /// publisher's confirm is a nack.
+    pub rejected: bool,
+    /// Queues past their length limit with drop-head: [`Broker::amqp_trim`] them.
+    pub trim: Vec<String>,
+}
+
+/// What a queue at its length limit does with one more message.
+enum Overflow {
+    DropHead,
+    RejectPublish,
 }
 
 /// A consumer's place on a queue, from [`Broker::amqp_consume`].
@@ -209,6 +228,8 @@ pub struct ConsumerSlot {
     /// Redeliveries carry `x-delivery-count` (quorum queues and queues with a
     /// delivery limit, as in RabbitMQ).
     pub counts_deliveries: bool,
+    /// The queue's `x-message-ttl`: a record older than this is not delivered.
+    pub ttl_ms: Option<i64>,
 }
 
 /// One entry of RabbitMQ's `x-death`: how often a message died in one queue for one
@@ -221,6 +242,9 @@ pub struct Death {
     pub time_s: u64,
     pub exchange: String,
     pub routing_keys: Vec<String>,
+    /// The message's own `expiration`, moved here when it expired (RabbitMQ's
+    /// `original-expiration`; the delivered message has none, so it expires once).
+    pub original_expiration: Option<String>,
 }
 
 /// A dead-lettered message's history: every (queue, reason) it died for, newest
@@ -265,6 +289,9 @@ struct QueueState {
     owner: Option<u64>,
     /// Consumer slot -> (connection, exclusive).
     consumers: BTreeMap<u64, (u64, bool)>,
+    /// A message with a per-message `expiration` was routed here: the expiry sweep
+    /// looks at this queue (it always does for a queue with `x-message-ttl`).
+    expiring: bool,
 }
 
 /// The broker's AMQP definitions in memory (the meta store has the durable ones).
@@ -417,6 +444,7 @@ impl Broker {
                     queues.insert(
                         name,
                         QueueState {
+                            expiring: def.arguments.contains_key("x-message-ttl"),
                             def,
                             owner: None,
                             consumers: BTreeMap::new(),
@@ -619,6 +647,7 @@ impl Broker {
         self.amqp.queues.write().map_err(|_| poisoned())?.insert(
             name.clone(),
             QueueState {
+                expiring: def.arguments.contains_key("x-message-ttl"),
                 def,
                 owner: req.exclusive.then_some(connection),
                 consumers: BTreeMap::new(),
@@ -673,6 +702,7 @@ impl Broker {
             id: 0,
             topic: q.def.topic.clone(),
             counts_deliveries: counts_deliveries(&q.def),
+            ttl_ms: queue_ttl(&q.def),
         };
         Ok((slot, ok.messages))
     }
@@ -804,6 +834,7 @@ impl Broker {
             id,
             topic: q.def.topic.clone(),
             counts_deliveries: counts_deliveries(&q.def),
+            ttl_ms: queue_ttl(&q.def),
         })
     }
 
@@ -944,6 +975,15 @@ impl Broker {
             deaths.first_exchange = exchange.clone();
         }
         let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        // An expiration dies with the message: the copy does not expire again.
+        record
+            .headers
+            .shift_remove(&StrBytes::from_static_str(EXPIRES_AT_HEADER));
+        let original_expiration = record
+            .headers
+            .shift_remove(&StrBytes::from_static_str(EXPIRATION_HEADER))
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
         match deaths
             .entries
             .iter()
@@ -964,6 +1004,7 @@ impl Broker {
                     time_s: now_s,
                     exchange: exchange.clone(),
                     routing_keys: vec![routing_key.clone()],
+                    original_expiration,
                 },
             ),
         }
@@ -1174,21 +1215,45 @@ impl Broker {
             .map_err(|_| poisoned())?
             .route(&message.exchange, &message.routing_key, &message.headers)?
             .queues;
-        let topics: Vec<String> = {
-            let queues = self.amqp.queues.read().map_err(|_| poisoned())?;
-            routed
-                .iter()
-                .filter_map(|q| queues.get(q).map(|q| q.def.topic.clone()))
-                .collect()
-        };
+        let expiring = message
+            .expiration
+            .as_deref()
+            .and_then(|e| e.trim().parse::<i64>().ok())
+            .filter(|ms| *ms >= 0);
+        let mut rejected = false;
+        let mut trim = Vec::new();
+        let mut topics: Vec<String> = Vec::new();
+        {
+            let mut queues = self.amqp.queues.write().map_err(|_| poisoned())?;
+            for name in &routed {
+                let Some(q) = queues.get_mut(name) else {
+                    continue;
+                };
+                if expiring.is_some() {
+                    q.expiring = true;
+                }
+                match self.over_length(&q.def) {
+                    Some(Overflow::RejectPublish) => {
+                        rejected = true;
+                        continue;
+                    }
+                    Some(Overflow::DropHead) => trim.push(name.clone()),
+                    None => {}
+                }
+                topics.push(q.def.topic.clone());
+            }
+        }
         if topics.is_empty() {
             return Ok(Published {
                 appends: Vec::new(),
-                routed: false,
+                routed: !routed.is_empty(),
+                rejected,
+                trim,
             });
         }
-        let batch = encode_message(message).map_err(|e| AmqpError::from_broker(&e))?;
         let now = now_ms();
+        let expires_at = expiring.map(|ms| now.saturating_add(ms));
+        let batch = encode_message(message, expires_at).map_err(|e| AmqpError::from_broker(&e))?;
         let mut appends = Vec::with_capacity(topics.len());
         for topic in topics {
             let Some(t) = self.topic(&topic) else {
@@ -1207,7 +1272,119 @@ impl Broker {
         Ok(Published {
             appends,
             routed: true,
+            rejected,
+            trim,
         })
+    }
+
+    /// Whether one more message would take queue `def` past `x-max-length` /
+    /// `x-max-length-bytes` (ready messages, as RabbitMQ counts), and what then.
+    fn over_length(&self, def: &QueueDef) -> Option<Overflow> {
+        let max = def.arguments.get("x-max-length").and_then(int_value);
+        let max_bytes = def.arguments.get("x-max-length-bytes").and_then(int_value);
+        if max.is_none() && max_bytes.is_none() {
+            return None;
+        }
+        // Ready messages, counting those appended but not durable yet (a pipelined
+        // publisher's burst).
+        let pending: i64 = self
+            .topic(&def.topic)
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (p.log_end_offset() - p.high_watermark()).max(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        let depth = self
+            .subscription_stats(&def.topic, AMQP_SUBSCRIPTION)
+            .map(|s| s.depth)
+            .unwrap_or(0) as i64
+            + pending;
+        let full = max.is_some_and(|max| depth >= max)
+            || max_bytes.is_some_and(|max| max == 0 && depth > 0);
+        if !full {
+            return None;
+        }
+        match def.arguments.get("x-overflow").and_then(Value::as_str) {
+            Some("reject-publish" | "reject-publish-dlx") => Some(Overflow::RejectPublish),
+            _ => Some(Overflow::DropHead),
+        }
+    }
+
+    /// Drop messages from the head of a queue past its `x-max-length` (drop-head):
+    /// dead-lettered with reason `maxlen` when the queue has a dead-letter exchange.
+    pub async fn amqp_trim(&self, name: &str) {
+        let Some(def) = self
+            .amqp
+            .queues
+            .read()
+            .ok()
+            .and_then(|q| q.get(name).map(|q| q.def.clone()))
+        else {
+            return;
+        };
+        let Some(max) = def.arguments.get("x-max-length").and_then(int_value) else {
+            return;
+        };
+        loop {
+            let depth = self
+                .subscription_stats(&def.topic, AMQP_SUBSCRIPTION)
+                .map(|s| s.depth)
+                .unwrap_or(0) as i64;
+            if depth <= max {
+                return;
+            }
+            let over = usize::try_from(depth - max)
+                .unwrap_or(1)
+                .min(EXPIRY_SWEEP_BATCH);
+            let Ok(head) = self.receive(&def.topic, AMQP_SUBSCRIPTION, over, 0).await else {
+                return;
+            };
+            if head.is_empty() {
+                return;
+            }
+            for record in head {
+                if let Err(e) = self.amqp_reject(&record.receipt, "maxlen").await {
+                    tracing::warn!(queue = %name, error = %e, "cannot drop the head of a full queue");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One pass of the expiry sweep: in every queue with a TTL (or that took a message
+    /// with an expiration), expired messages at the head are dead-lettered with reason
+    /// `expired` (or dropped) even when nobody consumes. Others looked at are given
+    /// back uncounted.
+    pub async fn amqp_expire(&self) {
+        let queues: Vec<(String, String, Option<i64>)> = match self.amqp.queues.read() {
+            Ok(q) => q
+                .values()
+                .filter(|q| q.expiring)
+                .map(|q| (q.def.name.clone(), q.def.topic.clone(), queue_ttl(&q.def)))
+                .collect(),
+            Err(_) => return,
+        };
+        for (name, topic, ttl) in queues {
+            let Ok(head) = self
+                .receive(&topic, AMQP_SUBSCRIPTION, EXPIRY_SWEEP_BATCH, 0)
+                .await
+            else {
+                continue;
+            };
+            let now = now_ms();
+            for record in head {
+                let outcome = if is_expired(&record, ttl, now) {
+                    self.amqp_reject(&record.receipt, "expired").await
+                } else {
+                    self.unlease(&record.receipt).await
+                };
+                if let Err(e) = outcome {
+                    tracing::warn!(queue = %name, error = %e, "expiry sweep");
+                }
+            }
+        }
     }
 
     /// Exchanges, for listings.
@@ -1244,6 +1421,25 @@ impl Broker {
                 Some((def, ok))
             })
             .collect()
+    }
+}
+
+fn queue_ttl(def: &QueueDef) -> Option<i64> {
+    def.arguments.get("x-message-ttl").and_then(int_value)
+}
+
+/// Whether a stored message has outlived its queue's TTL or its own expiration.
+pub fn is_expired(record: &ReceivedRecord, queue_ttl_ms: Option<i64>, now_ms: i64) -> bool {
+    let by_queue = queue_ttl_ms.map(|ttl| record.timestamp.saturating_add(ttl));
+    let by_message = record
+        .headers
+        .iter()
+        .find(|(k, _)| k == EXPIRES_AT_HEADER)
+        .and_then(|(_, v)| v.as_ref())
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+    match (by_queue, by_message) {
+        (None, None) => false,
+        (a, b) => now_ms >= a.unwrap_or(i64::MAX).min(b.unwrap_or(i64::MAX)),
     }
 }
 
@@ -1301,8 +1497,20 @@ fn binding_key(b: &crate::exchange::Binding) -> String {
 }
 
 /// One record for a published message (see the module doc for its headers).
-fn encode_message(message: &Message) -> crate::Result<Vec<u8>> {
+fn encode_message(message: &Message, expires_at: Option<i64>) -> crate::Result<Vec<u8>> {
     let mut headers = indexmap_headers(message);
+    if let Some(at) = expires_at {
+        headers.insert(
+            StrBytes::from_static_str(EXPIRES_AT_HEADER),
+            Some(Bytes::from(at.to_string().into_bytes())),
+        );
+        if let Some(expiration) = &message.expiration {
+            headers.insert(
+                StrBytes::from_static_str(EXPIRATION_HEADER),
+                Some(Bytes::from(expiration.clone().into_bytes())),
+            );
+        }
+    }
     headers.shrink_to_fit();
     let record = Record {
         transactional: false,
@@ -1358,4 +1566,78 @@ fn indexmap_headers(
         }
     }
     headers
+}
+
+/// The task that runs [`Broker::amqp_expire`] every [`EXPIRY_SWEEP_MS`].
+pub(crate) fn spawn_expiry(broker: std::sync::Weak<Broker>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(EXPIRY_SWEEP_MS));
+        loop {
+            tick.tick().await;
+            let Some(b) = broker.upgrade() else { return };
+            b.amqp_expire().await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(timestamp: i64, headers: Vec<(&str, &str)>) -> ReceivedRecord {
+        ReceivedRecord {
+            partition: 0,
+            offset: 0,
+            timestamp,
+            key: None,
+            value: None,
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Some(Bytes::from(v.to_string()))))
+                .collect(),
+            receipt: String::new(),
+            delivery_count: 1,
+        }
+    }
+
+    #[test]
+    fn queue_names_map_to_valid_distinct_topics() {
+        assert_eq!(topic_for_queue("notifications"), "notifications");
+        let celery = topic_for_queue("celery@host.celery.pidbox");
+        assert!(
+            crate::topic::validate_topic_name(&celery).is_ok(),
+            "{celery}"
+        );
+        assert!(celery.starts_with("amqp.celery_host.celery.pidbox."));
+        // Names that sanitise alike still get their own topics.
+        assert_ne!(topic_for_queue("a@b"), topic_for_queue("a#b"));
+        let long = "q".repeat(300);
+        assert!(crate::topic::validate_topic_name(&topic_for_queue(&long)).is_ok());
+        assert!(topic_for_queue("").starts_with("amqp.q."));
+    }
+
+    #[test]
+    fn expiry_takes_the_earlier_of_queue_ttl_and_message_expiration() {
+        let plain = record(1_000, vec![]);
+        assert!(!is_expired(&plain, None, i64::MAX));
+        assert!(!is_expired(&plain, Some(500), 1_499));
+        assert!(is_expired(&plain, Some(500), 1_500));
+        let expiring = record(1_000, vec![(EXPIRES_AT_HEADER, "1200")]);
+        assert!(!is_expired(&expiring, None, 1_199));
+        assert!(is_expired(&expiring, None, 1_200));
+        assert!(is_expired(&expiring, Some(10_000), 1_200));
+        // A header that is not a number does not expire the message.
+        let bad = record(1_000, vec![(EXPIRES_AT_HEADER, "soon")]);
+        assert!(!is_expired(&bad, None, i64::MAX));
+    }
+
+    #[test]
+    fn reply_codes_split_channel_and_connection_errors() {
+        assert!(!AmqpError::new(codes::NOT_FOUND, "").is_hard());
+        assert!(!AmqpError::new(codes::PRECONDITION_FAILED, "").is_hard());
+        assert!(!AmqpError::new(codes::RESOURCE_LOCKED, "").is_hard());
+        assert!(AmqpError::new(codes::FRAME_ERROR, "").is_hard());
+        assert!(AmqpError::new(codes::NOT_ALLOWED, "").is_hard());
+        assert!(AmqpError::new(codes::INTERNAL_ERROR, "").is_hard());
+    }
 }

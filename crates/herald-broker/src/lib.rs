@@ -196,6 +196,7 @@ impl Broker {
         });
         broker.load_subscriptions()?;
         broker.load_amqp()?;
+        amqp::spawn_expiry(Arc::downgrade(&broker));
         queue::spawn_timer(Arc::downgrade(&broker));
         cleaner::spawn(Arc::downgrade(&broker));
         tokio::spawn(retention_task(

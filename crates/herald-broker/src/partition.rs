@@ -464,6 +464,15 @@ impl Partition {
         Ok(None)
     }
 
+    /// The next offset the log will assign: past the high watermark by what is
+    /// appended but not yet durable.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state
+            .read()
+            .map(|s| s.log.next_offset())
+            .unwrap_or_else(|_| self.high_watermark())
+    }
+
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark.load(Ordering::Acquire)
     }

@@ -788,6 +788,14 @@ impl Broker {
             .map(|_| ())
     }
 
+    /// Give a leased record back as if it had not been handed out (its delivery count
+    /// does not grow): for readers that looked without delivering.
+    pub async fn unlease(&self, receipt: &str) -> Result<()> {
+        self.transition(receipt, |q, r, _| q.unlease(r.offset, r.attempt))
+            .await
+            .map(|_| ())
+    }
+
     /// Set the lease to end `lease_ms` from now (the subscription's lease if None).
     /// Returns the new deadline in epoch milliseconds.
     pub async fn extend_lease(&self, receipt: &str, lease_ms: Option<u64>) -> Result<i64> {

@@ -256,6 +256,22 @@ impl PartitionQueue {
         Ok(())
     }
 
+    /// Undo a lease as if it never happened (the hand-out is not counted): for a
+    /// reader that looked at a record without delivering it (AMQP's expiry sweep).
+    pub fn unlease(&mut self, offset: i64, attempt: u32) -> Result<(), Refusal> {
+        let e = self.leased(offset, attempt)?;
+        e.state = EntryState::Available { not_before_ms: 0 };
+        e.deliveries -= 1;
+        let redelivery = e.deliveries > 0;
+        if e.deliveries == 0 {
+            e.first_delivery_ms = None;
+        }
+        if redelivery {
+            self.redeliveries = self.redeliveries.saturating_sub(1);
+        }
+        Ok(())
+    }
+
     pub fn extend(&mut self, offset: i64, attempt: u32, deadline_ms: i64) -> Result<(), Refusal> {
         self.leased(offset, attempt)?.state = EntryState::Leased { deadline_ms };
         self.deadlines
