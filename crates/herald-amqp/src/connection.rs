@@ -1319,6 +1319,7 @@ impl Session {
             metrics: self.metrics.clone(),
             channel: id,
             tag: Arc::from(tag.as_str()),
+            queue: Arc::from(name.as_str()),
             topic: Arc::from(slot.topic.as_str()),
             no_ack: c.no_ack,
             counts_deliveries: slot.counts_deliveries,
@@ -1398,7 +1399,7 @@ impl Session {
                 Vec::new(),
             )
         };
-        let info = herald_broker::amqp::delivery_info(&record);
+        let info = herald_broker::amqp::delivery_info(&record).or_queue(name);
         let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
             delivery_tag: tag,
             redelivered,

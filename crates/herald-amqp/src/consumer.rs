@@ -254,6 +254,8 @@ pub struct ConsumerTask {
     pub metrics: AmqpMetrics,
     pub channel: u16,
     pub tag: Arc<str>,
+    /// The queue's name (the routing key of records a Kafka producer wrote).
+    pub queue: Arc<str>,
     pub topic: Arc<str>,
     pub no_ack: bool,
     pub counts_deliveries: bool,
@@ -350,7 +352,7 @@ impl ConsumerTask {
                     self.release(rest);
                     return;
                 };
-                let info = delivery_info(&record);
+                let info = delivery_info(&record).or_queue(&self.queue);
                 {
                     let Ok(stopped) = self.gate.lock() else {
                         return;

@@ -266,6 +266,18 @@ pub struct DeliveryInfo {
     pub deaths: Deaths,
 }
 
+impl DeliveryInfo {
+    /// A record no AMQP publisher wrote (a Kafka or HTTP producer did) is delivered as
+    /// if published to the default exchange with the queue's name as routing key.
+    pub fn or_queue(mut self, queue: &str) -> DeliveryInfo {
+        if self.raw_properties.is_none() && self.exchange.is_empty() && self.routing_key.is_empty()
+        {
+            self.routing_key = queue.to_string();
+        }
+        self
+    }
+}
+
 /// The exchange, routing key and raw properties a record carries (a record a Kafka
 /// producer wrote has none: exchange "" and its topic's queue name).
 pub fn delivery_info(record: &ReceivedRecord) -> DeliveryInfo {

@@ -10,6 +10,7 @@
 //! A TLS, AMQP or Kafka client that connects to it is logged as such and closed
 //! (see `sniff`).
 
+mod amqp;
 mod body;
 mod error;
 mod metrics;

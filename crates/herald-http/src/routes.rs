@@ -54,7 +54,10 @@ use crate::{queues, records};
         queues::release,
         queues::extend,
         queues::dead_letters,
-        queues::redrive
+        queues::redrive,
+        crate::amqp::exchanges,
+        crate::amqp::queues,
+        crate::amqp::bindings
     ),
     components(schemas(
         ErrorBody,
@@ -96,7 +99,10 @@ use crate::{queues, records};
         queues::ExtendResponse,
         queues::DeadLetter,
         queues::DeadLettersResponse,
-        queues::RedriveResponse
+        queues::RedriveResponse,
+        crate::amqp::AmqpExchange,
+        crate::amqp::AmqpQueue,
+        crate::amqp::AmqpBinding
     ))
 )]
 pub struct ApiDoc;
@@ -119,6 +125,9 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
             get(crate::tail::tail),
         )
         .route("/subscriptions", get(queues::list))
+        .route("/amqp/exchanges", get(crate::amqp::exchanges))
+        .route("/amqp/queues", get(crate::amqp::queues))
+        .route("/amqp/bindings", get(crate::amqp::bindings))
         .route("/topics/{topic}/subscriptions", post(queues::create))
         .route(
             "/topics/{topic}/subscriptions/{name}",
