@@ -502,6 +502,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 /// A publish in assembly: the method, then the content header, then body frames.
 struct Incoming {
+    /// The body's bytes, taken from the broker-wide request pool at the content header
+    /// (the reader waits for them: a client cannot hold more than the pool).
+    _memory: Option<herald_broker::limits::Reservation>,
     publish: basic::Publish,
     header: Option<frame::ContentHeader>,
     body: BytesMut,
@@ -1162,6 +1165,7 @@ impl Session {
             }
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
                 self.channel(id).incoming = Some(Incoming {
+                    _memory: None,
                     publish: p,
                     header: None,
                     body: BytesMut::new(),
@@ -1480,6 +1484,12 @@ impl Session {
                 return Next::Continue;
             }
             let complete = header.body_size == 0;
+            if !complete {
+                let pool = self.broker.memory().requests.clone();
+                // Never more than the pool holds, or it would wait forever.
+                let bytes = (header.body_size as usize).min(pool.total());
+                incoming._memory = Some(pool.reserve(bytes).await);
+            }
             incoming.header = Some(header);
             if !complete {
                 return Next::Continue;
@@ -1519,6 +1529,7 @@ impl Session {
 
     async fn publish(&mut self, id: u16, incoming: Incoming) -> Next {
         let Incoming {
+            _memory,
             publish,
             header,
             body,
