@@ -517,9 +517,25 @@ struct Consumer {
     gate: Arc<std::sync::Mutex<bool>>,
     queue: String,
     slot: u64,
+    /// Its own prefetch window and the window's current size.
+    window: Arc<Semaphore>,
+    window_size: usize,
 }
 
 impl Consumer {
+    /// A new prefetch: more room at once; less room as deliveries in hand are settled
+    /// (permits held by unsettled deliveries are not taken back).
+    fn resize_window(&mut self, size: usize) {
+        if size > self.window_size {
+            self.window.add_permits(size - self.window_size);
+        } else {
+            // Permits held by deliveries cannot be forgotten now: they come back when
+            // those settle, an overshoot of at most one window.
+            let _ = self.window.forget_permits(self.window_size - size);
+        }
+        self.window_size = size;
+    }
+
     /// Stop the consumer: after this returns it enqueues no more deliveries.
     fn halt(&self) {
         if let Ok(mut stopped) = self.gate.lock() {
@@ -1134,7 +1150,19 @@ impl Session {
                 } else if q.global {
                     self.channel(id).channel_window = None;
                 } else {
-                    self.channel(id).consumer_prefetch = q.prefetch_count;
+                    // Per consumer: for consumers to come, and (as Celery and kombu
+                    // expect when the server is not RabbitMQ 3.3+, and as the spec
+                    // reads) for the channel's consumers now too.
+                    let unacked_max = self.config.unacked_per_consumer_max as usize;
+                    let channel = self.channel(id);
+                    channel.consumer_prefetch = q.prefetch_count;
+                    let size = match q.prefetch_count {
+                        0 => unacked_max,
+                        n => usize::from(n),
+                    };
+                    for consumer in channel.consumers.values_mut() {
+                        consumer.resize_window(size);
+                    }
                 }
                 self.reply(
                     id,
@@ -1312,7 +1340,8 @@ impl Session {
             0 => unacked_max,
             n => usize::from(n),
         };
-        let mut windows = vec![Arc::new(Semaphore::new(per_consumer))];
+        let window = Arc::new(Semaphore::new(per_consumer));
+        let mut windows = vec![window.clone()];
         if let Some(window) = &channel.channel_window {
             windows.push(window.clone());
         }
@@ -1344,6 +1373,8 @@ impl Session {
                 gate,
                 queue: name,
                 slot: slot.id,
+                window,
+                window_size: per_consumer,
             },
         );
         tokio::spawn(task.run());

@@ -511,6 +511,18 @@ impl Broker {
         if let Ok(mut ex) = self.amqp.exchanges.write() {
             *ex = restored.exchanges;
         }
+        // Unacked deliveries died with their connections: ready again, redelivered.
+        for q in queues.values() {
+            match self.release_all_leases(&q.def.topic, AMQP_SUBSCRIPTION) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(queue = %q.def.name, requeued = n, "AMQP deliveries unacked at the last stop are ready again")
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %q.def.name, error = %e, "cannot requeue unacked AMQP deliveries")
+                }
+            }
+        }
         if let Ok(mut q) = self.amqp.queues.write() {
             *q = queues;
         }

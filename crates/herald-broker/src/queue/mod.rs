@@ -788,6 +788,28 @@ impl Broker {
             .map(|_| ())
     }
 
+    /// Put every leased record of a subscription back (queued for the next commit):
+    /// for AMQP queues at startup, whose unacked deliveries died with their
+    /// connections, as RabbitMQ requeues them. Returns how many.
+    pub(crate) fn release_all_leases(&self, topic: &str, name: &str) -> Result<usize> {
+        let sub = self.subscription(topic, name)?;
+        let now = now_ms();
+        let mut released = 0;
+        let mut writes = Vec::new();
+        for (index, slot) in sub.partitions.iter().enumerate() {
+            let mut q = slot.lock().map_err(|_| poisoned())?;
+            let n = q.release_all(now);
+            if n > 0 {
+                released += n;
+                writes.push((sub.clone(), index as u32));
+            }
+        }
+        if !writes.is_empty() {
+            drop(self.queues.commit.enqueue(writes));
+        }
+        Ok(released)
+    }
+
     /// Give a leased record back as if it had not been handed out (its delivery count
     /// does not grow): for readers that looked without delivering.
     pub async fn unlease(&self, receipt: &str) -> Result<()> {

@@ -256,6 +256,22 @@ impl PartitionQueue {
         Ok(())
     }
 
+    /// Every leased record back to available now (their holders are gone: a broker
+    /// restart for a protocol whose deliveries die with the connection). Returns how
+    /// many; their delivery counts stay, so they come back as redeliveries.
+    pub fn release_all(&mut self, now_ms: i64) -> usize {
+        let mut released = 0;
+        for e in self.entries.values_mut() {
+            if matches!(e.state, EntryState::Leased { .. }) {
+                e.state = EntryState::Available {
+                    not_before_ms: now_ms,
+                };
+                released += 1;
+            }
+        }
+        released
+    }
+
     /// Undo a lease as if it never happened (the hand-out is not counted): for a
     /// reader that looked at a record without delivering it (AMQP's expiry sweep).
     pub fn unlease(&mut self, offset: i64, attempt: u32) -> Result<(), Refusal> {
