@@ -125,6 +125,8 @@ pub enum Settle {
         receipts: Vec<String>,
         reason: &'static str,
     },
+    /// Leased but never delivered: back as if not handed out.
+    Unlease(Vec<String>),
     /// Answered once everything queued before it is settled.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
@@ -158,6 +160,13 @@ pub async fn settle_task(
                             for receipt in receipts {
                                 if let Err(error) = broker.amqp_requeue(&receipt).await {
                                     tracing::debug!(%error, "release of an AMQP delivery");
+                                }
+                            }
+                        }
+                        Settle::Unlease(receipts) => {
+                            for receipt in receipts {
+                                if let Err(error) = broker.unlease(&receipt).await {
+                                    tracing::debug!(%error, "giving back an undelivered lease");
                                 }
                             }
                         }
@@ -417,9 +426,11 @@ impl ConsumerTask {
         Some(permits)
     }
 
+    /// Give back records this consumer leased but never delivered (it was stopped,
+    /// or its connection went): uncounted, so they are not flagged redelivered.
     fn release(&self, receipts: Vec<String>) {
         if !receipts.is_empty() {
-            let _ = self.settle.send(Settle::Release(receipts));
+            let _ = self.settle.send(Settle::Unlease(receipts));
         }
     }
 }

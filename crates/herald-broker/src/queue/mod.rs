@@ -470,6 +470,21 @@ impl Broker {
         max_records: usize,
         wait_ms: u64,
     ) -> Result<Vec<ReceivedRecord>> {
+        self.receive_while(topic, name, max_records, wait_ms, || true)
+            .await
+    }
+
+    /// [`Broker::receive`] for a reader that may stop wanting records while it waits
+    /// (an AMQP consumer whose connection closed): `wanted` is asked before every
+    /// attempt to lease, so nothing is leased for a reader that is gone.
+    pub async fn receive_while(
+        &self,
+        topic: &str,
+        name: &str,
+        max_records: usize,
+        wait_ms: u64,
+        wanted: impl Fn() -> bool,
+    ) -> Result<Vec<ReceivedRecord>> {
         let sub = self.subscription(topic, name)?;
         let max_records = max_records.clamp(1, RECEIVE_MAX_RECORDS);
         let deadline =
@@ -478,6 +493,9 @@ impl Broker {
         loop {
             let notified = sub.changed.notified();
             data.borrow_and_update();
+            if !wanted() {
+                return Ok(Vec::new());
+            }
             let got = self.receive_once(&sub, max_records).await?;
             if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(got);
