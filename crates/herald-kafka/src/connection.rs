@@ -185,20 +185,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             return match other_protocol(&prefix) {
                 Some(Other::Http) => {
                     tracing::warn!(%peer, "an HTTP client connected to the Kafka port; answered 400");
-                    let answer = Outgoing::Ready(http_on_kafka_port(config));
-                    for outgoing in [answer, Outgoing::Close] {
-                        let timed = Timed {
-                            outgoing,
-                            api_key: -1,
-                            arrived: Instant::now(),
-                            request_memory: None,
-                        };
-                        in_flight.fetch_add(1, Ordering::AcqRel);
-                        if tx.send(timed).await.is_err() {
-                            return ReadEnd::Gone;
-                        }
-                    }
-                    ReadEnd::Close
+                    answer_and_close(tx, in_flight, http_on_kafka_port(config)).await
                 }
                 Some(Other::Amqp) => {
                     match &config.amqp_address {
@@ -211,20 +198,8 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     }
                     // What an AMQP server answers a header it will not serve: the
                     // version it speaks, then a close (clients report a protocol error).
-                    let answer = Outgoing::Ready(Bytes::from_static(b"AMQP\x00\x00\x09\x01"));
-                    for outgoing in [answer, Outgoing::Close] {
-                        let timed = Timed {
-                            outgoing,
-                            api_key: -1,
-                            arrived: Instant::now(),
-                            request_memory: None,
-                        };
-                        in_flight.fetch_add(1, Ordering::AcqRel);
-                        if tx.send(timed).await.is_err() {
-                            return ReadEnd::Gone;
-                        }
-                    }
-                    ReadEnd::Close
+                    answer_and_close(tx, in_flight, Bytes::from_static(b"AMQP\x00\x00\x09\x01"))
+                        .await
                 }
                 Some(Other::Tls) => {
                     tracing::warn!(%peer, "a TLS ClientHello on the Kafka port: TLS is not enabled on this listener");
@@ -287,6 +262,28 @@ enum Other {
     Http,
     Amqp,
     Tls,
+}
+
+/// A client of another protocol: one answer in that protocol, then a close, through
+/// the writer like any response.
+async fn answer_and_close(
+    tx: &mpsc::Sender<Timed>,
+    in_flight: &AtomicUsize,
+    answer: Bytes,
+) -> ReadEnd {
+    for outgoing in [Outgoing::Ready(answer), Outgoing::Close] {
+        let timed = Timed {
+            outgoing,
+            api_key: -1,
+            arrived: Instant::now(),
+            request_memory: None,
+        };
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        if tx.send(timed).await.is_err() {
+            return ReadEnd::Gone;
+        }
+    }
+    ReadEnd::Close
 }
 
 fn other_protocol(prefix: &[u8; 4]) -> Option<Other> {
