@@ -384,19 +384,33 @@ def test_kill9_broker_mid_run_worker_and_client_reconnect_at_least_once(herald_r
     assert set(counts(done)) == set(range(n))
     for i in sorted(acked):
         assert flags[i] == [False], f"task {i} was acked before the kill, yet ran {flags[i]}"
-    for i in sorted(outstanding):
-        want = ([False, True],) if i in finished or i == held else ([True], [False, True])
-        assert flags[i] in want, f"task {i} was unacked at the kill: runs flagged redelivered {flags[i]}"
-    for i in sorted(set(range(n_before)) - outstanding - acked):
-        # Never delivered before the kill: once. Its flag may be set (the spec's "may have
-        # been delivered"; RabbitMQ 3.10 flags every message it recovers after a crash).
-        assert len(flags[i]) == 1, f"task {i} was not delivered before the kill, yet ran {flags[i]}"
-    for i in range(n_before, n):
-        assert flags[i] == [False], f"task {i} was sent after the restart, yet ran {flags[i]}"
     worker.assert_running()
     log = worker.log()
     assert "Connection to broker lost" in log, "the worker saw the broker go"
-    assert log.count("Connected to amqp://") >= 2, "and connected again"
+    connections = log.count("Connected to amqp://")
+    assert connections >= 2, "and connected again"
+    # Usually the worker connects once more after the restart. Under CPU load kombu
+    # sometimes drops its fresh connection too, right after the first deliveries
+    # ("RecoverableConnectionError: Socket was disconnected": kombu's reader finds its
+    # connection object closed; the broker logged no error and closed nothing); each such
+    # connection may take what was unacked when it went once more, flagged. So a task may
+    # run `extra` more times, never unflagged after its first run.
+    extra = connections - 2
+    for i in range(n):
+        assert all(flags[i][1:]), f"task {i}: a run after its first must be flagged redelivered: {flags[i]}"
+    for i in sorted(outstanding):
+        ran_before = bool(flags[i]) and flags[i][0] is False  # before the restart, unflagged
+        redone = len(flags[i]) - ran_before
+        ok = (ran_before or (i not in finished and i != held)) and 1 <= redone <= 1 + extra
+        assert ok, f"task {i} was unacked at the kill: runs flagged redelivered {flags[i]} ({connections} connections)"
+    for i in sorted(set(range(n_before)) - outstanding - acked):
+        # Never delivered before the kill: once. Its flag may be set (the spec's "may have
+        # been delivered"; RabbitMQ 3.10 flags every message it recovers after a crash).
+        assert 1 <= len(flags[i]) <= 1 + extra, \
+            f"task {i} was not delivered before the kill, yet ran {flags[i]} ({connections} connections)"
+    for i in range(n_before, n):
+        assert flags[i][0] is False and len(flags[i]) <= 1 + extra, \
+            f"task {i} was sent after the restart, yet ran {flags[i]} ({connections} connections)"
     print(f"acked before the kill: {sorted(acked)}; unacked at the kill: {sorted(outstanding)}; "
           f"runs of those: {[(i, flags[i]) for i in sorted(outstanding)]}")
 
