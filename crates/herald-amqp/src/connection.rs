@@ -1365,6 +1365,8 @@ impl Session {
             stop: stop_rx,
             gate: gate.clone(),
             cancel_notify: self.cancel_notify,
+            slot: slot.id,
+            active: slot.active.clone(),
         };
         channel.consumers.insert(
             tag,

@@ -279,6 +279,10 @@ pub struct ConsumerTask {
     pub gate: Arc<Mutex<bool>>,
     /// The client understands a broker-sent basic.cancel.
     pub cancel_notify: bool,
+    /// Its slot on the queue, and, on a single-active-consumer queue, which slot may
+    /// receive now.
+    pub slot: u64,
+    pub active: Option<watch::Receiver<u64>>,
 }
 
 impl ConsumerTask {
@@ -286,6 +290,9 @@ impl ConsumerTask {
         let _held = self.metrics.consumer();
         loop {
             if *self.stop.borrow() {
+                return;
+            }
+            if !self.wait_until_active().await {
                 return;
             }
             // One permit from every window first (waiting), then as many more as
@@ -403,6 +410,19 @@ impl ConsumerTask {
                     let _ = self.settle.send(Settle::Ack(vec![record.receipt]));
                 }
             }
+        }
+    }
+
+    /// On a single-active-consumer queue, wait for this consumer's turn. False when
+    /// it was stopped meanwhile.
+    async fn wait_until_active(&mut self) -> bool {
+        let slot = self.slot;
+        let Some(active) = self.active.as_mut() else {
+            return true;
+        };
+        tokio::select! {
+            turn = active.wait_for(|id| *id == slot) => turn.is_ok(),
+            _ = self.stop.wait_for(|stop| *stop) => false,
         }
     }
 

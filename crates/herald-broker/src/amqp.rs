@@ -218,6 +218,8 @@ pub struct Published {
 enum Overflow {
     DropHead,
     RejectPublish,
+    /// Refused and dead-lettered (reason `maxlen`).
+    RejectPublishDlx,
 }
 
 /// A consumer's place on a queue, from [`Broker::amqp_consume`].
@@ -230,6 +232,9 @@ pub struct ConsumerSlot {
     pub counts_deliveries: bool,
     /// The queue's `x-message-ttl`: a record older than this is not delivered.
     pub ttl_ms: Option<i64>,
+    /// `x-single-active-consumer`: the slot id that may receive now; a consumer waits
+    /// until it is its own.
+    pub active: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// One entry of RabbitMQ's `x-death`: how often a message died in one queue for one
@@ -304,6 +309,36 @@ struct QueueState {
     /// A message with a per-message `expiration` was routed here: the expiry sweep
     /// looks at this queue (it always does for a queue with `x-message-ttl`).
     expiring: bool,
+    /// When the queue was last declared, read with basic.get or left by its last
+    /// consumer: with `x-expires`, it is deleted that long after this while unused.
+    last_used_ms: i64,
+    /// `x-single-active-consumer`: the consumer slot that may receive (0: none); the
+    /// oldest registered consumer, the next one when it goes.
+    active: Option<tokio::sync::watch::Sender<u64>>,
+}
+
+impl QueueState {
+    fn new(def: QueueDef, owner: Option<u64>) -> QueueState {
+        QueueState {
+            expiring: def.arguments.contains_key("x-message-ttl"),
+            active: single_active(&def).then(|| tokio::sync::watch::channel(0).0),
+            def,
+            owner,
+            consumers: BTreeMap::new(),
+            last_used_ms: now_ms(),
+        }
+    }
+
+    /// Past its `x-expires`: no consumer, and unused for that long.
+    fn expired(&self, now_ms: i64) -> bool {
+        self.consumers.is_empty()
+            && self
+                .def
+                .arguments
+                .get("x-expires")
+                .and_then(int_value)
+                .is_some_and(|ms| now_ms.saturating_sub(self.last_used_ms) >= ms)
+    }
 }
 
 /// The broker's AMQP definitions in memory (the meta store has the durable ones).
@@ -453,15 +488,8 @@ impl Broker {
         for (name, bytes) in self.meta.amqp_definitions(KIND_QUEUE)? {
             match postcard::from_bytes::<QueueDef>(&bytes) {
                 Ok(def) if def.durable && !def.exclusive => {
-                    queues.insert(
-                        name,
-                        QueueState {
-                            expiring: def.arguments.contains_key("x-message-ttl"),
-                            def,
-                            owner: None,
-                            consumers: BTreeMap::new(),
-                        },
-                    );
+                    // The x-expires timer starts again at a restart, as in RabbitMQ.
+                    queues.insert(name, QueueState::new(def, None));
                 }
                 Ok(def) => transient.push(def),
                 Err(e) => {
@@ -624,6 +652,7 @@ impl Broker {
                     return Err(inequivalent(&name, arg, &value_text(a), &value_text(b)));
                 }
             }
+            self.touch_queue(&name);
             return self.queue_ok(&name, Some(connection));
         }
         validate_queue_arguments(&req.arguments)?;
@@ -670,12 +699,7 @@ impl Broker {
         }
         self.amqp.queues.write().map_err(|_| poisoned())?.insert(
             name.clone(),
-            QueueState {
-                expiring: def.arguments.contains_key("x-message-ttl"),
-                def,
-                owner: req.exclusive.then_some(connection),
-                consumers: BTreeMap::new(),
-            },
+            QueueState::new(def, req.exclusive.then_some(connection)),
         );
         tracing::info!(queue = %name, "declared AMQP queue");
         Ok(QueueOk {
@@ -718,6 +742,7 @@ impl Broker {
         name: &str,
     ) -> AmqpResult<(ConsumerSlot, u32)> {
         let ok = self.queue_ok(name, Some(connection))?;
+        self.touch_queue(name);
         let queues = self.amqp.queues.read().map_err(|_| poisoned())?;
         let q = queues
             .get(name)
@@ -727,8 +752,54 @@ impl Broker {
             topic: q.def.topic.clone(),
             counts_deliveries: counts_deliveries(&q.def),
             ttl_ms: queue_ttl(&q.def),
+            active: None,
         };
         Ok((slot, ok.messages))
+    }
+
+    /// Restart a queue's `x-expires` timer.
+    fn touch_queue(&self, name: &str) {
+        if let Ok(mut queues) = self.amqp.queues.write()
+            && let Some(q) = queues.get_mut(name)
+        {
+            q.last_used_ms = now_ms();
+        }
+    }
+
+    /// Delete the queues unused for their `x-expires` (part of the expiry sweep).
+    pub async fn amqp_expire_queues(&self) {
+        let now = now_ms();
+        let expired: Vec<String> = match self.amqp.queues.read() {
+            Ok(queues) => queues
+                .iter()
+                .filter(|(_, q)| q.expired(now))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            Err(_) => return,
+        };
+        if expired.is_empty() {
+            return;
+        }
+        let _admin = self.amqp.admin.lock().await;
+        for name in expired {
+            // Looked at again under the admin lock: a declare or consumer may have come.
+            let still = self
+                .amqp
+                .queues
+                .read()
+                .map(|q| q.get(&name).is_some_and(|q| q.expired(now_ms())))
+                .unwrap_or(false);
+            if still {
+                match self.remove_queue(&name).await {
+                    Ok(()) => {
+                        tracing::info!(queue = %name, "AMQP queue unused for its x-expires; deleted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %name, error = %e, "cannot delete an expired AMQP queue")
+                    }
+                }
+            }
+        }
     }
 
     fn queue_topic(&self, name: &str) -> AmqpResult<String> {
@@ -854,11 +925,18 @@ impl Broker {
         }
         let id = self.amqp.next_id.fetch_add(1, Ordering::Relaxed);
         q.consumers.insert(id, (connection, exclusive));
+        let active = q.active.as_ref().map(|active| {
+            if *active.borrow() == 0 {
+                active.send_replace(id);
+            }
+            active.subscribe()
+        });
         Ok(ConsumerSlot {
             id,
             topic: q.def.topic.clone(),
             counts_deliveries: counts_deliveries(&q.def),
             ttl_ms: queue_ttl(&q.def),
+            active,
         })
     }
 
@@ -868,9 +946,17 @@ impl Broker {
         let delete = match self.amqp.queues.write() {
             Ok(mut queues) => match queues.get_mut(name) {
                 Some(q) => {
-                    q.consumers.remove(&slot).is_some()
-                        && q.consumers.is_empty()
-                        && q.def.auto_delete
+                    let removed = q.consumers.remove(&slot).is_some();
+                    if removed && q.consumers.is_empty() {
+                        q.last_used_ms = now_ms();
+                    }
+                    if let Some(active) = &q.active
+                        && *active.borrow() == slot
+                    {
+                        // The next oldest consumer takes over.
+                        active.send_replace(q.consumers.keys().next().copied().unwrap_or(0));
+                    }
+                    removed && q.consumers.is_empty() && q.def.auto_delete
                 }
                 None => false,
             },
@@ -1247,6 +1333,7 @@ impl Broker {
         let mut rejected = false;
         let mut trim = Vec::new();
         let mut topics: Vec<String> = Vec::new();
+        let mut dead: Vec<QueueDef> = Vec::new();
         {
             let mut queues = self.amqp.queues.write().map_err(|_| poisoned())?;
             for name in &routed {
@@ -1261,24 +1348,47 @@ impl Broker {
                         rejected = true;
                         continue;
                     }
+                    Some(Overflow::RejectPublishDlx) => {
+                        rejected = true;
+                        dead.push(q.def.clone());
+                        continue;
+                    }
                     Some(Overflow::DropHead) => trim.push(name.clone()),
                     None => {}
                 }
                 topics.push(q.def.topic.clone());
             }
         }
+        let now = now_ms();
+        let expires_at = expiring.map(|ms| now.saturating_add(ms));
+        let mut appends = Vec::with_capacity(topics.len());
+        // reject-publish-dlx: the refused message goes to the queue's dead-letter
+        // exchange, as if it had died there for `maxlen`.
+        for def in dead {
+            if let Some(dlx) = def
+                .arguments
+                .get("x-dead-letter-exchange")
+                .and_then(Value::as_str)
+            {
+                let record = message_record(message, expires_at);
+                match self.dead_letter_record(&def, record, dlx, "maxlen") {
+                    Ok(more) => appends.extend(more),
+                    Err(error) => {
+                        tracing::warn!(queue = %def.name, exchange = %dlx, "cannot dead-letter: {}", error.text)
+                    }
+                }
+            }
+        }
         if topics.is_empty() {
             return Ok(Published {
-                appends: Vec::new(),
+                appends,
                 routed: !routed.is_empty(),
                 rejected,
                 trim,
             });
         }
-        let now = now_ms();
-        let expires_at = expiring.map(|ms| now.saturating_add(ms));
-        let batch = encode_message(message, expires_at).map_err(|e| AmqpError::from_broker(&e))?;
-        let mut appends = Vec::with_capacity(topics.len());
+        let batch = crate::queue::encode_batch(vec![message_record(message, expires_at)])
+            .map_err(|e| AmqpError::from_broker(&e))?;
         for topic in topics {
             let Some(t) = self.topic(&topic) else {
                 continue;
@@ -1331,7 +1441,8 @@ impl Broker {
             return None;
         }
         match def.arguments.get("x-overflow").and_then(Value::as_str) {
-            Some("reject-publish" | "reject-publish-dlx") => Some(Overflow::RejectPublish),
+            Some("reject-publish") => Some(Overflow::RejectPublish),
+            Some("reject-publish-dlx") => Some(Overflow::RejectPublishDlx),
             _ => Some(Overflow::DropHead),
         }
     }
@@ -1467,6 +1578,13 @@ pub fn is_expired(record: &ReceivedRecord, queue_ttl_ms: Option<i64>, now_ms: i6
     }
 }
 
+fn single_active(def: &QueueDef) -> bool {
+    matches!(
+        def.arguments.get("x-single-active-consumer"),
+        Some(Value::Bool(true))
+    )
+}
+
 fn counts_deliveries(def: &QueueDef) -> bool {
     def.arguments.contains_key("x-delivery-limit")
         || def.arguments.get("x-queue-type").and_then(Value::as_str) == Some("quorum")
@@ -1485,6 +1603,14 @@ fn validate_queue_arguments(arguments: &Table) -> AmqpResult<()> {
                 ));
             }
         }
+    }
+    if let Some(v) = arguments.get("x-expires")
+        && int_value(v) == Some(0)
+    {
+        return Err(AmqpError::new(
+            codes::PRECONDITION_FAILED,
+            "PRECONDITION_FAILED - invalid arg 'x-expires' for queue in vhost '/': {value_zero,0}",
+        ));
     }
     for arg in [
         "x-message-ttl",
@@ -1520,8 +1646,8 @@ fn binding_key(b: &crate::exchange::Binding) -> String {
     )
 }
 
-/// One record for a published message (see the module doc for its headers).
-fn encode_message(message: &Message, expires_at: Option<i64>) -> crate::Result<Vec<u8>> {
+/// The record a published message is stored as (see the module doc for its headers).
+fn message_record(message: &Message, expires_at: Option<i64>) -> Record {
     let mut headers = indexmap_headers(message);
     if let Some(at) = expires_at {
         headers.insert(
@@ -1536,7 +1662,7 @@ fn encode_message(message: &Message, expires_at: Option<i64>) -> crate::Result<V
         }
     }
     headers.shrink_to_fit();
-    let record = Record {
+    Record {
         transactional: false,
         control: false,
         partition_leader_epoch: 0,
@@ -1553,8 +1679,7 @@ fn encode_message(message: &Message, expires_at: Option<i64>) -> crate::Result<V
         value: Some(message.body.clone()),
         headers,
         delete_horizon: false,
-    };
-    crate::queue::encode_batch(vec![record])
+    }
 }
 
 fn indexmap_headers(
@@ -1600,6 +1725,7 @@ pub(crate) fn spawn_expiry(broker: std::sync::Weak<Broker>) {
             tick.tick().await;
             let Some(b) = broker.upgrade() else { return };
             b.amqp_expire().await;
+            b.amqp_expire_queues().await;
         }
     });
 }
