@@ -29,6 +29,7 @@ use crate::AmqpConfig;
 use crate::consumer::{ChannelShared, ConsumerTask, Out, Settle, SettleTx, delivery_frames};
 use crate::frame::{self, FRAME_MIN_SIZE, FrameReader, PROTOCOL_HEADER, RawFrame, Read};
 use crate::metrics::{AmqpMetrics, Held};
+use crate::reply_to::{self, ReplyTo};
 use crate::values::{short, table_to_broker};
 
 /// Frames (encoded) queued for the writer; the reader and consumers wait beyond it.
@@ -45,6 +46,7 @@ pub struct Connection {
     broker: Arc<Broker>,
     metrics: AmqpMetrics,
     peer: SocketAddr,
+    reply_to: ReplyTo,
 }
 
 /// A connection exception: code, text, and the method that caused it.
@@ -81,12 +83,14 @@ impl Connection {
         broker: Arc<Broker>,
         metrics: AmqpMetrics,
         peer: SocketAddr,
+        reply_to: ReplyTo,
     ) -> Connection {
         Connection {
             config,
             broker,
             metrics,
             peer,
+            reply_to,
         }
     }
 
@@ -152,6 +156,7 @@ impl Connection {
             settle: settle_tx,
             settle_pending: false,
             channels: HashMap::new(),
+            reply_to: self.reply_to.clone(),
         };
         session.run(&mut reader, tuned.heartbeat, writer_done).await;
         session.close_all_channels();
@@ -559,6 +564,8 @@ struct Channel {
     /// basic.qos with global: shared by the channel's consumers.
     channel_window: Option<Arc<Semaphore>>,
     last_queue: Option<String>,
+    /// Direct reply-to: the channel's reply consumer (token, consumer tag).
+    reply: Option<(String, String)>,
 }
 
 type PendingAppends = Vec<PendingAppend>;
@@ -588,6 +595,7 @@ struct Session {
     /// Settle work was queued since the last barrier.
     settle_pending: bool,
     channels: HashMap<u16, Channel>,
+    reply_to: ReplyTo,
 }
 
 /// What handling a frame asks of the loop.
@@ -787,6 +795,7 @@ impl Session {
                     consumer_prefetch: 0,
                     channel_window: None,
                     last_queue: None,
+                    reply: None,
                 },
             );
             self.reply(
@@ -882,6 +891,9 @@ impl Session {
         if !receipts.is_empty() {
             self.settle_pending = true;
             let _ = self.settle.send(Settle::Release(receipts));
+        }
+        if let Some((token, _)) = channel.reply.take() {
+            self.reply_to.remove(&token);
         }
         channel.incoming = None;
         channel.closing = true;
@@ -1045,6 +1057,22 @@ impl Session {
                     .await;
                 }
             }
+            AMQPClass::Queue(queue::AMQPMethod::Declare(d))
+                if d.queue.as_str() == reply_to::PSEUDO_QUEUE =>
+            {
+                // The pseudo-queue exists for everyone; it holds nothing.
+                if !d.nowait {
+                    self.reply(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: short(reply_to::PSEUDO_QUEUE),
+                            message_count: 0,
+                            consumer_count: 0,
+                        })),
+                    )
+                    .await;
+                }
+            }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
                 let declared = self
                     .broker
@@ -1175,6 +1203,15 @@ impl Session {
             }
             AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
                 let tag = c.consumer_tag.as_str().to_string();
+                if self
+                    .channel(id)
+                    .reply
+                    .as_ref()
+                    .is_some_and(|(_, t)| *t == tag)
+                    && let Some((token, _)) = self.channel(id).reply.take()
+                {
+                    self.reply_to.remove(&token);
+                }
                 if let Some(consumer) = self.channel(id).consumers.remove(&tag) {
                     consumer.halt();
                     self.broker
@@ -1297,9 +1334,12 @@ impl Session {
     }
 
     async fn consume(&mut self, id: u16, c: basic::Consume) -> Result<Next, Soft> {
+        if c.queue.as_str() == reply_to::PSEUDO_QUEUE {
+            return self.consume_replies(id, c).await;
+        }
         let name = self.queue_name(id, c.queue.as_str())?;
         let tag = if c.consumer_tag.as_str().is_empty() {
-            format!("amq.ctag-{}", random_suffix())
+            format!("amq.ctag-{}", crate::values::random_suffix(22))
         } else {
             c.consumer_tag.as_str().to_string()
         };
@@ -1380,6 +1420,47 @@ impl Session {
             },
         );
         tokio::spawn(task.run());
+        Ok(Next::Continue)
+    }
+
+    /// basic.consume of `amq.rabbitmq.reply-to`: the channel's reply consumer (no-ack,
+    /// one per channel, as RabbitMQ requires).
+    async fn consume_replies(&mut self, id: u16, c: basic::Consume) -> Result<Next, Soft> {
+        if !c.no_ack {
+            return Err(Soft(AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED - reply consumer cannot acknowledge",
+            )));
+        }
+        if self.channel(id).reply.is_some() {
+            return Err(Soft(AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED - reply consumer already set",
+            )));
+        }
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            format!("amq.ctag-{}", crate::values::random_suffix(22))
+        } else {
+            c.consumer_tag.as_str().to_string()
+        };
+        let shared = self.channel(id).shared.clone();
+        let token = self.reply_to.register(reply_to::ReplyTarget {
+            out: self.out.clone(),
+            channel: id,
+            consumer_tag: Arc::from(tag.as_str()),
+            shared,
+            frame_max: self.frame_max,
+        });
+        self.channel(id).reply = Some((token, tag.clone()));
+        if !c.nowait {
+            self.reply(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(&tag),
+                })),
+            )
+            .await;
+        }
         Ok(Next::Continue)
     }
 
@@ -1572,6 +1653,33 @@ impl Session {
             return Next::Continue;
         };
         let body = single.unwrap_or_else(|| body.freeze());
+        let mut header = header;
+        if publish.exchange.as_str().is_empty()
+            && publish
+                .routing_key
+                .as_str()
+                .starts_with(reply_to::TOKEN_PREFIX)
+        {
+            return self.publish_reply(id, &publish, &header, &body).await;
+        }
+        if header
+            .properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == reply_to::PSEUDO_QUEUE)
+        {
+            // A request: its reply-to becomes the token of this channel's reply consumer.
+            let Some((token, _)) = self.channel(id).reply.clone() else {
+                let error = AmqpError::new(
+                    codes::PRECONDITION_FAILED,
+                    "PRECONDITION_FAILED - fast reply consumer does not exist",
+                );
+                self.soft_close(id, error, (60, 40)).await;
+                return Next::Continue;
+            };
+            header.properties = header.properties.clone().with_reply_to(short(&token));
+            header.raw_properties = frame::encode_properties(&header.properties);
+        }
         let message = Message {
             exchange: publish.exchange.as_str().to_string(),
             routing_key: publish.routing_key.as_str().to_string(),
@@ -1685,6 +1793,52 @@ impl Session {
     }
 }
 
+impl Session {
+    /// A reply to a direct reply-to token: straight to the requesting channel, never
+    /// stored. Confirmed at once; a token whose channel is gone is unroutable.
+    async fn publish_reply(
+        &mut self,
+        id: u16,
+        publish: &basic::Publish,
+        header: &frame::ContentHeader,
+        body: &Bytes,
+    ) -> Next {
+        let outcome =
+            self.reply_to
+                .deliver(publish.routing_key.as_str(), &header.raw_properties, body);
+        if outcome == reply_to::Replied::Dropped {
+            tracing::warn!(peer = %self.peer, "direct reply-to: the requester stopped reading; reply dropped");
+        }
+        let routed = outcome == reply_to::Replied::Delivered;
+        self.metrics.published(routed);
+        if publish.mandatory && !routed {
+            let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: codes::NO_ROUTE,
+                reply_text: short("NO_ROUTE"),
+                exchange: publish.exchange.clone(),
+                routing_key: publish.routing_key.clone(),
+            }));
+            let mut out = BytesMut::new();
+            out.extend_from_slice(&frame::method(id, method));
+            frame::content(&mut out, id, &header.raw_properties, body, self.frame_max);
+            self.out.send(out.freeze()).await;
+        }
+        let channel = self.channel(id);
+        if let Some((next, tx)) = &mut channel.confirm {
+            let tag = *next;
+            *next += 1;
+            let _ = tx
+                .send(Confirm {
+                    tag,
+                    appends: Some(Vec::new()),
+                    trim: Vec::new(),
+                })
+                .await;
+        }
+        Next::Continue
+    }
+}
+
 /// Confirms in publish order: each waits until its appends are durable (one fsync
 /// covers everything that arrived while the previous one ran), and runs of
 /// consecutive acks go out as one `basic.ack` with `multiple`.
@@ -1756,15 +1910,6 @@ async fn send_confirm(out: &Out, channel: u16, tag: u64, multiple: bool, ack: bo
         }))
     };
     out.send(frame::method(channel, method)).await
-}
-
-fn random_suffix() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut rng = rand::rng();
-    (0..22)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 fn hard_for(code: u16, text: impl Into<String>, method: &AMQPClass) -> Hard {

@@ -13,6 +13,7 @@ pub mod connection;
 pub mod consumer;
 pub mod frame;
 pub mod metrics;
+pub mod reply_to;
 pub mod server;
 pub mod values;
 

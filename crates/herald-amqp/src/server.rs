@@ -15,6 +15,7 @@ pub struct AmqpServer {
     pub config: Arc<AmqpConfig>,
     broker: Arc<Broker>,
     metrics: AmqpMetrics,
+    reply_to: crate::reply_to::ReplyTo,
 }
 
 impl AmqpServer {
@@ -26,6 +27,7 @@ impl AmqpServer {
             config: Arc::new(config),
             broker,
             metrics: AmqpMetrics::default(),
+            reply_to: Default::default(),
         })
     }
 
@@ -66,6 +68,7 @@ impl AmqpServer {
                 self.broker.clone(),
                 self.metrics.clone(),
                 peer,
+                self.reply_to.clone(),
             );
             tokio::spawn(async move {
                 connection.run(socket).await;

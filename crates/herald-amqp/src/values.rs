@@ -237,3 +237,13 @@ mod tests {
         assert_eq!(back, t);
     }
 }
+
+/// Random letters, digits, `-` and `_` (server-made names and tokens).
+pub(crate) fn random_suffix(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
