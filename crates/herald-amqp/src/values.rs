@@ -211,6 +211,16 @@ fn without_expiration(p: AMQPProperties) -> AMQPProperties {
     out
 }
 
+/// Random letters, digits, `-` and `_` (server-made names and tokens).
+pub(crate) fn random_suffix(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,14 +246,4 @@ mod tests {
         let back = table_from_broker(&table_to_broker(&t));
         assert_eq!(back, t);
     }
-}
-
-/// Random letters, digits, `-` and `_` (server-made names and tokens).
-pub(crate) fn random_suffix(len: usize) -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
