@@ -122,6 +122,24 @@ pub struct StartOffsetMove {
     pub deleted_bytes: u64,
 }
 
+/// What [`Partition::records_from`] got.
+#[derive(Debug)]
+pub struct RecordsRead {
+    pub records: Vec<kafka_protocol::records::Record>,
+    /// Where to read next.
+    pub next: i64,
+    pub skipped: Vec<SkippedRange>,
+}
+
+/// Offsets a read stepped over: their batch decompresses past the bound. The records
+/// are still in the log (raising the bound makes them readable).
+#[derive(Debug, Clone)]
+pub struct SkippedRange {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub reason: String,
+}
+
 /// What a fetch got from one partition.
 pub struct ReadResult {
     pub records: Bytes,
@@ -357,6 +375,74 @@ impl Partition {
                 }
             },
         )
+    }
+
+    /// Up to `max_records` data records from offset `from`, none at or past
+    /// `high_watermark` (control records skipped), and the offset to read next. Each log
+    /// read takes at most `read_bytes_max` bytes of whole batches, decoded one batch at
+    /// a time; a batch past the decompression bound is stepped over and reported in
+    /// `skipped`. Every reader of records by offset (HTTP reads, AMQP streams) uses it.
+    pub fn records_from(
+        &self,
+        from: i64,
+        high_watermark: i64,
+        max_records: usize,
+        read_bytes_max: usize,
+        reader: &'static str,
+    ) -> Result<RecordsRead> {
+        let mut out = RecordsRead {
+            records: Vec::new(),
+            next: from,
+            skipped: Vec::new(),
+        };
+        // Whole batches come back; keep reading until enough records or the end.
+        while out.records.len() < max_records && out.next < high_watermark {
+            let before = out.next;
+            let read = self.read(out.next, read_bytes_max)?;
+            if read.records.is_empty() {
+                break;
+            }
+            for batch in self.stored_batches(read.records, reader) {
+                if out.records.len() == max_records {
+                    break;
+                }
+                let decoded = match batch? {
+                    StoredBatch::Oversized { header, reason } => {
+                        let last = header.last_offset();
+                        if last >= out.next && header.base_offset < high_watermark {
+                            out.skipped.push(SkippedRange {
+                                first_offset: header.base_offset.max(out.next),
+                                last_offset: last,
+                                reason,
+                            });
+                            out.next = last.saturating_add(1).min(high_watermark);
+                        }
+                        continue;
+                    }
+                    StoredBatch::Decoded(decoded) => decoded,
+                };
+                for view in decoded.records() {
+                    let view = view?;
+                    if view.offset < out.next || decoded.header.is_control() {
+                        continue;
+                    }
+                    if out.records.len() == max_records || view.offset >= high_watermark {
+                        break;
+                    }
+                    out.next = view.offset + 1;
+                    out.records.push(decoded.record(&view)?);
+                }
+                if out.records.len() < max_records {
+                    // Past the whole batch, compaction gaps and all.
+                    let after = decoded.header.last_offset().saturating_add(1);
+                    out.next = out.next.max(after.min(high_watermark));
+                }
+            }
+            if out.next <= before {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Log and count a stored batch a reader steps over because it expands too far.

@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use herald_broker::BrokerError;
 use herald_broker::partition::Partition;
-use herald_broker::records::StoredBatch;
 use herald_broker::topic::Topic;
 use herald_client::partitioner::partition_for_key;
 use herald_client::{Compression, ProduceRecord, encode_record_batch};
@@ -540,9 +539,8 @@ pub(crate) fn stored_record(r: herald_client::ConsumedRecord) -> StoredRecord {
 }
 
 /// Up to `max_records` records of `partition` from offset `from`, none at or past
-/// `high_watermark`, and the offset to read next. Each log read takes at most
-/// `read_bytes_max` bytes of whole batches, decoded one batch at a time; a batch past
-/// the decompression bound is stepped over and reported in `skipped`.
+/// `high_watermark`, and the offset to read next ([`Partition::records_from`]); a batch
+/// past the decompression bound is stepped over and reported in `skipped`.
 pub(crate) fn read_records(
     partition: &Partition,
     from: i64,
@@ -550,70 +548,37 @@ pub(crate) fn read_records(
     max_records: usize,
     read_bytes_max: usize,
 ) -> Result<RecordsRead, ApiError> {
-    let corrupt = |e: BrokerError| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "corrupt_records",
-            format!("{}-{}: {e}", partition.topic, partition.index),
-        )
-    };
-    let mut out = RecordsRead {
-        records: Vec::new(),
-        next: from,
-        skipped: Vec::new(),
-    };
-    // Whole batches come back; keep reading until enough records or the end.
-    while out.records.len() < max_records && out.next < high_watermark {
-        let before = out.next;
-        let read = partition
-            .read(out.next, read_bytes_max)
-            .map_err(broker_error)?;
-        if read.records.is_empty() {
-            break;
-        }
-        for batch in partition.stored_batches(read.records, "http read") {
-            if out.records.len() == max_records {
-                break;
-            }
-            let decoded = match batch.map_err(corrupt)? {
-                StoredBatch::Oversized { header, reason } => {
-                    let last = header.last_offset();
-                    if last >= out.next && header.base_offset < high_watermark {
-                        out.skipped.push(SkippedBatch {
-                            first_offset: header.base_offset.max(out.next),
-                            last_offset: last,
-                            reason,
-                        });
-                        out.next = last.saturating_add(1).min(high_watermark);
-                    }
-                    continue;
-                }
-                StoredBatch::Decoded(decoded) => decoded,
-            };
-            for view in decoded.records() {
-                let view = view.map_err(corrupt)?;
-                if view.offset < out.next || decoded.header.is_control() {
-                    continue;
-                }
-                if out.records.len() == max_records || view.offset >= high_watermark {
-                    break;
-                }
-                let r = decoded.record(&view).map_err(corrupt)?;
-                out.next = view.offset + 1;
-                out.records
-                    .push(stored_record(herald_client::ConsumedRecord::from(r)));
-            }
-            if out.records.len() < max_records {
-                // Past the whole batch, compaction gaps and all.
-                let after = decoded.header.last_offset().saturating_add(1);
-                out.next = out.next.max(after.min(high_watermark));
-            }
-        }
-        if out.next <= before {
-            break;
-        }
-    }
-    Ok(out)
+    let read = partition
+        .records_from(from, high_watermark, max_records, read_bytes_max, "http read")
+        .map_err(|e| match e {
+            // What decoding a stored batch can fail with: the log holds bad bytes.
+            e @ (BrokerError::CorruptLog(_)
+            | BrokerError::InvalidRecord(_)
+            | BrokerError::RecordTooLarge { .. }
+            | BrokerError::BatchDecompressedTooLarge { .. }) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt_records",
+                format!("{}-{}: {e}", partition.topic, partition.index),
+            ),
+            e => broker_error(e),
+        })?;
+    Ok(RecordsRead {
+        records: read
+            .records
+            .into_iter()
+            .map(|r| stored_record(herald_client::ConsumedRecord::from(r)))
+            .collect(),
+        next: read.next,
+        skipped: read
+            .skipped
+            .into_iter()
+            .map(|s| SkippedBatch {
+                first_offset: s.first_offset,
+                last_offset: s.last_offset,
+                reason: s.reason,
+            })
+            .collect(),
+    })
 }
 
 /// The topic named `name`, or 404 `unknown_topic`.
