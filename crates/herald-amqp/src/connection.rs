@@ -1363,6 +1363,17 @@ impl Session {
         let slot =
             self.broker
                 .amqp_consume(&self.principal, self.connection_id, &name, c.exclusive)?;
+        let stream_next = if slot.stream {
+            match self.stream_start(id, &name, &slot, &c) {
+                Ok(next) => Some(next),
+                Err(error) => {
+                    self.broker.amqp_cancel(&name, slot.id).await;
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
         if !c.nowait {
             self.reply(
                 id,
@@ -1407,6 +1418,7 @@ impl Session {
             cancel_notify: self.cancel_notify,
             slot: slot.id,
             active: slot.active.clone(),
+            stream_next,
         };
         channel.consumers.insert(
             tag,
@@ -1421,6 +1433,38 @@ impl Session {
         );
         tokio::spawn(task.run());
         Ok(Next::Continue)
+    }
+
+    /// A stream consumer's first offset. As in RabbitMQ it must ack manually and have
+    /// a prefetch (acks are its credit).
+    fn stream_start(
+        &mut self,
+        id: u16,
+        name: &str,
+        slot: &herald_broker::amqp::ConsumerSlot,
+        c: &basic::Consume,
+    ) -> Result<i64, Soft> {
+        let channel = self.channel(id);
+        if channel.consumer_prefetch == 0 && channel.channel_window.is_none() {
+            return Err(Soft(AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                format!(
+                    "PRECONDITION_FAILED - consumer prefetch count is not set for 'queue '{name}' in vhost '/''"
+                ),
+            )));
+        }
+        if c.no_ack {
+            return Err(Soft(AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                format!(
+                    "PRECONDITION_FAILED - stream queue '{name}' in vhost '/' only supports consumers with manual acknowledgement"
+                ),
+            )));
+        }
+        let arguments = table_to_broker(&c.arguments);
+        Ok(self
+            .broker
+            .amqp_stream_start(&slot.topic, arguments.get("x-stream-offset"))?)
     }
 
     /// basic.consume of `amq.rabbitmq.reply-to`: the channel's reply consumer (no-ack,
@@ -1533,6 +1577,7 @@ impl Session {
                 &record,
                 self.frame_max,
                 slot.counts_deliveries,
+                None,
             ))
             .await;
         if no_ack {

@@ -25,6 +25,8 @@ use crate::values::short;
 const RECEIVE_WAIT_MS: u64 = 1_000;
 /// Records one lease call takes at most (bounded by the consumer's free prefetch).
 const RECEIVE_BATCH_MAX: usize = 256;
+/// Bytes of whole batches one stream read takes from the log at most.
+const STREAM_READ_BYTES: usize = 1 << 20;
 
 /// A delivery not yet acked, nacked or rejected.
 pub struct Unsettled {
@@ -149,7 +151,15 @@ pub async fn settle_task(
             }
         }
         let mut acks: Vec<String> = Vec::new();
-        for op in batch {
+        for mut op in batch {
+            // Stream deliveries have no receipt: nothing to settle but their permits.
+            match &mut op {
+                Settle::Ack(r) | Settle::Release(r) | Settle::Unlease(r) => {
+                    r.retain(|r| !r.is_empty())
+                }
+                Settle::Reject { receipts, .. } => receipts.retain(|r| !r.is_empty()),
+                Settle::Barrier(_) => {}
+            }
             match op {
                 Settle::Ack(receipts) => acks.extend(receipts),
                 other => {
@@ -221,6 +231,7 @@ pub fn delivery_frames(
     record: &ReceivedRecord,
     frame_max: usize,
     counts_deliveries: bool,
+    stream_offset: Option<i64>,
 ) -> Bytes {
     let info = delivery_info(record);
     let body = record.value.clone().unwrap_or_default();
@@ -228,7 +239,8 @@ pub fn delivery_frames(
     out.extend_from_slice(&frame::method(channel, method));
     let delivery_count = (counts_deliveries && record.delivery_count > 1)
         .then(|| i64::from(record.delivery_count) - 1);
-    let plain = info.deaths.entries.is_empty() && delivery_count.is_none();
+    let plain =
+        info.deaths.entries.is_empty() && delivery_count.is_none() && stream_offset.is_none();
     let properties = match (&info.raw_properties, plain) {
         (Some(raw), true) => raw.clone(),
         (raw, _) => {
@@ -243,12 +255,20 @@ pub fn delivery_frames(
             if !info.deaths.entries.is_empty() {
                 properties = crate::values::with_deaths(properties, &info.deaths);
             }
-            if let Some(count) = delivery_count {
+            let added = [
+                ("x-delivery-count", delivery_count),
+                ("x-stream-offset", stream_offset),
+            ];
+            if added.iter().any(|(_, v)| v.is_some()) {
                 let mut headers = properties.headers().clone().unwrap_or_default();
-                headers.insert(
-                    "x-delivery-count".into(),
-                    amq_protocol::types::AMQPValue::LongLongInt(count),
-                );
+                for (name, value) in added {
+                    if let Some(value) = value {
+                        headers.insert(
+                            name.into(),
+                            amq_protocol::types::AMQPValue::LongLongInt(value),
+                        );
+                    }
+                }
                 properties = properties.with_headers(headers);
             }
             frame::encode_properties(&properties)
@@ -283,6 +303,9 @@ pub struct ConsumerTask {
     /// receive now.
     pub slot: u64,
     pub active: Option<watch::Receiver<u64>>,
+    /// A stream queue's consumer: the next offset it reads (no leases; acks only give
+    /// back prefetch credit).
+    pub stream_next: Option<i64>,
 }
 
 impl ConsumerTask {
@@ -307,15 +330,19 @@ impl ConsumerTask {
                     None => break,
                 }
             }
-            let got = self
-                .broker
-                .receive(
-                    &self.topic,
-                    AMQP_SUBSCRIPTION,
-                    grants.len(),
-                    RECEIVE_WAIT_MS,
-                )
-                .await;
+            let got = match self.stream_next {
+                Some(next) => self.read_stream(next, grants.len()).await,
+                None => {
+                    self.broker
+                        .receive(
+                            &self.topic,
+                            AMQP_SUBSCRIPTION,
+                            grants.len(),
+                            RECEIVE_WAIT_MS,
+                        )
+                        .await
+                }
+            };
             let records = match got {
                 Ok(records) => records,
                 Err(BrokerError::UnknownSubscription { .. } | BrokerError::UnknownTopic(_)) => {
@@ -403,6 +430,7 @@ impl ConsumerTask {
                         &record,
                         self.frame_max,
                         self.counts_deliveries,
+                        self.stream_next.is_some().then_some(record.offset),
                     ));
                 }
                 self.metrics.delivered(redelivered);
@@ -411,6 +439,74 @@ impl ConsumerTask {
                 }
             }
         }
+    }
+
+    /// Up to `max` records of a stream queue from offset `next` (waiting up to
+    /// RECEIVE_WAIT_MS for more when at the end); moves the consumer's offset past them.
+    /// They carry no receipt: there is no lease to settle.
+    async fn read_stream(
+        &mut self,
+        next: i64,
+        max: usize,
+    ) -> Result<Vec<ReceivedRecord>, BrokerError> {
+        let Some(topic) = self.broker.topic(&self.topic) else {
+            return Err(BrokerError::UnknownTopic(self.topic.to_string()));
+        };
+        let partition = topic.partition(0)?.clone();
+        let mut changes = self.broker.data_changes();
+        // Retention may have removed what the consumer was to read next.
+        let mut from = next.max(partition.log_start_offset());
+        if from >= partition.high_watermark() {
+            let wait = tokio::time::sleep(std::time::Duration::from_millis(RECEIVE_WAIT_MS));
+            tokio::pin!(wait);
+            while from >= partition.high_watermark() {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                    _ = self.stop.wait_for(|stop| *stop) => break,
+                }
+                if self.broker.topic(&self.topic).is_none() {
+                    return Err(BrokerError::UnknownTopic(self.topic.to_string()));
+                }
+                from = from.max(partition.log_start_offset());
+            }
+        }
+        let read = match partition.records_from(
+            from,
+            partition.high_watermark(),
+            max,
+            STREAM_READ_BYTES,
+            "amqp stream",
+        ) {
+            Ok(read) => read,
+            Err(BrokerError::OffsetOutOfRange { log_start, .. }) => {
+                self.stream_next = Some(log_start);
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        for skipped in &read.skipped {
+            tracing::warn!(topic = %self.topic, first = skipped.first_offset, last = skipped.last_offset, "AMQP stream consumer stepped over a batch: {}", skipped.reason);
+        }
+        self.stream_next = Some(read.next.max(from));
+        Ok(read
+            .records
+            .into_iter()
+            .map(|r| ReceivedRecord {
+                partition: 0,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                receipt: String::new(),
+                delivery_count: 1,
+            })
+            .collect())
     }
 
     /// On a single-active-consumer queue, wait for this consumer's turn. False when

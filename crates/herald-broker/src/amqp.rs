@@ -235,6 +235,9 @@ pub struct ConsumerSlot {
     /// `x-single-active-consumer`: the slot id that may receive now; a consumer waits
     /// until it is its own.
     pub active: Option<tokio::sync::watch::Receiver<u64>>,
+    /// A stream queue: the consumer reads the log from its own offset; acks only
+    /// return prefetch credit.
+    pub stream: bool,
 }
 
 /// One entry of RabbitMQ's `x-death`: how often a message died in one queue for one
@@ -540,7 +543,7 @@ impl Broker {
             *ex = restored.exchanges;
         }
         // Unacked deliveries died with their connections: ready again, redelivered.
-        for q in queues.values() {
+        for q in queues.values().filter(|q| !is_stream(&q.def)) {
             match self.release_all_leases(&q.def.topic, AMQP_SUBSCRIPTION) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -662,17 +665,28 @@ impl Broker {
                 format!("RESOURCE_ERROR - the broker holds at most {QUEUES_MAX} AMQP queues"),
             ));
         }
+        let stream = req.arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream");
+        let retention = if stream {
+            check_stream_declare(&name, &req)?
+        } else {
+            BTreeMap::new()
+        };
         let topic = topic_for_queue(&name);
         let owns_topic = self.topic(&topic).is_none();
         if owns_topic {
-            self.create_topic(&topic, Some(1), BTreeMap::new(), false)
+            self.create_topic(&topic, Some(1), retention, false)
                 .map_err(|e| AmqpError::from_broker(&e))?;
         }
         let settings = queue_settings(&req.arguments);
-        match self
-            .create_subscription(&topic, AMQP_SUBSCRIPTION, settings.clone())
-            .await
-        {
+        let subscribed = if stream {
+            // Read by offset, never leased: no subscription.
+            Ok(())
+        } else {
+            self.create_subscription(&topic, AMQP_SUBSCRIPTION, settings.clone())
+                .await
+                .map(|_| ())
+        };
+        match subscribed {
             Ok(_) => {}
             Err(BrokerError::SubscriptionExists { .. }) => {
                 // Left by a queue deleted while its subscription lived on (or declared
@@ -723,10 +737,19 @@ impl Broker {
             }
             (q.def.topic.clone(), q.consumers.len())
         };
-        let messages = self
-            .subscription_stats(&topic, AMQP_SUBSCRIPTION)
-            .map(|s| s.depth)
-            .unwrap_or(0);
+        let messages = match self.subscription_stats(&topic, AMQP_SUBSCRIPTION) {
+            Ok(stats) => stats.depth,
+            // A stream queue has no subscription: what its log holds.
+            Err(_) => self
+                .topic(&topic)
+                .map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| (p.high_watermark() - p.log_start_offset()).max(0) as u64)
+                        .sum()
+                })
+                .unwrap_or(0),
+        };
         Ok(QueueOk {
             name: name.to_string(),
             messages: u32::try_from(messages).unwrap_or(u32::MAX),
@@ -747,14 +770,85 @@ impl Broker {
         let q = queues
             .get(name)
             .ok_or_else(|| AmqpError::not_found_queue(name))?;
+        if is_stream(&q.def) {
+            return Err(stream_unsupported("basic.get", name));
+        }
         let slot = ConsumerSlot {
             id: 0,
             topic: q.def.topic.clone(),
             counts_deliveries: counts_deliveries(&q.def),
             ttl_ms: queue_ttl(&q.def),
             active: None,
+            stream: false,
         };
         Ok((slot, ok.messages))
+    }
+
+    fn queue_is_stream(&self, name: &str) -> bool {
+        self.amqp
+            .queues
+            .read()
+            .map(|q| q.get(name).is_some_and(|q| is_stream(&q.def)))
+            .unwrap_or(false)
+    }
+
+    /// Where a stream consumer starts, from its `x-stream-offset`: `first`, `last`
+    /// (the last stored batch), `next` (the default), an offset, a timestamp, or an
+    /// interval back from now ("1h").
+    pub fn amqp_stream_start(&self, topic: &str, spec: Option<&Value>) -> AmqpResult<i64> {
+        let partition = self
+            .topic(topic)
+            .ok_or_else(|| AmqpError::from_broker(&BrokerError::UnknownTopic(topic.to_string())))?
+            .partition(0)
+            .map_err(|e| AmqpError::from_broker(&e))?
+            .clone();
+        let (start, end) = (partition.log_start_offset(), partition.high_watermark());
+        let at_time = |ms: i64| -> AmqpResult<i64> {
+            Ok(partition
+                .offset_for_timestamp(ms)
+                .map_err(|e| AmqpError::from_broker(&e))?
+                .map_or(end, |(offset, _)| offset))
+        };
+        let invalid = || {
+            AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                format!(
+                    "PRECONDITION_FAILED - invalid x-stream-offset {}: first, last, next, an offset, a timestamp or an interval such as 1h",
+                    value_text(spec)
+                ),
+            )
+        };
+        match spec {
+            None => Ok(end),
+            Some(Value::Str(s)) => match s.as_str() {
+                "first" => Ok(start),
+                "next" => Ok(end),
+                "last" => {
+                    if end <= start {
+                        return Ok(end);
+                    }
+                    let read = partition
+                        .read(end - 1, 0)
+                        .map_err(|e| AmqpError::from_broker(&e))?;
+                    Ok(herald_log::BatchHeader::parse(&read.records)
+                        .map(|h| h.base_offset.max(start))
+                        .unwrap_or(end - 1))
+                }
+                interval => {
+                    let ms = parse_age_ms(interval).ok_or_else(invalid)?;
+                    at_time(now_ms().saturating_sub(ms))
+                }
+            },
+            Some(Value::Timestamp(secs)) => at_time(
+                i64::try_from(*secs)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000),
+            ),
+            Some(v) => match int_value(v) {
+                Some(n) => Ok(n.clamp(start, end)),
+                None => Err(invalid()),
+            },
+        }
     }
 
     /// Restart a queue's `x-expires` timer.
@@ -891,6 +985,9 @@ impl Broker {
         name: &str,
     ) -> AmqpResult<u32> {
         self.queue_ok(name, Some(connection))?;
+        if self.queue_is_stream(name) {
+            return Err(stream_unsupported("queue.purge", name));
+        }
         let topic = self.queue_topic(name)?;
         let purged = self
             .purge_subscription(&topic, AMQP_SUBSCRIPTION)
@@ -937,6 +1034,7 @@ impl Broker {
             counts_deliveries: counts_deliveries(&q.def),
             ttl_ms: queue_ttl(&q.def),
             active,
+            stream: is_stream(&q.def),
         })
     }
 
@@ -1414,6 +1512,10 @@ impl Broker {
     /// Whether one more message would take queue `def` past `x-max-length` /
     /// `x-max-length-bytes` (ready messages, as RabbitMQ counts), and what then.
     fn over_length(&self, def: &QueueDef) -> Option<Overflow> {
+        if is_stream(def) {
+            // A stream's length limits are retention, not overflow.
+            return None;
+        }
         let max = def.arguments.get("x-max-length").and_then(int_value);
         let max_bytes = def.arguments.get("x-max-length-bytes").and_then(int_value);
         if max.is_none() && max_bytes.is_none() {
@@ -1576,6 +1678,72 @@ pub fn is_expired(record: &ReceivedRecord, queue_ttl_ms: Option<i64>, now_ms: i6
         (None, None) => false,
         (a, b) => now_ms >= a.unwrap_or(i64::MAX).min(b.unwrap_or(i64::MAX)),
     }
+}
+
+fn is_stream(def: &QueueDef) -> bool {
+    def.arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream")
+}
+
+fn stream_unsupported(what: &str, name: &str) -> AmqpError {
+    AmqpError::new(
+        codes::PRECONDITION_FAILED,
+        format!(
+            "PRECONDITION_FAILED - {what} not supported by stream queues queue '{name}' in vhost '/'"
+        ),
+    )
+}
+
+/// A stream queue must be durable, not exclusive, not auto-delete (as in RabbitMQ).
+/// Its `x-max-age` and `x-max-length-bytes` become the topic's retention.
+fn check_stream_declare(name: &str, req: &DeclareQueue) -> AmqpResult<BTreeMap<String, String>> {
+    let invalid = |what: &str| {
+        AmqpError::new(
+            codes::PRECONDITION_FAILED,
+            format!(
+                "PRECONDITION_FAILED - invalid property '{what}' for queue '{name}' in vhost '/'"
+            ),
+        )
+    };
+    if !req.durable {
+        return Err(invalid("non-durable"));
+    }
+    if req.exclusive {
+        return Err(invalid("exclusive"));
+    }
+    if req.auto_delete {
+        return Err(invalid("auto-delete"));
+    }
+    let mut configs = BTreeMap::new();
+    if let Some(age) = req.arguments.get("x-max-age") {
+        let ms = age.as_str().and_then(parse_age_ms).ok_or_else(|| {
+            AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - invalid arg 'x-max-age' for queue '{name}' in vhost '/': {age:?} (a number and a unit of Y, M, D, h, m or s)"),
+            )
+        })?;
+        configs.insert("retention.ms".to_string(), ms.to_string());
+    }
+    if let Some(bytes) = req.arguments.get("x-max-length-bytes").and_then(int_value) {
+        configs.insert("retention.bytes".to_string(), bytes.to_string());
+    }
+    Ok(configs)
+}
+
+/// RabbitMQ's `x-max-age` and interval `x-stream-offset` form: a count and a unit,
+/// Y(ears), M(onths), D(ays), h, m or s ("7D", "12h").
+pub fn parse_age_ms(text: &str) -> Option<i64> {
+    let unit = text.chars().last()?;
+    let count: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let unit_ms: i64 = match unit {
+        'Y' => 365 * 86_400_000,
+        'M' => 30 * 86_400_000,
+        'D' => 86_400_000,
+        'h' => 3_600_000,
+        'm' => 60_000,
+        's' => 1_000,
+        _ => return None,
+    };
+    (count >= 0).then(|| count.saturating_mul(unit_ms))
 }
 
 fn single_active(def: &QueueDef) -> bool {
