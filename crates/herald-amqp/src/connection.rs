@@ -1067,7 +1067,8 @@ impl Session {
                         AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
                             queue: short(reply_to::PSEUDO_QUEUE),
                             message_count: 0,
-                            consumer_count: 0,
+                            // As RabbitMQ answers.
+                            consumer_count: 1,
                         })),
                     )
                     .await;
@@ -1444,8 +1445,14 @@ impl Session {
         slot: &herald_broker::amqp::ConsumerSlot,
         c: &basic::Consume,
     ) -> Result<i64, Soft> {
-        let channel = self.channel(id);
-        if channel.consumer_prefetch == 0 && channel.channel_window.is_none() {
+        if c.no_ack {
+            return Err(Soft(herald_broker::amqp::stream_unsupported(
+                "automatic acknowledgement",
+                name,
+            )));
+        }
+        // A global prefetch does not count: each stream consumer needs its own credit.
+        if self.channel(id).consumer_prefetch == 0 {
             return Err(Soft(AmqpError::new(
                 codes::PRECONDITION_FAILED,
                 format!(
@@ -1453,18 +1460,10 @@ impl Session {
                 ),
             )));
         }
-        if c.no_ack {
-            return Err(Soft(AmqpError::new(
-                codes::PRECONDITION_FAILED,
-                format!(
-                    "PRECONDITION_FAILED - stream queue '{name}' in vhost '/' only supports consumers with manual acknowledgement"
-                ),
-            )));
-        }
         let arguments = table_to_broker(&c.arguments);
         Ok(self
             .broker
-            .amqp_stream_start(&slot.topic, arguments.get("x-stream-offset"))?)
+            .amqp_stream_start(name, &slot.topic, arguments.get("x-stream-offset"))?)
     }
 
     /// basic.consume of `amq.rabbitmq.reply-to`: the channel's reply consumer (no-ack,
@@ -1854,9 +1853,11 @@ impl Session {
         if outcome == reply_to::Replied::Dropped {
             tracing::warn!(peer = %self.peer, "direct reply-to: the requester stopped reading; reply dropped");
         }
-        let routed = outcome == reply_to::Replied::Delivered;
-        self.metrics.published(routed);
-        if publish.mandatory && !routed {
+        self.metrics
+            .published(outcome == reply_to::Replied::Delivered);
+        // A token is not a queue: RabbitMQ returns a mandatory reply as unroutable even
+        // when it delivered it.
+        if publish.mandatory {
             let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                 reply_code: codes::NO_ROUTE,
                 reply_text: short("NO_ROUTE"),

@@ -127,8 +127,6 @@ pub enum Settle {
         receipts: Vec<String>,
         reason: &'static str,
     },
-    /// Leased but never delivered: back as if not handed out.
-    Unlease(Vec<String>),
     /// Answered once everything queued before it is settled.
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
@@ -154,9 +152,7 @@ pub async fn settle_task(
         for mut op in batch {
             // Stream deliveries have no receipt: nothing to settle but their permits.
             match &mut op {
-                Settle::Ack(r) | Settle::Release(r) | Settle::Unlease(r) => {
-                    r.retain(|r| !r.is_empty())
-                }
+                Settle::Ack(r) | Settle::Release(r) => r.retain(|r| !r.is_empty()),
                 Settle::Reject { receipts, .. } => receipts.retain(|r| !r.is_empty()),
                 Settle::Barrier(_) => {}
             }
@@ -170,13 +166,6 @@ pub async fn settle_task(
                             for receipt in receipts {
                                 if let Err(error) = broker.amqp_requeue(&receipt).await {
                                     tracing::debug!(%error, "release of an AMQP delivery");
-                                }
-                            }
-                        }
-                        Settle::Unlease(receipts) => {
-                            for receipt in receipts {
-                                if let Err(error) = broker.unlease(&receipt).await {
-                                    tracing::debug!(%error, "giving back an undelivered lease");
                                 }
                             }
                         }
@@ -311,6 +300,15 @@ pub struct ConsumerTask {
 impl ConsumerTask {
     pub async fn run(mut self) {
         let _held = self.metrics.consumer();
+        self.deliver().await;
+        if self.active.is_some() {
+            // Its leases are given back by now: the next consumer starts from them,
+            // in queue order.
+            self.broker.amqp_active_done(&self.queue, self.slot);
+        }
+    }
+
+    async fn deliver(&mut self) {
         loop {
             if *self.stop.borrow() {
                 return;
@@ -333,12 +331,14 @@ impl ConsumerTask {
             let got = match self.stream_next {
                 Some(next) => self.read_stream(next, grants.len()).await,
                 None => {
+                    let stop = self.stop.clone();
                     self.broker
-                        .receive(
+                        .receive_while(
                             &self.topic,
                             AMQP_SUBSCRIPTION,
                             grants.len(),
                             RECEIVE_WAIT_MS,
+                            || !*stop.borrow(),
                         )
                         .await
                 }
@@ -369,7 +369,8 @@ impl ConsumerTask {
                 }
             };
             if *self.stop.borrow() {
-                self.release(records.into_iter().map(|r| r.receipt).collect());
+                self.release(records.into_iter().map(|r| r.receipt).collect())
+                    .await;
                 return;
             }
             let mut records = records.into_iter();
@@ -392,20 +393,16 @@ impl ConsumerTask {
                 let Ok(slot) = self.out.0.reserve().await else {
                     let mut rest: Vec<String> = records.map(|r| r.receipt).collect();
                     rest.push(record.receipt);
-                    self.release(rest);
+                    self.release(rest).await;
                     return;
                 };
                 let info = delivery_info(&record).or_queue(&self.queue);
-                {
+                let halted = 'gate: {
                     let Ok(stopped) = self.gate.lock() else {
                         return;
                     };
                     if *stopped {
-                        drop(stopped);
-                        let mut rest: Vec<String> = records.map(|r| r.receipt).collect();
-                        rest.push(record.receipt);
-                        self.release(rest);
-                        return;
+                        break 'gate true;
                     }
                     let tag = if self.no_ack {
                         self.shared.next_tag()
@@ -432,6 +429,13 @@ impl ConsumerTask {
                         self.counts_deliveries,
                         self.stream_next.is_some().then_some(record.offset),
                     ));
+                    false
+                };
+                if halted {
+                    let mut rest: Vec<String> = records.map(|r| r.receipt).collect();
+                    rest.push(record.receipt);
+                    self.release(rest).await;
+                    return;
                 }
                 self.metrics.delivered(redelivered);
                 if self.no_ack {
@@ -543,10 +547,13 @@ impl ConsumerTask {
     }
 
     /// Give back records this consumer leased but never delivered (it was stopped,
-    /// or its connection went): uncounted, so they are not flagged redelivered.
-    fn release(&self, receipts: Vec<String>) {
-        if !receipts.is_empty() {
-            let _ = self.settle.send(Settle::Unlease(receipts));
+    /// or its connection went): uncounted, so they are not flagged redelivered. Done
+    /// before the task ends, so whoever reads the queue next finds them in order.
+    async fn release(&self, receipts: Vec<String>) {
+        for receipt in receipts.iter().filter(|r| !r.is_empty()) {
+            if let Err(error) = self.broker.unlease(receipt).await {
+                tracing::debug!(%error, "giving back an undelivered lease");
+            }
         }
     }
 }

@@ -427,11 +427,19 @@ fn inequivalent(name: &str, what: &str, received: &str, current: &str) -> AmqpEr
     )
 }
 
+/// A value as RabbitMQ shows it in an inequivalent-argument error.
 fn value_text(value: Option<&Value>) -> String {
-    match value {
-        None => "none".to_string(),
-        Some(v) => format!("{v:?}"),
-    }
+    let plain = match value {
+        None => return "none".to_string(),
+        Some(Value::Str(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(v) => match int_value(v) {
+            Some(n) => n.to_string(),
+            None => format!("{v:?}"),
+        },
+    };
+    let kind = value.map(type_name).unwrap_or("void");
+    format!("the value '{plain}' of type '{kind}'")
 }
 
 fn queue_settings(arguments: &Table) -> SubscriptionSettings {
@@ -586,7 +594,10 @@ impl Broker {
             if req.name.is_empty() {
                 return Err(AmqpError::not_found_queue(""));
             }
-            return self.queue_ok(&req.name, Some(connection));
+            let ok = self.queue_ok(&req.name, Some(connection))?;
+            // A passive declare is a use too (RabbitMQ restarts x-expires on it).
+            self.touch_queue(&req.name);
+            return Ok(ok);
         }
         let name = if req.name.is_empty() {
             server_named()
@@ -652,13 +663,20 @@ impl Broker {
                     _ => false,
                 };
                 if !same {
-                    return Err(inequivalent(&name, arg, &value_text(a), &value_text(b)));
+                    let (received, current) = match (a, b) {
+                        // RabbitMQ names the two queue types plainly.
+                        (Some(Value::Str(x)), Some(Value::Str(y))) if *arg == "x-queue-type" => {
+                            (format!("'{x}'"), format!("'{y}'"))
+                        }
+                        _ => (value_text(a), value_text(b)),
+                    };
+                    return Err(inequivalent(&name, arg, &received, &current));
                 }
             }
             self.touch_queue(&name);
             return self.queue_ok(&name, Some(connection));
         }
-        validate_queue_arguments(&req.arguments)?;
+        validate_queue_arguments(&name, &req.arguments)?;
         if self.amqp.queues.read().map_err(|_| poisoned())?.len() >= QUEUES_MAX {
             return Err(AmqpError::new(
                 codes::RESOURCE_ERROR,
@@ -666,6 +684,12 @@ impl Broker {
             ));
         }
         let stream = req.arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream");
+        if stream && req.name.is_empty() {
+            return Err(AmqpError::new(
+                codes::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_stream_queue",
+            ));
+        }
         let retention = if stream {
             check_stream_declare(&name, &req)?
         } else {
@@ -795,7 +819,12 @@ impl Broker {
     /// Where a stream consumer starts, from its `x-stream-offset`: `first`, `last`
     /// (the last stored batch), `next` (the default), an offset, a timestamp, or an
     /// interval back from now ("1h").
-    pub fn amqp_stream_start(&self, topic: &str, spec: Option<&Value>) -> AmqpResult<i64> {
+    pub fn amqp_stream_start(
+        &self,
+        queue: &str,
+        topic: &str,
+        spec: Option<&Value>,
+    ) -> AmqpResult<i64> {
         let partition = self
             .topic(topic)
             .ok_or_else(|| AmqpError::from_broker(&BrokerError::UnknownTopic(topic.to_string())))?
@@ -810,11 +839,15 @@ impl Broker {
                 .map_or(end, |(offset, _)| offset))
         };
         let invalid = || {
+            let shown = match spec {
+                Some(Value::Str(s)) => format!("{{longstr,<<\"{s}\">>}}"),
+                Some(v) => format!("{{{},{}}}", type_name(v), value_text(Some(v))),
+                None => "none".to_string(),
+            };
             AmqpError::new(
                 codes::PRECONDITION_FAILED,
                 format!(
-                    "PRECONDITION_FAILED - invalid x-stream-offset {}: first, last, next, an offset, a timestamp or an interval such as 1h",
-                    value_text(spec)
+                    "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue '{queue}' in vhost '/': {{invalid_stream_offset_arg,{shown}}}"
                 ),
             )
         };
@@ -1014,7 +1047,8 @@ impl Broker {
             return Err(AmqpError::locked(name));
         }
         let held_exclusively = q.consumers.values().any(|(_, ex)| *ex);
-        if held_exclusively || (exclusive && !q.consumers.is_empty()) {
+        // A single-active-consumer queue takes no exclusive consumer at all.
+        if held_exclusively || (exclusive && (!q.consumers.is_empty() || q.active.is_some())) {
             return Err(AmqpError::new(
                 codes::ACCESS_REFUSED,
                 format!("ACCESS_REFUSED - queue '{name}' in vhost '/' in exclusive use"),
@@ -1048,12 +1082,8 @@ impl Broker {
                     if removed && q.consumers.is_empty() {
                         q.last_used_ms = now_ms();
                     }
-                    if let Some(active) = &q.active
-                        && *active.borrow() == slot
-                    {
-                        // The next oldest consumer takes over.
-                        active.send_replace(q.consumers.keys().next().copied().unwrap_or(0));
-                    }
+                    // A single active consumer hands over when its task has ended
+                    // (amqp_active_done), after it gave back what it had leased.
                     removed && q.consumers.is_empty() && q.def.auto_delete
                 }
                 None => false,
@@ -1071,6 +1101,20 @@ impl Broker {
             if still_unused && let Err(e) = self.remove_queue(name).await {
                 tracing::warn!(queue = %name, error = %e, "cannot auto-delete an AMQP queue");
             }
+        }
+    }
+
+    /// A single-active-consumer queue's consumer task ended (after it gave back its
+    /// undelivered leases): if it was the active one, the oldest other consumer takes
+    /// over.
+    pub fn amqp_active_done(&self, name: &str, slot: u64) {
+        if let Ok(queues) = self.amqp.queues.read()
+            && let Some(q) = queues.get(name)
+            && let Some(active) = &q.active
+            && *active.borrow() == slot
+        {
+            let next = q.consumers.keys().copied().find(|id| *id != slot);
+            active.send_replace(next.unwrap_or(0));
         }
     }
 
@@ -1684,11 +1728,12 @@ fn is_stream(def: &QueueDef) -> bool {
     def.arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream")
 }
 
-fn stream_unsupported(what: &str, name: &str) -> AmqpError {
+/// What a stream queue refuses; RabbitMQ closes the connection for it.
+pub fn stream_unsupported(what: &str, name: &str) -> AmqpError {
     AmqpError::new(
-        codes::PRECONDITION_FAILED,
+        codes::NOT_IMPLEMENTED,
         format!(
-            "PRECONDITION_FAILED - {what} not supported by stream queues queue '{name}' in vhost '/'"
+            "NOT_IMPLEMENTED - {what} not supported by stream queues queue '{name}' in vhost '/'"
         ),
     )
 }
@@ -1708,19 +1753,19 @@ fn check_stream_declare(name: &str, req: &DeclareQueue) -> AmqpResult<BTreeMap<S
         return Err(invalid("non-durable"));
     }
     if req.exclusive {
-        return Err(invalid("exclusive"));
+        return Err(invalid("exclusive-owner"));
     }
     if req.auto_delete {
         return Err(invalid("auto-delete"));
     }
     let mut configs = BTreeMap::new();
-    if let Some(age) = req.arguments.get("x-max-age") {
-        let ms = age.as_str().and_then(parse_age_ms).ok_or_else(|| {
-            AmqpError::new(
-                codes::PRECONDITION_FAILED,
-                format!("PRECONDITION_FAILED - invalid arg 'x-max-age' for queue '{name}' in vhost '/': {age:?} (a number and a unit of Y, M, D, h, m or s)"),
-            )
-        })?;
+    // validate_queue_arguments checked x-max-age.
+    if let Some(ms) = req
+        .arguments
+        .get("x-max-age")
+        .and_then(Value::as_str)
+        .and_then(parse_age_ms)
+    {
         configs.insert("retention.ms".to_string(), ms.to_string());
     }
     if let Some(bytes) = req.arguments.get("x-max-length-bytes").and_then(int_value) {
@@ -1758,27 +1803,26 @@ fn counts_deliveries(def: &QueueDef) -> bool {
         || def.arguments.get("x-queue-type").and_then(Value::as_str) == Some("quorum")
 }
 
-fn validate_queue_arguments(arguments: &Table) -> AmqpResult<()> {
+/// RabbitMQ's checks of a new queue's arguments, with its texts.
+fn validate_queue_arguments(name: &str, arguments: &Table) -> AmqpResult<()> {
+    let invalid = |arg: &str, why: String| {
+        AmqpError::new(
+            codes::PRECONDITION_FAILED,
+            format!(
+                "PRECONDITION_FAILED - invalid arg '{arg}' for queue '{name}' in vhost '/': {why}"
+            ),
+        )
+    };
     if let Some(kind) = arguments.get("x-queue-type") {
         match kind.as_str() {
             Some("classic" | "quorum" | "stream") => {}
             _ => {
-                return Err(AmqpError::new(
-                    codes::PRECONDITION_FAILED,
-                    format!(
-                        "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue in vhost '/': {kind:?} (classic, quorum or stream)"
-                    ),
+                return Err(invalid(
+                    "x-queue-type",
+                    format!("{} (classic, quorum or stream)", value_text(Some(kind))),
                 ));
             }
         }
-    }
-    if let Some(v) = arguments.get("x-expires")
-        && int_value(v) == Some(0)
-    {
-        return Err(AmqpError::new(
-            codes::PRECONDITION_FAILED,
-            "PRECONDITION_FAILED - invalid arg 'x-expires' for queue in vhost '/': {value_zero,0}",
-        ));
     }
     for arg in [
         "x-message-ttl",
@@ -1787,18 +1831,81 @@ fn validate_queue_arguments(arguments: &Table) -> AmqpResult<()> {
         "x-max-length-bytes",
         "x-delivery-limit",
     ] {
-        if let Some(v) = arguments.get(arg)
-            && int_value(v).is_none_or(|n| n < 0)
+        let Some(v) = arguments.get(arg) else {
+            continue;
+        };
+        match int_value(v) {
+            None => {
+                return Err(invalid(
+                    arg,
+                    format!("\"expected integer, got {}\"", type_name(v)),
+                ));
+            }
+            Some(n) if n < 0 => return Err(invalid(arg, format!("{{value_negative,{n}}}"))),
+            Some(0) if arg == "x-expires" => return Err(invalid(arg, "{value_zero,0}".into())),
+            Some(_) => {}
+        }
+    }
+    if let Some(v) = arguments.get("x-single-active-consumer")
+        && !matches!(v, Value::Bool(_))
+    {
+        return Err(invalid(
+            "x-single-active-consumer",
+            format!("{{unacceptable_type,{}}}", type_name(v)),
+        ));
+    }
+    if arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream") {
+        // What only other queue types have.
+        for arg in [
+            "x-max-length",
+            "x-overflow",
+            "x-dead-letter-exchange",
+            "x-dead-letter-routing-key",
+            "x-message-ttl",
+            "x-expires",
+            "x-single-active-consumer",
+            "x-delivery-limit",
+            "x-max-priority",
+        ] {
+            if arguments.contains_key(arg) {
+                return Err(AmqpError::new(
+                    codes::PRECONDITION_FAILED,
+                    format!(
+                        "PRECONDITION_FAILED - invalid arg '{arg}' for queue '{name}' in vhost '/' of queue type rabbit_stream_queue"
+                    ),
+                ));
+            }
+        }
+        if let Some(age) = arguments.get("x-max-age")
+            && age.as_str().and_then(parse_age_ms).is_none()
         {
-            return Err(AmqpError::new(
-                codes::PRECONDITION_FAILED,
-                format!(
-                    "PRECONDITION_FAILED - invalid arg '{arg}' for queue in vhost '/': {v:?} (a non-negative integer)"
-                ),
-            ));
+            return Err(invalid("x-max-age", "invalid_max_age".into()));
         }
     }
     Ok(())
+}
+
+/// A field value's AMQP type as RabbitMQ names it in errors.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Bool(_) => "bool",
+        Value::I8(_) => "byte",
+        Value::U8(_) => "unsignedbyte",
+        Value::I16(_) => "short",
+        Value::U16(_) => "unsignedshort",
+        Value::I32(_) => "signedint",
+        Value::U32(_) => "unsignedint",
+        Value::I64(_) => "long",
+        Value::F32(_) => "float",
+        Value::F64(_) => "double",
+        Value::Decimal { .. } => "decimal",
+        Value::Str(_) => "longstr",
+        Value::Bytes(_) => "binary",
+        Value::Array(_) => "array",
+        Value::Timestamp(_) => "timestamp",
+        Value::Table(_) => "table",
+        _ => "void",
+    }
 }
 
 /// The meta-store key of a binding: every field, so equal bindings share a key.
