@@ -3,6 +3,8 @@ Kafka producer writes feeds AMQP consumers, and an AMQP queue is the shared subs
 `amqp` that the HTTP queue API drains; the HTTP API lists exchanges, queues and bindings."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import pika
 import pytest
@@ -91,3 +93,48 @@ def test_an_amqp_queue_is_drained_through_the_http_queue_api_and_listed(broker):
     bindings = http.get("/amqp/bindings").json()
     assert {"source": exchange, "destination_type": "queue", "destination": queue,
             "routing_key": "orders.#", "arguments": {}} in bindings
+
+
+def test_a_stream_queue_is_a_kafka_topic_read_by_offset_from_both_sides(broker):
+    """A stream queue's messages are the topic's records at the same offsets: an AMQP
+    stream consumer from offset 2 gets what a Kafka producer and an AMQP publisher wrote,
+    each with its offset in x-stream-offset; a Kafka consumer reads them all; acks
+    remove nothing, so a second stream consumer from `first` reads everything again."""
+    url = _url(broker)
+    stream = unique("stream-both")
+    with channel(url) as (_c, ch):
+        ch.queue_declare(stream, durable=True, arguments={"x-queue-type": "stream"})
+    publish_confirmed(url, stream, [b"amqp-0", b"amqp-1", b"amqp-2"],
+                      properties=pika.BasicProperties(delivery_mode=2))
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    produce_and_confirm(producer, stream, [(b"k3", b"kafka-3"), (b"k4", b"kafka-4")])
+
+    def read_stream(offset, n):
+        got = []
+        with channel(url) as (conn, ch):
+            ch.basic_qos(prefetch_count=2)
+
+            def on_message(channel_, method, props, body):
+                got.append((props.headers["x-stream-offset"], body))
+                channel_.basic_ack(method.delivery_tag)
+            ch.basic_consume(stream, on_message, arguments={"x-stream-offset": offset})
+            deadline = time.monotonic() + 10
+            while len(got) < n and time.monotonic() < deadline:
+                conn.process_data_events(time_limit=0.1)
+        return got
+
+    want = [(0, b"amqp-0"), (1, b"amqp-1"), (2, b"amqp-2"), (3, b"kafka-3"), (4, b"kafka-4")]
+    assert read_stream(2, 3) == want[2:]
+    assert read_stream("first", 5) == want
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique("g"),
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([stream])
+    got = []
+    try:
+        while len(got) < 5:
+            msg = consumer.poll(10)
+            assert msg is not None and msg.error() is None, (got, msg and msg.error())
+            got.append((msg.offset(), msg.value()))
+    finally:
+        consumer.close()
+    assert got == want
