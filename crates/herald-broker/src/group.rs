@@ -676,10 +676,12 @@ impl GroupCoordinator {
             .members
             .get_mut(member_id)
             .ok_or(GroupError::UnknownMemberId)?;
-        member.last_heartbeat = Instant::now();
+        // A heartbeat from a stale generation keeps nothing alive (as in Kafka): the
+        // member must rejoin, and if it never does its session runs out.
         if generation_id != generation {
             return Err(GroupError::IllegalGeneration);
         }
+        member.last_heartbeat = Instant::now();
         match state {
             GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
             GroupState::CompletingRebalance | GroupState::Stable => Ok(()),
@@ -1069,6 +1071,37 @@ mod tests {
         let d = c.describe("g").unwrap();
         assert_eq!(d.state, GroupState::Empty);
         assert!(d.members.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_of_a_stale_generation_does_not_keep_a_session_alive() {
+        let (_dir, c) = coordinator(0);
+        let a = join_new(&c).await;
+        let mut req = join_req(&a);
+        req.session_timeout_ms = 6_000;
+        let r = c.join(req).await.unwrap();
+        c.sync(
+            "g",
+            r.generation_id,
+            &a,
+            vec![(a.clone(), Bytes::from_static(b"x"))],
+        )
+        .await
+        .unwrap();
+        let old = Instant::now() - Duration::from_secs(7);
+        c.lock()
+            .get_mut("g")
+            .unwrap()
+            .members
+            .get_mut(&a)
+            .unwrap()
+            .last_heartbeat = old;
+        assert_eq!(
+            c.heartbeat("g", r.generation_id - 1, &a),
+            Err(GroupError::IllegalGeneration)
+        );
+        c.tick();
+        assert!(c.describe("g").unwrap().members.is_empty());
     }
 
     /// A member that died while a rebalance waits for it is removed after its session
