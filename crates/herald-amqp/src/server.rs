@@ -46,23 +46,9 @@ impl AmqpServer {
             self.config.connections_max_per_ip,
         );
         loop {
-            let (socket, peer) = match self.listener.accept().await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "AMQP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let permit = match gate.try_admit(peer.ip()) {
-                Ok(permit) => permit,
-                Err(refused) => {
-                    tracing::warn!(%peer, "AMQP connection refused: {refused}");
-                    self.metrics.connection_refused();
-                    continue;
-                }
-            };
-            let _ = socket.set_nodelay(true);
+            let (socket, peer, permit) = gate
+                .accept(&self.listener, "AMQP", || self.metrics.connection_refused())
+                .await;
             let connection = Connection::new(
                 self.config.clone(),
                 self.broker.clone(),

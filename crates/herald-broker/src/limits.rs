@@ -253,6 +253,42 @@ impl ConnectionGate {
         })
     }
 
+    /// The next connection this gate admits from `listener`, with TCP_NODELAY set.
+    /// An accept error (usually EMFILE) backs off 50 ms instead of spinning; a refused
+    /// connection is logged naming the listener (`what`: "Kafka", "HTTP", "AMQP"),
+    /// reported to `refused` (a metric) and dropped. Every front end's accept loop.
+    pub async fn accept(
+        self: &Arc<Self>,
+        listener: &tokio::net::TcpListener,
+        what: &str,
+        refused: impl Fn(),
+    ) -> (
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        ConnectionPermit,
+    ) {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.try_admit(peer.ip()) {
+                Ok(permit) => {
+                    let _ = socket.set_nodelay(true);
+                    return (socket, peer, permit);
+                }
+                Err(why) => {
+                    tracing::warn!(%peer, "{what} connection refused: {why}");
+                    refused();
+                }
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         // The state is two counters: a panic elsewhere cannot leave them half-written.
         self.state.lock().unwrap_or_else(|p| p.into_inner())

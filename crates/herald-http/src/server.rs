@@ -112,28 +112,10 @@ pub async fn serve(
     let (alive_tx, alive_rx) = watch::channel(());
     let mut shutdown = pin!(shutdown);
     loop {
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (socket, peer, permit) = tokio::select! {
+            accepted = gate.accept(&listener, "HTTP", || metrics.connection_refused()) => accepted,
             () = &mut shutdown => break,
         };
-        let permit = match gate.try_admit(peer.ip()) {
-            Ok(permit) => permit,
-            Err(refused) => {
-                tracing::warn!(%peer, "HTTP connection refused: {refused}");
-                metrics.connection_refused();
-                drop(socket);
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
         let connection = Connection {
             peer,
             router: router.clone(),

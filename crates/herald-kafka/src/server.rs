@@ -60,25 +60,11 @@ impl KafkaServer {
             self.config.connections_max_per_ip,
         );
         loop {
-            let (socket, peer) = match self.listener.accept().await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let permit = match gate.try_admit(peer.ip()) {
-                Ok(permit) => permit,
-                Err(refused) => {
-                    tracing::warn!(%peer, "Kafka connection refused: {refused}");
-                    self.metrics.connection_refused();
-                    drop(socket);
-                    continue;
-                }
-            };
-            let _ = socket.set_nodelay(true);
+            let (socket, peer, permit) = gate
+                .accept(&self.listener, "Kafka", || {
+                    self.metrics.connection_refused()
+                })
+                .await;
             let open = self.metrics.connection_opened();
             let connection = Connection::new(
                 socket,
