@@ -347,6 +347,8 @@ impl QueueState {
 /// The broker's AMQP definitions in memory (the meta store has the durable ones).
 pub(crate) struct AmqpState {
     queues: RwLock<BTreeMap<String, QueueState>>,
+    /// Topic -> queue name, for settling a receipt (which names the topic).
+    by_topic: RwLock<std::collections::HashMap<String, String>>,
     exchanges: RwLock<crate::exchange::Exchanges>,
     /// Serialises definition changes (each touches the meta store, some the topics).
     admin: tokio::sync::Mutex<()>,
@@ -361,6 +363,7 @@ impl AmqpState {
     pub(crate) fn new() -> AmqpState {
         AmqpState {
             queues: RwLock::new(BTreeMap::new()),
+            by_topic: RwLock::new(std::collections::HashMap::new()),
             exchanges: RwLock::new(crate::exchange::Exchanges::new()),
             admin: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -562,6 +565,12 @@ impl Broker {
                 }
             }
         }
+        if let Ok(mut by_topic) = self.amqp.by_topic.write() {
+            *by_topic = queues
+                .iter()
+                .map(|(name, q)| (q.def.topic.clone(), name.clone()))
+                .collect();
+        }
         if let Ok(mut q) = self.amqp.queues.write() {
             *q = queues;
         }
@@ -735,6 +744,9 @@ impl Broker {
         if let Ok(mut ex) = self.amqp.exchanges.write() {
             ex.add_queue(&name);
         }
+        if let Ok(mut by_topic) = self.amqp.by_topic.write() {
+            by_topic.insert(def.topic.clone(), name.clone());
+        }
         self.amqp.queues.write().map_err(|_| poisoned())?.insert(
             name.clone(),
             QueueState::new(def, req.exclusive.then_some(connection)),
@@ -806,6 +818,12 @@ impl Broker {
             stream: false,
         };
         Ok((slot, ok.messages))
+    }
+
+    /// The definition of the queue stored in `topic`.
+    fn queue_of_topic(&self, topic: &str) -> Option<QueueDef> {
+        let name = self.amqp.by_topic.read().ok()?.get(topic)?.clone();
+        Some(self.amqp.queues.read().ok()?.get(&name)?.def.clone())
     }
 
     fn queue_is_stream(&self, name: &str) -> bool {
@@ -982,6 +1000,9 @@ impl Broker {
         else {
             return Ok(());
         };
+        if let Ok(mut by_topic) = self.amqp.by_topic.write() {
+            by_topic.remove(&state.def.topic);
+        }
         let removed = match self.amqp.exchanges.write() {
             Ok(mut ex) => ex.remove_queue(name),
             Err(_) => return Err(poisoned()),
@@ -1145,12 +1166,9 @@ impl Broker {
     /// `delivery_limit` (or dropped), as a RabbitMQ quorum queue does.
     pub async fn amqp_requeue(&self, receipt: &str) -> crate::Result<()> {
         let (topic, _) = crate::queue::receipt_subscription(receipt)?;
-        let limit = self.amqp.queues.read().ok().and_then(|queues| {
-            queues
-                .values()
-                .find(|q| q.def.topic == topic)
-                .and_then(|q| q.def.arguments.get("x-delivery-limit").and_then(int_value))
-        });
+        let limit = self
+            .queue_of_topic(&topic)
+            .and_then(|def| def.arguments.get("x-delivery-limit").and_then(int_value));
         let attempt = crate::queue::receipt_attempt(receipt).unwrap_or(0);
         match limit {
             Some(limit) if i64::from(attempt) > limit => {
@@ -1166,12 +1184,7 @@ impl Broker {
     /// it is dropped, as in RabbitMQ.
     pub async fn amqp_reject(&self, receipt: &str, reason: &str) -> crate::Result<()> {
         let (topic, _) = crate::queue::receipt_subscription(receipt)?;
-        let def = self.amqp.queues.read().ok().and_then(|queues| {
-            queues
-                .values()
-                .find(|q| q.def.topic == topic)
-                .map(|q| q.def.clone())
-        });
+        let def = self.queue_of_topic(&topic);
         if let Some(def) = def
             && let Some(dlx) = def
                 .arguments
