@@ -1,9 +1,9 @@
-//! Record batches for tests, built with the Kafka codec the way a producer would.
+//! Record batches for tests, built with the record codec (herald-records) the way a
+//! producer would.
 
 use bytes::Bytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use herald_records::Compression;
+use kafka_protocol::records::{Record, TimestampType};
 
 /// A record from a non-idempotent producer with a string key and value.
 pub fn record(key: &str, value: Option<&[u8]>, timestamp: i64) -> Record {
@@ -37,15 +37,7 @@ pub fn batch(records: &[Record], base_sequence: i32, compression: Compression) -
             ..r.clone()
         })
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("test records encode");
-    buf.to_vec()
+    herald_records::encode_records(&records, compression)
+        .expect("test records encode")
+        .to_vec()
 }

@@ -9,6 +9,13 @@ use kafka_protocol::messages::ApiKey;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Records that cannot be encoded are the caller's to fix.
+impl From<herald_records::EncodeError> for Error {
+    fn from(error: herald_records::EncodeError) -> Error {
+        Error::InvalidArgument(error.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The cause is the error's `source()`, shown by `{:#}` with anyhow.

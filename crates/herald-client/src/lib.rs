@@ -11,6 +11,10 @@
 //!   groups ([`GroupMember`]).
 //! - [`partitioner`] and [`assignor`]: the pure parts other clients must agree on
 //!   (murmur2 key partitioning, range assignment).
+//!
+//! Records are encoded and decoded by `herald-records` (re-exported here:
+//! [`ProduceRecord`], [`encode_record_batch`], [`ConsumedRecord`], [`partitioner`]),
+//! the codec the broker and its front ends share.
 
 pub mod assignor;
 mod client;
@@ -18,7 +22,6 @@ mod connection;
 mod error;
 mod fetch;
 mod group;
-pub mod partitioner;
 mod produce;
 mod topics;
 
@@ -29,8 +32,10 @@ pub use client::{
 };
 pub use connection::{Connection, ConnectionOptions, FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX};
 pub use error::{Error, Result};
-pub use fetch::{ConsumedRecord, FetchOptions, FetchedPartition, OffsetSpec, decode_records};
+pub use fetch::{FetchOptions, FetchedPartition, OffsetSpec, decode_records};
 pub use group::{GroupDescription, GroupMember, GroupOptions, ListedGroup, MemberDescription};
+pub use herald_records::partitioner;
+pub use herald_records::{Compression, ConsumedRecord, ProduceRecord, encode_record_batch};
 pub use kafka_protocol::ResponseError;
-pub use produce::{Acks, Compression, ProduceOptions, ProduceRecord, encode_record_batch};
+pub use produce::{Acks, ProduceOptions};
 pub use topics::{ConfigEntry, ConfigSource, NewTopic, is_unknown_topic};

@@ -1,46 +1,20 @@
-//! Producing: records are encoded as one Kafka RecordBatch v2 per partition and sent
-//! to the partition leader, one partition or several per request.
+//! Producing: records are encoded as one Kafka RecordBatch v2 per partition (by
+//! `herald-records`) and sent to the partition leader, one partition or several per
+//! request.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, Record, RecordBatchEncoder,
-    RecordEncodeOptions, TimestampType,
-};
 
-pub use kafka_protocol::records::Compression;
+use herald_records::{Compression, ProduceRecord, encode_record_batch};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 
 /// The last Produce version that names topics; later ones use topic ids.
 const PRODUCE_VERSION_BY_NAME_MAX: i16 = 12;
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProduceRecord {
-    pub key: Option<Bytes>,
-    pub value: Option<Bytes>,
-    /// Kept in order; a repeated name keeps its last value (Kafka's record format
-    /// allows repeats, the encoder this crate uses does not).
-    pub headers: Vec<(String, Option<Bytes>)>,
-    /// Creation time; `None` stamps the time of encoding.
-    pub timestamp_ms: Option<i64>,
-}
-
-impl ProduceRecord {
-    pub fn new(key: Option<Bytes>, value: Option<Bytes>) -> Self {
-        Self {
-            key,
-            value,
-            headers: Vec::new(),
-            timestamp_ms: None,
-        }
-    }
-}
 
 /// How many replicas must have a record before the broker answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,60 +51,6 @@ impl Default for ProduceOptions {
             timeout: Duration::from_secs(30),
         }
     }
-}
-
-/// Encodes records as one RecordBatch v2 with no producer id (not idempotent).
-pub fn encode_record_batch(
-    records: &[ProduceRecord],
-    compression: Compression,
-    now_ms: i64,
-) -> Result<Bytes> {
-    let encode_error =
-        |message: String| Error::InvalidArgument(format!("cannot encode records: {message}"));
-    if records.is_empty() {
-        return Err(encode_error("no records".to_owned()));
-    }
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(index, record)| {
-            let offset =
-                i64::try_from(index).map_err(|_| encode_error("too many records".to_owned()))?;
-            Ok(Record {
-                transactional: false,
-                control: false,
-                partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-                producer_id: NO_PRODUCER_ID,
-                producer_epoch: NO_PRODUCER_EPOCH,
-                timestamp_type: TimestampType::Creation,
-                offset,
-                // The encoder starts a new batch whenever offset - sequence changes and
-                // writes the first record's sequence as the batch's base sequence, so
-                // this keeps one batch whose base sequence is -1 (no sequence).
-                sequence: (offset as i32).wrapping_sub(1),
-                timestamp: record.timestamp_ms.unwrap_or(now_ms),
-                key: record.key.clone(),
-                value: record.value.clone(),
-                headers: record
-                    .headers
-                    .iter()
-                    .map(|(name, value)| (StrBytes::from_string(name.clone()), value.clone()))
-                    .collect(),
-                delete_horizon: false,
-            })
-        })
-        .collect::<Result<_>>()?;
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .map_err(|error| encode_error(format!("{error:#}")))?;
-    Ok(buf.freeze())
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -258,56 +178,5 @@ impl Client {
             offsets.push(Some(answer.base_offset));
         }
         Ok(offsets)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kafka_protocol::records::RecordBatchDecoder;
-
-    fn record(key: &str, value: &str) -> ProduceRecord {
-        ProduceRecord {
-            key: Some(Bytes::from(key.to_owned())),
-            value: Some(Bytes::from(value.to_owned())),
-            headers: vec![("trace".to_owned(), Some(Bytes::from_static(b"t1")))],
-            timestamp_ms: None,
-        }
-    }
-
-    #[test]
-    fn batch_is_one_v2_batch_without_sequence() {
-        let records = vec![
-            record("a", "OrderPlaced"),
-            record("b", "OrderShipped"),
-            record("c", "x"),
-        ];
-        for compression in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
-            let mut bytes =
-                encode_record_batch(&records, compression, 1_700_000_000_000).expect("encode");
-            // Base sequence sits at byte 53 of the batch header.
-            let base_sequence = i32::from_be_bytes([bytes[53], bytes[54], bytes[55], bytes[56]]);
-            assert_eq!(base_sequence, -1);
-            let sets = RecordBatchDecoder::decode_all(&mut bytes).expect("decode");
-            assert_eq!(sets.len(), 1, "{compression:?} made more than one batch");
-            let decoded = &sets[0].records;
-            assert_eq!(decoded.len(), 3);
-            assert_eq!(decoded[1].offset, 1);
-            assert_eq!(decoded[1].value.as_deref(), Some(&b"OrderShipped"[..]));
-            assert_eq!(decoded[2].key.as_deref(), Some(&b"c"[..]));
-            assert_eq!(decoded[0].timestamp, 1_700_000_000_000);
-            assert_eq!(decoded[0].headers.len(), 1);
-        }
-    }
-
-    #[test]
-    fn empty_batch_is_rejected() {
-        assert!(encode_record_batch(&[], Compression::None, 0).is_err());
     }
 }

@@ -384,7 +384,7 @@ pub struct ReceiveResponse {
 }
 
 fn consumed(r: ReceivedRecord) -> (i32, StoredRecord, String, u32) {
-    let record = stored_record(herald_client::ConsumedRecord {
+    let record = stored_record(herald_records::ConsumedRecord {
         offset: r.offset,
         timestamp_ms: r.timestamp,
         key: r.key,

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use herald_broker::BrokerError;
 use herald_broker::partition::Partition;
 use herald_broker::topic::Topic;
-use herald_client::partitioner::partition_for_key;
-use herald_client::{Compression, ProduceRecord, encode_record_batch};
+use herald_records::partitioner::partition_for_key;
+use herald_records::{Compression, ConsumedRecord, ProduceRecord, encode_record_batch};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -495,7 +495,7 @@ pub(crate) struct RecordsRead {
 
 /// Records read as the broker hands bytes to any consumer, so the same record reads
 /// the same here and in a Kafka client.
-pub(crate) fn stored_record(r: herald_client::ConsumedRecord) -> StoredRecord {
+pub(crate) fn stored_record(r: ConsumedRecord) -> StoredRecord {
     let (key, key_encoding) = match r.key {
         None => (None, KeyEncoding::String),
         Some(k) => match std::str::from_utf8(&k) {
@@ -549,7 +549,13 @@ pub(crate) fn read_records(
     read_bytes_max: usize,
 ) -> Result<RecordsRead, ApiError> {
     let read = partition
-        .records_from(from, high_watermark, max_records, read_bytes_max, "http read")
+        .records_from(
+            from,
+            high_watermark,
+            max_records,
+            read_bytes_max,
+            "http read",
+        )
         .map_err(|e| match e {
             // What decoding a stored batch can fail with: the log holds bad bytes.
             e @ (BrokerError::CorruptLog(_)
@@ -566,7 +572,7 @@ pub(crate) fn read_records(
         records: read
             .records
             .into_iter()
-            .map(|r| stored_record(herald_client::ConsumedRecord::from(r)))
+            .map(|r| stored_record(ConsumedRecord::from(r)))
             .collect(),
         next: read.next,
         skipped: read
@@ -901,7 +907,7 @@ mod tests {
     #[test]
     fn stored_values_read_back_as_json_text_or_base64() {
         let read = |v: &'static [u8]| {
-            stored_record(herald_client::ConsumedRecord {
+            stored_record(ConsumedRecord {
                 offset: 0,
                 timestamp_ms: 0,
                 key: Some(Bytes::from_static(&[0xff])),

@@ -31,10 +31,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_records::{Compression, EncodeError};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Record, TimestampType};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -1194,7 +1193,9 @@ impl Broker {
     }
 }
 
-/// Encode records as one batch from a non-idempotent producer, numbered from 0.
+/// Encode records from a non-idempotent producer, numbered from 0. Every sequence is
+/// -1, so `offset - sequence` differs per record and the encoder
+/// ([`herald_records::encode_records`]) writes each record as a batch of its own.
 pub(crate) fn encode_batch(records: Vec<Record>) -> Result<Vec<u8>> {
     let records: Vec<Record> = records
         .into_iter()
@@ -1210,17 +1211,13 @@ pub(crate) fn encode_batch(records: Vec<Record>) -> Result<Vec<u8>> {
             ..r
         })
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| BrokerError::InvalidRecord(format!("cannot encode record: {e}")))?;
-    Ok(buf.to_vec())
+    let encoded = herald_records::encode_records(&records, Compression::None).map_err(|e| {
+        BrokerError::InvalidRecord(match e {
+            EncodeError::Codec(e) => format!("cannot encode record: {e}"),
+            e => e.to_string(),
+        })
+    })?;
+    Ok(encoded.to_vec())
 }
 
 fn new_subscription(
