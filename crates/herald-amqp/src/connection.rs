@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{
     AMQPClass, access, basic, channel as chan, confirm, connection as conn, exchange, queue,
@@ -26,7 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::AmqpConfig;
-use crate::consumer::{ChannelShared, ConsumerTask, Out, Settle, SettleTx, delivery_frames};
+use crate::consumer::{
+    ChannelShared, ConsumerTask, Out, Outgoing, Settle, SettleTx, delivery_frames,
+};
 use crate::frame::{self, FRAME_MIN_SIZE, FrameReader, PROTOCOL_HEADER, RawFrame, Read};
 use crate::metrics::{AmqpMetrics, Held};
 use crate::reply_to::{self, ReplyTo};
@@ -127,7 +129,9 @@ impl Connection {
             }
         };
         let connection_id = self.broker.amqp_connection_id();
-        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel::<Outgoing>(WRITE_QUEUE);
+        let write_bytes = Arc::new(Semaphore::new(self.config.write_queue_bytes));
+        let out = Out::new(tx, write_bytes.clone(), self.config.write_queue_bytes);
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let settler = tokio::spawn(crate::consumer::settle_task(
             self.broker.clone(),
@@ -138,7 +142,17 @@ impl Connection {
         let (writer_done_tx, writer_done) = tokio::sync::oneshot::channel::<()>();
         let peer = self.peer;
         let writer = tokio::spawn(async move {
-            write_loop(write, rx, tuned.heartbeat, send_timeout, peer).await;
+            write_loop(
+                write,
+                rx,
+                write_bytes.clone(),
+                tuned.heartbeat,
+                send_timeout,
+                peer,
+            )
+            .await;
+            // Whoever waits for room in the queue learns the connection is gone.
+            write_bytes.close();
             let _ = writer_done_tx.send(());
         });
         tracing::debug!(peer = %self.peer, user = %tuned.user, "AMQP connection open");
@@ -152,7 +166,7 @@ impl Connection {
             frame_max: tuned.frame_max,
             channel_max: tuned.channel_max,
             cancel_notify: tuned.cancel_notify,
-            out: Out(tx),
+            out,
             settle: settle_tx,
             settle_pending: false,
             channels: HashMap::new(),
@@ -463,25 +477,34 @@ fn close_frame(hard: &Hard) -> Bytes {
 /// a heartbeat when nothing was sent for half the heartbeat interval.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut write: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    write_bytes: Arc<Semaphore>,
     heartbeat: Option<Duration>,
     send_timeout: Duration,
     peer: SocketAddr,
 ) {
     let mut buf = BytesMut::new();
     loop {
+        let heartbeat_frame = || Outgoing {
+            bytes: Bytes::from_static(&frame::HEARTBEAT),
+            charge: 0,
+        };
         let first = match heartbeat {
             Some(every) => match tokio::time::timeout(every / 2, rx.recv()).await {
                 Ok(next) => next,
-                Err(_) => Some(Bytes::from_static(&frame::HEARTBEAT)),
+                Err(_) => Some(heartbeat_frame()),
             },
             None => rx.recv().await,
         };
         let Some(first) = first else { break };
-        buf.extend_from_slice(&first);
+        let mut charged = first.charge as usize;
+        buf.extend_from_slice(&first.bytes);
         while buf.len() < WRITE_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(next) => buf.extend_from_slice(&next),
+                Ok(next) => {
+                    charged += next.charge as usize;
+                    buf.extend_from_slice(&next.bytes);
+                }
                 Err(_) => break,
             }
         }
@@ -493,6 +516,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 return;
             }
         }
+        // Written: the bytes are the kernel's now.
+        write_bytes.add_permits(charged);
         buf.clear();
         if buf.capacity() > 4 * WRITE_BATCH_BYTES {
             buf = BytesMut::new();
@@ -509,7 +534,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 struct Incoming {
     /// The body's bytes, taken from the broker-wide request pool at the content header
     /// (the reader waits for them: a client cannot hold more than the pool).
-    _memory: Option<herald_broker::limits::Reservation>,
+    _memory: Vec<herald_broker::limits::Reservation>,
+    /// When its basic.publish came: the whole message must follow within
+    /// `read_timeout_ms`.
+    started: Instant,
     publish: basic::Publish,
     header: Option<frame::ContentHeader>,
     body: BytesMut,
@@ -624,23 +652,31 @@ impl Session {
     ) {
         // RabbitMQ closes after two missed heartbeats.
         let silence_max = heartbeat.map(|h| h * 2);
+        let read_timeout = Duration::from_millis(self.config.read_timeout_ms);
+        // The reader wakes at least this often to look at the clocks below (reading a
+        // frame is cancel-safe: what arrived stays buffered).
+        let tick = silence_max.map_or(read_timeout, |s| s.min(read_timeout));
+        let mut last_frame = Instant::now();
         loop {
-            let read = async {
-                match silence_max {
-                    Some(max) => tokio::time::timeout(max, reader.next(self.frame_max))
-                        .await
-                        .ok(),
-                    None => Some(reader.next(self.frame_max).await),
-                }
-            };
             let read = tokio::select! {
-                read = read => read,
+                read = tokio::time::timeout(tick, reader.next(self.frame_max)) => read.ok(),
                 _ = &mut writer_done => return,
             };
+            let now = Instant::now();
             let next = match read {
                 None => {
-                    tracing::warn!(peer = %self.peer, "missed heartbeats from the AMQP client; closed");
-                    return;
+                    if silence_max.is_some_and(|max| now - last_frame >= max) {
+                        tracing::warn!(peer = %self.peer, "missed heartbeats from the AMQP client; closed");
+                        return;
+                    }
+                    if reader.buffered() > 0 && now - last_frame >= read_timeout {
+                        tracing::warn!(peer = %self.peer, "AMQP frame not finished within request_read_timeout_ms; closed");
+                        return;
+                    }
+                    match self.late_message(now, read_timeout) {
+                        Some(hard) => Next::Hard(hard),
+                        None => continue,
+                    }
                 }
                 Some(Err(_)) | Some(Ok(Read::Eof)) => return,
                 Some(Ok(Read::Truncated)) => {
@@ -651,7 +687,13 @@ impl Session {
                     codes::FRAME_ERROR,
                     format!("FRAME_ERROR - {error}"),
                 )),
-                Some(Ok(Read::Frame(raw))) => self.frame(raw).await,
+                Some(Ok(Read::Frame(raw))) => {
+                    last_frame = now;
+                    match self.late_message(now, read_timeout) {
+                        Some(hard) => Next::Hard(hard),
+                        None => self.frame(raw).await,
+                    }
+                }
             };
             match next {
                 Next::Continue => {}
@@ -662,6 +704,22 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A message whose basic.publish came longer ago than `read_timeout` and is not
+    /// whole yet: its connection is closed (its reserved memory goes with it).
+    fn late_message(&self, now: Instant, read_timeout: Duration) -> Option<Hard> {
+        self.channels.iter().find_map(|(id, channel)| {
+            let incoming = channel.incoming.as_ref()?;
+            (now - incoming.started >= read_timeout).then(|| {
+                Hard::new(
+                    codes::RESOURCE_ERROR,
+                    format!(
+                        "RESOURCE_ERROR - the message on channel {id} did not arrive whole within request_read_timeout_ms"
+                    ),
+                )
+            })
+        })
     }
 
     async fn hard_close<R: AsyncRead + Unpin>(&mut self, reader: &mut FrameReader<R>, hard: Hard) {
@@ -1087,6 +1145,10 @@ impl Session {
                             exclusive: d.exclusive,
                             auto_delete: d.auto_delete,
                             arguments: table_to_broker(&d.arguments),
+                            // A message and its properties (one frame at most) fit.
+                            record_bytes_max: Some(
+                                self.config.message_bytes_max.saturating_add(self.frame_max),
+                            ),
                         },
                     )
                     .await?;
@@ -1231,7 +1293,8 @@ impl Session {
             }
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
                 self.channel(id).incoming = Some(Incoming {
-                    _memory: None,
+                    _memory: Vec::new(),
+                    started: Instant::now(),
                     publish: p,
                     header: None,
                     body: BytesMut::new(),
@@ -1588,6 +1651,9 @@ impl Session {
     /// Content header and body frames of the publish in assembly on their channel.
     async fn content(&mut self, raw: RawFrame) -> Next {
         let message_bytes_max = self.config.message_bytes_max;
+        let others_hold_memory = self.channels.iter().any(|(id, c)| {
+            *id != raw.channel && c.incoming.as_ref().is_some_and(|i| !i._memory.is_empty())
+        });
         let Some(channel) = self.channels.get_mut(&raw.channel) else {
             return Next::Hard(Hard::new(
                 codes::CHANNEL_ERROR,
@@ -1642,12 +1708,6 @@ impl Session {
                 return Next::Continue;
             }
             let complete = header.body_size == 0;
-            if !complete {
-                let pool = self.broker.memory().requests.clone();
-                // Never more than the pool holds, or it would wait forever.
-                let bytes = (header.body_size as usize).min(pool.total());
-                incoming._memory = Some(pool.reserve(bytes).await);
-            }
             incoming.header = Some(header);
             if !complete {
                 return Next::Continue;
@@ -1666,6 +1726,31 @@ impl Session {
                     "FRAME_ERROR - body frames longer than the content header's body size",
                 ));
             }
+            // The bytes that came, from the broker-wide request pool (a header alone
+            // holds nothing). The wait is bounded: a connection whose earlier bodies
+            // hold the pool cannot wait for itself forever.
+            let pool = self.broker.memory().requests.clone();
+            let wanted = raw.payload.len().min(pool.total());
+            let reservation = match pool.try_reserve(wanted) {
+                Some(reservation) => Some(reservation),
+                // Another of this connection's messages in assembly holds memory: the
+                // reader must not wait for memory its own connection holds.
+                None if others_hold_memory => None,
+                None => {
+                    let wait = Duration::from_millis(self.config.read_timeout_ms);
+                    tokio::time::timeout(wait, pool.reserve(wanted)).await.ok()
+                }
+            };
+            let Some(reservation) = reservation else {
+                return Next::Hard(Hard::new(
+                    codes::RESOURCE_ERROR,
+                    format!(
+                        "RESOURCE_ERROR - no memory for the message body on channel {} (memory_budget_bytes is in use)",
+                        raw.channel
+                    ),
+                ));
+            };
+            incoming._memory.push(reservation);
             if have == 0 && raw.payload.len() as u64 == header.body_size {
                 incoming.single = Some(raw.payload);
             } else {
@@ -1692,6 +1777,7 @@ impl Session {
             header,
             body,
             single,
+            ..
         } = incoming;
         let Some(header) = header else {
             return Next::Continue;

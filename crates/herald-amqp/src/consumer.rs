@@ -23,8 +23,14 @@ use crate::values::short;
 
 /// How long one lease call waits for a record before looking at the stop flag again.
 const RECEIVE_WAIT_MS: u64 = 1_000;
-/// Records one lease call takes at most (bounded by the consumer's free prefetch).
+/// Records one lease call takes at most (bounded by the consumer's free prefetch, and
+/// by the write queue's bytes over the size of recent records).
 const RECEIVE_BATCH_MAX: usize = 256;
+/// Records the first lease call takes at most, before record sizes are known.
+const RECEIVE_BATCH_FIRST: usize = 16;
+/// What a delivery's frames add to its body and headers, about (method, content
+/// header, frame overheads), for the write queue's byte count.
+const DELIVERY_OVERHEAD_BYTES: usize = 256;
 /// Bytes of whole batches one stream read takes from the log at most.
 const STREAM_READ_BYTES: usize = 1 << 20;
 
@@ -202,13 +208,65 @@ async fn flush_acks(broker: &Broker, metrics: &AmqpMetrics, acks: &mut Vec<Strin
     acks.clear();
 }
 
-/// Writes frames to the connection's writer; false once the connection is gone.
+/// Frames on their way to the connection's writer, and how many of the connection's
+/// write-queue bytes they hold (given back once written).
+pub struct Outgoing {
+    pub bytes: Bytes,
+    pub charge: u32,
+}
+
+/// Writes frames to the connection's writer. The queue is bounded in frames and in
+/// bytes (`amqp_write_queue_bytes`): a client that stops reading holds at most that
+/// much of the broker's memory in waiting deliveries (a frame bigger than the whole
+/// bound waits for the queue to be empty).
 #[derive(Clone)]
-pub struct Out(pub mpsc::Sender<Bytes>);
+pub struct Out {
+    tx: mpsc::Sender<Outgoing>,
+    bytes: Arc<Semaphore>,
+    bytes_max: usize,
+}
 
 impl Out {
+    pub fn new(tx: mpsc::Sender<Outgoing>, bytes: Arc<Semaphore>, bytes_max: usize) -> Out {
+        Out {
+            tx,
+            bytes,
+            bytes_max,
+        }
+    }
+
+    /// Wait for room for `len` bytes; None once the connection is gone.
+    pub async fn charge(&self, len: usize) -> Option<u32> {
+        let n = len.clamp(1, self.bytes_max.max(1)) as u32;
+        self.bytes.acquire_many(n).await.ok()?.forget();
+        Some(n)
+    }
+
+    /// Room for `len` bytes now, or None.
+    pub fn try_charge(&self, len: usize) -> Option<u32> {
+        let n = len.clamp(1, self.bytes_max.max(1)) as u32;
+        self.bytes.try_acquire_many(n).ok()?.forget();
+        Some(n)
+    }
+
+    /// Give back a charge that was not used.
+    pub fn refund(&self, charge: u32) {
+        self.bytes.add_permits(charge as usize);
+    }
+
     pub async fn send(&self, bytes: Bytes) -> bool {
-        self.0.send(bytes).await.is_ok()
+        let Some(charge) = self.charge(bytes.len()).await else {
+            return false;
+        };
+        self.tx.send(Outgoing { bytes, charge }).await.is_ok()
+    }
+
+    pub fn bytes_max(&self) -> usize {
+        self.bytes_max
+    }
+
+    pub fn sender(&self) -> &mpsc::Sender<Outgoing> {
+        &self.tx
     }
 }
 
@@ -309,6 +367,10 @@ impl ConsumerTask {
     }
 
     async fn deliver(&mut self) {
+        // Records leased at once: as many as about fill the write queue's bytes, judged
+        // by the last batch (a few to begin with), so leased-but-unsent records of a
+        // consumer that cannot send stay within about that bound too.
+        let mut batch_max = RECEIVE_BATCH_FIRST;
         loop {
             if *self.stop.borrow() {
                 return;
@@ -322,7 +384,7 @@ impl ConsumerTask {
                 return;
             };
             let mut grants = vec![std::mem::take(&mut permits)];
-            while grants.len() < RECEIVE_BATCH_MAX {
+            while grants.len() < batch_max {
                 match self.try_acquire() {
                     Some(more) => grants.push(more),
                     None => break,
@@ -350,7 +412,7 @@ impl ConsumerTask {
                     // unless the consumer was cancelled meanwhile (its channel id
                     // may already belong to a new channel).
                     if self.cancel_notify
-                        && let Ok(slot) = self.out.0.reserve().await
+                        && let Ok(slot) = self.out.sender().reserve().await
                         && let Ok(stopped) = self.gate.lock()
                         && !*stopped
                     {
@@ -358,7 +420,10 @@ impl ConsumerTask {
                             consumer_tag: short(&self.tag),
                             nowait: true,
                         }));
-                        slot.send(frame::method(self.channel, cancel));
+                        slot.send(Outgoing {
+                            bytes: frame::method(self.channel, cancel),
+                            charge: 0,
+                        });
                     }
                     return;
                 }
@@ -372,6 +437,14 @@ impl ConsumerTask {
                 self.release(records.into_iter().map(|r| r.receipt).collect())
                     .await;
                 return;
+            }
+            if !records.is_empty() {
+                let bytes: usize = records
+                    .iter()
+                    .map(|r| r.value.as_ref().map_or(0, Bytes::len) + DELIVERY_OVERHEAD_BYTES)
+                    .sum();
+                let average = (bytes / records.len()).max(1);
+                batch_max = (self.out.bytes_max() / average).clamp(1, RECEIVE_BATCH_MAX);
             }
             let mut records = records.into_iter();
             while let Some(record) = records.next() {
@@ -390,7 +463,21 @@ impl ConsumerTask {
                 // gate, the stop check, the tag and the enqueue: a cancel-ok or
                 // channel close the reader sends after flipping the gate can never be
                 // overtaken by a delivery of this consumer.
-                let Ok(slot) = self.out.0.reserve().await else {
+                // Room in the write queue's bytes for about this delivery (the charge
+                // travels with the frames and is given back once they are written).
+                let size = record.value.as_ref().map_or(0, Bytes::len)
+                    + record
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+                        .sum::<usize>()
+                    + DELIVERY_OVERHEAD_BYTES;
+                let charge = self.out.charge(size).await;
+                let slot = match charge {
+                    Some(_) => self.out.sender().reserve().await.ok(),
+                    None => None,
+                };
+                let (Some(charge), Some(slot)) = (charge, slot) else {
                     let mut rest: Vec<String> = records.map(|r| r.receipt).collect();
                     rest.push(record.receipt);
                     self.release(rest).await;
@@ -421,17 +508,21 @@ impl ConsumerTask {
                         exchange: short(&info.exchange),
                         routing_key: short(&info.routing_key),
                     }));
-                    slot.send(delivery_frames(
-                        self.channel,
-                        deliver,
-                        &record,
-                        self.frame_max,
-                        self.counts_deliveries,
-                        self.stream_next.is_some().then_some(record.offset),
-                    ));
+                    slot.send(Outgoing {
+                        bytes: delivery_frames(
+                            self.channel,
+                            deliver,
+                            &record,
+                            self.frame_max,
+                            self.counts_deliveries,
+                            self.stream_next.is_some().then_some(record.offset),
+                        ),
+                        charge,
+                    });
                     false
                 };
                 if halted {
+                    self.out.refund(charge);
                     let mut rest: Vec<String> = records.map(|r| r.receipt).collect();
                     rest.push(record.receipt);
                     self.release(rest).await;

@@ -29,6 +29,10 @@ pub const CHANNEL_MAX_DEFAULT: u16 = 2_047;
 pub const HEARTBEAT_S_DEFAULT: u16 = 60;
 /// How long a client has from connecting to `connection.open`.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default of `read_timeout_ms` (Kafka's `request_read_timeout_ms` default).
+pub const READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default of `write_queue_bytes`.
+pub const WRITE_QUEUE_BYTES_DEFAULT: usize = 4 << 20;
 /// Largest message body accepted (RabbitMQ 4's default `max_message_size` is 16 MiB).
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 16 << 20;
 /// Unacknowledged deliveries one consumer may hold when it set no prefetch (0).
@@ -50,6 +54,13 @@ pub struct AmqpConfig {
     pub handshake_timeout_ms: u64,
     /// A write that makes no progress this long closes the connection.
     pub send_timeout_ms: u64,
+    /// A frame that has started, and a message whose content header came, must arrive
+    /// whole this soon (the listeners' `request_read_timeout_ms`); it also bounds the
+    /// wait for memory for a message body.
+    pub read_timeout_ms: u64,
+    /// Bytes of frames one connection's writer queue holds at most (deliveries wait for
+    /// room): what a client that stops reading costs the broker.
+    pub write_queue_bytes: usize,
     pub message_bytes_max: usize,
     pub unacked_per_consumer_max: u32,
     pub consumers_per_channel_max: usize,
@@ -69,6 +80,8 @@ impl AmqpConfig {
             heartbeat_s: HEARTBEAT_S_DEFAULT,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             send_timeout_ms: herald_broker::limits::SEND_TIMEOUT_MS_DEFAULT,
+            read_timeout_ms: READ_TIMEOUT_MS_DEFAULT,
+            write_queue_bytes: WRITE_QUEUE_BYTES_DEFAULT,
             message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
             unacked_per_consumer_max: UNACKED_PER_CONSUMER_MAX_DEFAULT,
             consumers_per_channel_max: CONSUMERS_PER_CHANNEL_MAX_DEFAULT,

@@ -71,7 +71,14 @@ impl ReplyTo {
         let Some(target) = map.get(token) else {
             return Replied::NoConsumer;
         };
-        let Ok(slot) = target.out.0.try_reserve() else {
+        let Some(charge) = target
+            .out
+            .try_charge(raw_properties.len() + body.len() + 256)
+        else {
+            return Replied::Dropped;
+        };
+        let Ok(slot) = target.out.sender().try_reserve() else {
+            target.out.refund(charge);
             return Replied::Dropped;
         };
         let deliver = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
@@ -90,7 +97,10 @@ impl ReplyTo {
             body,
             target.frame_max,
         );
-        slot.send(out.freeze());
+        slot.send(crate::consumer::Outgoing {
+            bytes: out.freeze(),
+            charge,
+        });
         Replied::Delivered
     }
 }

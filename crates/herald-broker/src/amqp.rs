@@ -166,6 +166,10 @@ pub struct DeclareQueue {
     pub exclusive: bool,
     pub auto_delete: bool,
     pub arguments: Table,
+    /// The largest record the queue's topic must take (the front end's largest
+    /// message plus its properties); the topic's `max.message.bytes` when the declare
+    /// creates it.
+    pub record_bytes_max: Option<usize>,
 }
 
 /// What `exchange.declare` asks for.
@@ -699,15 +703,18 @@ impl Broker {
                 "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_stream_queue",
             ));
         }
-        let retention = if stream {
+        let mut configs = if stream {
             check_stream_declare(&name, &req)?
         } else {
             BTreeMap::new()
         };
+        if let Some(bytes) = req.record_bytes_max {
+            configs.insert("max.message.bytes".to_string(), bytes.to_string());
+        }
         let topic = topic_for_queue(&name);
         let owns_topic = self.topic(&topic).is_none();
         if owns_topic {
-            self.create_topic(&topic, Some(1), retention, false)
+            self.create_topic(&topic, Some(1), configs, false)
                 .map_err(|e| AmqpError::from_broker(&e))?;
         }
         let settings = queue_settings(&req.arguments);

@@ -98,6 +98,12 @@ pub struct ServeSettings {
     /// Unacked deliveries an AMQP consumer without a prefetch may hold [default: 1000]
     #[arg(long, env = "HERALD_AMQP_UNACKED_PER_CONSUMER_MAX")]
     pub amqp_unacked_per_consumer_max: Option<u32>,
+    /// How long an AMQP client has from connecting to connection.open, ms [default: 10000]
+    #[arg(long, env = "HERALD_AMQP_HANDSHAKE_TIMEOUT_MS")]
+    pub amqp_handshake_timeout_ms: Option<u64>,
+    /// Bytes of frames waiting in one AMQP connection's writer at most [default: 4194304]
+    #[arg(long, env = "HERALD_AMQP_WRITE_QUEUE_BYTES")]
+    pub amqp_write_queue_bytes: Option<usize>,
     /// Largest HTTP request body [default: 8388608]
     #[arg(long, env = "HERALD_HTTP_BODY_BYTES_MAX")]
     pub http_body_bytes_max: Option<usize>,
@@ -238,6 +244,8 @@ impl ServeSettings {
             amqp_heartbeat_s,
             amqp_message_bytes_max,
             amqp_unacked_per_consumer_max,
+            amqp_handshake_timeout_ms,
+            amqp_write_queue_bytes,
             http_body_bytes_max,
             http_publish_records_max,
             http_read_records_max,
@@ -410,11 +418,23 @@ impl ServeSettings {
             }
             c.unacked_per_consumer_max = v;
         }
+        if let Some(v) = self.amqp_write_queue_bytes {
+            c.write_queue_bytes = positive("amqp_write_queue_bytes", v)?;
+        }
+        if let Some(v) = self.amqp_handshake_timeout_ms {
+            c.handshake_timeout_ms = positive("amqp_handshake_timeout_ms", v)?;
+        }
+        if let Some(v) = self.connections_max {
+            c.connections_max = positive("connections_max", v)?;
+        }
         if let Some(v) = self.connections_max_per_ip {
             c.connections_max_per_ip = positive("connections_max_per_ip", v)?;
         }
         if let Some(v) = self.send_timeout_ms {
             c.send_timeout_ms = positive("send_timeout_ms", v)?;
+        }
+        if let Some(v) = self.request_read_timeout_ms {
+            c.read_timeout_ms = positive("request_read_timeout_ms", v)?;
         }
         Ok(Some(c))
     }
