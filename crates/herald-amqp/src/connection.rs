@@ -929,6 +929,13 @@ impl Session {
         self.out.send(frame::method(channel, method)).await;
     }
 
+    /// The reply to a method, unless the client asked for none (`nowait`).
+    async fn reply_unless(&self, nowait: bool, channel: u16, method: AMQPClass) {
+        if !nowait {
+            self.reply(channel, method).await;
+        }
+    }
+
     /// Stop a channel's consumers and put its unsettled deliveries back. With
     /// `keep`, the channel stays (closing) until the client's close-ok.
     fn close_channel(&mut self, id: u16, keep: bool) {
@@ -1055,27 +1062,23 @@ impl Session {
                         },
                     )
                     .await?;
-                if !d.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
-                            exchange::DeclareOk {},
-                        )),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    d.nowait,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                )
+                .await;
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => {
                 self.broker
                     .amqp_delete_exchange(&who, d.exchange.as_str(), d.if_unused)
                     .await?;
-                if !d.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    d.nowait,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                )
+                .await;
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => {
                 self.broker
@@ -1088,13 +1091,12 @@ impl Session {
                         true,
                     )
                     .await?;
-                if !b.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    b.nowait,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                )
+                .await;
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => {
                 self.broker
@@ -1107,30 +1109,28 @@ impl Session {
                         false,
                     )
                     .await?;
-                if !b.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    b.nowait,
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                )
+                .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d))
                 if d.queue.as_str() == reply_to::PSEUDO_QUEUE =>
             {
                 // The pseudo-queue exists for everyone; it holds nothing.
-                if !d.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                            queue: short(reply_to::PSEUDO_QUEUE),
-                            message_count: 0,
-                            // As RabbitMQ answers.
-                            consumer_count: 1,
-                        })),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    d.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: short(reply_to::PSEUDO_QUEUE),
+                        message_count: 0,
+                        // As RabbitMQ answers.
+                        consumer_count: 1,
+                    })),
+                )
+                .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
                 let declared = self
@@ -1153,17 +1153,16 @@ impl Session {
                     )
                     .await?;
                 self.channel(id).last_queue = Some(declared.name.clone());
-                if !d.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                            queue: short(&declared.name),
-                            message_count: declared.messages,
-                            consumer_count: declared.consumers,
-                        })),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    d.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: short(&declared.name),
+                        message_count: declared.messages,
+                        consumer_count: declared.consumers,
+                    })),
+                )
+                .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
                 let name = self.queue_name(id, b.queue.as_str())?;
@@ -1178,13 +1177,12 @@ impl Session {
                         true,
                     )
                     .await?;
-                if !b.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    b.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                )
+                .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => {
                 let name = self.queue_name(id, b.queue.as_str())?;
@@ -1208,15 +1206,14 @@ impl Session {
             AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
                 let name = self.queue_name(id, p.queue.as_str())?;
                 let count = self.broker.amqp_purge_queue(&who, conn, &name).await?;
-                if !p.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                            message_count: count,
-                        })),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    p.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                        message_count: count,
+                    })),
+                )
+                .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
                 let name = self.queue_name(id, d.queue.as_str())?;
@@ -1224,15 +1221,14 @@ impl Session {
                     .broker
                     .amqp_delete_queue(&who, conn, &name, d.if_unused, d.if_empty)
                     .await?;
-                if !d.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                            message_count: count,
-                        })),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    d.nowait,
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count: count,
+                    })),
+                )
+                .await;
             }
             AMQPClass::Basic(basic::AMQPMethod::Qos(q)) => {
                 if q.prefetch_count > 0 && q.global {
@@ -1281,15 +1277,14 @@ impl Session {
                         .amqp_cancel(&consumer.queue, consumer.slot)
                         .await;
                 }
-                if !c.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
-                            consumer_tag: short(&tag),
-                        })),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    c.nowait,
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: short(&tag),
+                    })),
+                )
+                .await;
             }
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
                 self.channel(id).incoming = Some(Incoming {
@@ -1333,13 +1328,12 @@ impl Session {
                     tokio::spawn(confirm_task(id, rx, self.out.clone(), self.broker.clone()));
                     self.channel(id).confirm = Some((1, tx));
                 }
-                if !s.nowait {
-                    self.reply(
-                        id,
-                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                    )
-                    .await;
-                }
+                self.reply_unless(
+                    s.nowait,
+                    id,
+                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                )
+                .await;
             }
             AMQPClass::Tx(_) => {
                 return Err(Soft(AmqpError::new(
@@ -1438,15 +1432,14 @@ impl Session {
         } else {
             None
         };
-        if !c.nowait {
-            self.reply(
-                id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: short(&tag),
-                })),
-            )
-            .await;
-        }
+        self.reply_unless(
+            c.nowait,
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: short(&tag),
+            })),
+        )
+        .await;
         let unacked_max = self.config.unacked_per_consumer_max as usize;
         let Some(channel) = self.channels.get_mut(&id) else {
             return Ok(Next::Continue);
@@ -1558,15 +1551,14 @@ impl Session {
             frame_max: self.frame_max,
         });
         self.channel(id).reply = Some((token, tag.clone()));
-        if !c.nowait {
-            self.reply(
-                id,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: short(&tag),
-                })),
-            )
-            .await;
-        }
+        self.reply_unless(
+            c.nowait,
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: short(&tag),
+            })),
+        )
+        .await;
         Ok(Next::Continue)
     }
 
