@@ -636,29 +636,19 @@ impl Broker {
             {
                 return Err(AmqpError::locked(&name));
             }
-            if def.durable != req.durable {
-                return Err(inequivalent(
-                    &name,
-                    "durable",
-                    &req.durable.to_string(),
-                    &def.durable.to_string(),
-                ));
-            }
-            if def.auto_delete != req.auto_delete {
-                return Err(inequivalent(
-                    &name,
-                    "auto_delete",
-                    &req.auto_delete.to_string(),
-                    &def.auto_delete.to_string(),
-                ));
-            }
-            if def.exclusive != req.exclusive {
-                return Err(inequivalent(
-                    &name,
-                    "exclusive",
-                    &req.exclusive.to_string(),
-                    &def.exclusive.to_string(),
-                ));
+            for (what, received, current) in [
+                ("durable", req.durable, def.durable),
+                ("auto_delete", req.auto_delete, def.auto_delete),
+                ("exclusive", req.exclusive, def.exclusive),
+            ] {
+                if received != current {
+                    return Err(inequivalent(
+                        &name,
+                        what,
+                        &received.to_string(),
+                        &current.to_string(),
+                    ));
+                }
             }
             for arg in EQUIVALENT_ARGS {
                 let (a, b) = (req.arguments.get(*arg), def.arguments.get(*arg));
