@@ -445,7 +445,7 @@ fn value_text(value: Option<&Value>) -> String {
             None => format!("{v:?}"),
         },
     };
-    let kind = value.map(type_name).unwrap_or("void");
+    let kind = value.map(Value::type_name).unwrap_or("void");
     format!("the value '{plain}' of type '{kind}'")
 }
 
@@ -856,7 +856,7 @@ impl Broker {
         let invalid = || {
             let shown = match spec {
                 Some(Value::Str(s)) => format!("{{longstr,<<\"{s}\">>}}"),
-                Some(v) => format!("{{{},{}}}", type_name(v), value_text(Some(v))),
+                Some(v) => format!("{{{},{}}}", v.type_name(), value_text(Some(v))),
                 None => "none".to_string(),
             };
             AmqpError::new(
@@ -1848,7 +1848,7 @@ fn validate_queue_arguments(name: &str, arguments: &Table) -> AmqpResult<()> {
             None => {
                 return Err(invalid(
                     arg,
-                    format!("\"expected integer, got {}\"", type_name(v)),
+                    format!("\"expected integer, got {}\"", v.type_name()),
                 ));
             }
             Some(n) if n < 0 => return Err(invalid(arg, format!("{{value_negative,{n}}}"))),
@@ -1861,7 +1861,7 @@ fn validate_queue_arguments(name: &str, arguments: &Table) -> AmqpResult<()> {
     {
         return Err(invalid(
             "x-single-active-consumer",
-            format!("{{unacceptable_type,{}}}", type_name(v)),
+            format!("{{unacceptable_type,{}}}", v.type_name()),
         ));
     }
     if arguments.get("x-queue-type").and_then(Value::as_str) == Some("stream") {
@@ -1893,29 +1893,6 @@ fn validate_queue_arguments(name: &str, arguments: &Table) -> AmqpResult<()> {
         }
     }
     Ok(())
-}
-
-/// A field value's AMQP type as RabbitMQ names it in errors.
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Bool(_) => "bool",
-        Value::I8(_) => "byte",
-        Value::U8(_) => "unsignedbyte",
-        Value::I16(_) => "short",
-        Value::U16(_) => "unsignedshort",
-        Value::I32(_) => "signedint",
-        Value::U32(_) => "unsignedint",
-        Value::I64(_) => "long",
-        Value::F32(_) => "float",
-        Value::F64(_) => "double",
-        Value::Decimal { .. } => "decimal",
-        Value::Str(_) => "longstr",
-        Value::Bytes(_) => "binary",
-        Value::Array(_) => "array",
-        Value::Timestamp(_) => "timestamp",
-        Value::Table(_) => "table",
-        _ => "void",
-    }
 }
 
 /// The meta-store key of a binding: every field, so equal bindings share a key.
