@@ -8,6 +8,7 @@ Everything has a deadline: a broker that stops answering fails a test, never han
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -15,8 +16,41 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import pika
+import pytest
 import pika.data
 from pika.exceptions import ChannelClosedByBroker
+
+# The broker the AMQP tests talk to: a fresh herald, or HERALD_TEST_AMQP_URL (a real
+# RabbitMQ, to check the tests themselves).
+EXTERNAL_URL = os.environ.get("HERALD_TEST_AMQP_URL")
+
+
+def feature_marker(not_yet: dict[str, str]):
+    """`feature(name)`: the marker naming the AMQP feature a test needs (select with
+    -m "amqp(feature='x')"); a feature in `not_yet` is a strict xfail against herald."""
+    def feature(name: str):
+        mark = pytest.mark.amqp(feature=name)
+        if name in not_yet and not EXTERNAL_URL:
+            xfail = pytest.mark.xfail(strict=True, reason=f"not in Herald yet: {not_yet[name]}")
+            return lambda test: xfail(mark(test))
+        return mark
+    return feature
+
+
+def herald_url(broker) -> str:
+    if broker.amqp_port is None:
+        pytest.skip("this herald binary has no AMQP listener yet (`herald serve --help` does not "
+                    "mention --amqp-listen); set HERALD_TEST_AMQP_URL to run these against another broker")
+    return f"amqp://guest:guest@{broker.host}:{broker.amqp_port}/%2F"
+
+
+@pytest.fixture
+def amqp_url(request):
+    """amqp://guest:guest@127.0.0.1:<port>/%2F of a fresh herald, or $HERALD_TEST_AMQP_URL."""
+    if EXTERNAL_URL:
+        yield EXTERNAL_URL
+        return
+    yield herald_url(request.getfixturevalue("broker"))
 
 # Socket, handshake and blocking-call limits for every connection the tests open.
 SOCKET_TIMEOUT_S = 10.0

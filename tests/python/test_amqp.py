@@ -41,6 +41,10 @@ from pika.exceptions import (
 )
 
 from amqp_support import (
+    EXTERNAL_URL,
+    amqp_url,  # noqa: F401 (a fixture)
+    feature_marker,
+    herald_url,
     PERSISTENT,
     PublishResult,
     Typed,
@@ -59,7 +63,6 @@ from herald_support import unique, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-EXTERNAL_URL = os.environ.get("HERALD_TEST_AMQP_URL")
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -70,29 +73,7 @@ AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 NOT_YET: dict[str, str] = {}
 
 
-def feature(name: str):
-    """The marker naming the AMQP feature a test needs (select with -m "amqp(feature='x')")."""
-    mark = pytest.mark.amqp(feature=name)
-    if name in NOT_YET and not EXTERNAL_URL:
-        xfail = pytest.mark.xfail(strict=True, reason=f"not in Herald yet: {NOT_YET[name]}")
-        return lambda test: xfail(mark(test))
-    return mark
-
-
-def _herald_url(broker) -> str:
-    if broker.amqp_port is None:
-        pytest.skip("this herald binary has no AMQP listener yet (`herald serve --help` does not "
-                    "mention --amqp-listen); set HERALD_TEST_AMQP_URL to run these against another broker")
-    return f"amqp://guest:guest@{broker.host}:{broker.amqp_port}/%2F"
-
-
-@pytest.fixture
-def amqp_url(request):
-    """amqp://guest:guest@127.0.0.1:<port>/%2F of a fresh herald, or $HERALD_TEST_AMQP_URL."""
-    if EXTERNAL_URL:
-        yield EXTERNAL_URL
-        return
-    yield _herald_url(request.getfixturevalue("broker"))
+feature = feature_marker(NOT_YET)
 
 
 @pytest.fixture
@@ -101,7 +82,7 @@ def herald_amqp(request):
     if EXTERNAL_URL:
         pytest.skip("restarts or kills the broker: runs only against herald, not HERALD_TEST_AMQP_URL")
     broker = request.getfixturevalue("broker")
-    return _herald_url(broker), broker
+    return herald_url(broker), broker
 
 
 def bodies(n: int, prefix: str = "m") -> list[bytes]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -34,6 +33,10 @@ import pytest
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, UnroutableError
 
 from amqp_support import (
+    EXTERNAL_URL,
+    amqp_url,  # noqa: F401 (a fixture)
+    feature_marker,
+    herald_url,
     Typed,
     channel,
     connect,
@@ -47,7 +50,6 @@ from herald_support import unique, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-EXTERNAL_URL = os.environ.get("HERALD_TEST_AMQP_URL")
 
 # Features Herald does not have yet: their tests are expected to fail against Herald,
 # strictly, so the entry must go when the feature lands. They run normally against
@@ -57,29 +59,7 @@ NOT_YET: dict[str, str] = {
 }
 
 
-def feature(name: str):
-    """The marker naming the AMQP feature a test needs (select with -m "amqp(feature='x')")."""
-    mark = pytest.mark.amqp(feature=name)
-    if name in NOT_YET and not EXTERNAL_URL:
-        xfail = pytest.mark.xfail(strict=True, reason=f"not in Herald yet: {NOT_YET[name]}")
-        return lambda test: xfail(mark(test))
-    return mark
-
-
-def _herald_url(broker) -> str:
-    if broker.amqp_port is None:
-        pytest.skip("this herald binary has no AMQP listener yet (`herald serve --help` does not "
-                    "mention --amqp-listen); set HERALD_TEST_AMQP_URL to run these against another broker")
-    return f"amqp://guest:guest@{broker.host}:{broker.amqp_port}/%2F"
-
-
-@pytest.fixture
-def amqp_url(request):
-    """amqp://guest:guest@127.0.0.1:<port>/%2F of a fresh herald, or $HERALD_TEST_AMQP_URL."""
-    if EXTERNAL_URL:
-        yield EXTERNAL_URL
-        return
-    yield _herald_url(request.getfixturevalue("broker"))
+feature = feature_marker(NOT_YET)
 
 
 def bodies(n: int, prefix: str = "m", start: int = 0) -> list[bytes]:
