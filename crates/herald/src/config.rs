@@ -419,6 +419,10 @@ impl ServeSettings {
             c.unacked_per_consumer_max = v;
         }
         if let Some(v) = self.amqp_write_queue_bytes {
+            // Charges are counted in u32 permits: a bound above 4 GiB would wrap.
+            if v > u32::MAX as usize {
+                bail!("amqp_write_queue_bytes is at most {} (4 GiB)", u32::MAX);
+            }
             c.write_queue_bytes = positive("amqp_write_queue_bytes", v)?;
         }
         if let Some(v) = self.amqp_handshake_timeout_ms {
