@@ -219,6 +219,25 @@ def test_seed_messages_survive_a_restart(herald_amqp, tmp_path):
     _check_seed_consumed(url, printed, 3)
 
 
+def test_max_length_bytes_is_counted_again_after_a_restart(herald_amqp):
+    """The ready bytes a queue counts for x-max-length-bytes are in memory: after a
+    restart they are counted from the log again, tracked messages and backlog alike."""
+    url, broker = herald_amqp
+    q = unique("q-bytes-restart")
+    with channel(url) as (_c, ch):
+        ch.queue_declare(q, durable=True, arguments={"x-max-length-bytes": 1000, "x-overflow": "reject-publish"})
+    r = publish_confirmed(url, q, [b"x" * 100] * 9, properties=PERSISTENT)
+    assert (len(r.acked), r.nacked) == (9, []), r.events
+    with channel(url) as (_c, ch):
+        # One delivered and given back, so the queue tracks some of them before the stop.
+        method, _props, _body = ch.basic_get(q, auto_ack=False)
+        ch.basic_nack(method.delivery_tag, requeue=True)
+    broker.restart()
+    r = publish_confirmed(url, q, [b"y" * 100, b"z"], window=1, properties=PERSISTENT)
+    assert (r.acked, r.nacked) == ([1], [2]), r.events
+    assert passive_count(url, q) == 10
+
+
 # --- 2. connection ---------------------------------------------------------------------
 
 @feature("handshake")

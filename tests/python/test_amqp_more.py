@@ -54,9 +54,7 @@ pytestmark = pytest.mark.timeout(60)
 # Features Herald does not have yet: their tests are expected to fail against Herald,
 # strictly, so the entry must go when the feature lands. They run normally against
 # another broker (HERALD_TEST_AMQP_URL).
-NOT_YET: dict[str, str] = {
-    "max-length-bytes": "x-max-length-bytes above 0 on a classic queue (only 0 is enforced)",
-}
+NOT_YET: dict[str, str] = {}
 
 
 feature = feature_marker(NOT_YET)
@@ -564,6 +562,51 @@ def test_reject_publish_dlx_counts_max_length_bytes(amqp_url):
             for name in (q_bytes, dlq):
                 ch.queue_delete(name)
             ch.exchange_delete(dlx)
+
+
+@feature("max-length-bytes")
+def test_max_length_bytes_counts_only_ready_messages(amqp_url):
+    """x-max-length-bytes counts ready messages only: a delivered, unacked one does not
+    count, so the queue takes another; requeued, it counts again (even past the limit,
+    as a requeue is never refused) and the next publish is refused."""
+    q = unique("q-ready-bytes")
+    with channel(amqp_url) as (_c, ch):
+        ch.queue_declare(q, arguments={"x-max-length-bytes": 10, "x-overflow": "reject-publish"})
+        try:
+            r = publish_confirmed(amqp_url, q, [b"12345", b"67890"], window=1)
+            assert (r.acked, r.nacked) == ([1, 2], []), r.events
+            method, _props, body = ch.basic_get(q, auto_ack=False)
+            assert body == b"12345"
+            r = publish_confirmed(amqp_url, q, [b"abcde", b"f"], window=1)
+            assert (r.acked, r.nacked) == ([1], [2]), r.events
+            ch.basic_nack(method.delivery_tag, requeue=True)
+            r = publish_confirmed(amqp_url, q, [b"g"], window=1)
+            assert (r.acked, r.nacked) == ([], [1]), r.events
+            assert sorted(d.body for d in get_all(ch, q)) == [b"12345", b"67890", b"abcde"]
+        finally:
+            ch.queue_delete(q)
+
+
+@feature("max-length-bytes")
+def test_max_length_bytes_drops_the_head_by_default(amqp_url):
+    """Without x-overflow, a publish past x-max-length-bytes drops messages from the
+    head until the ready bytes are within the limit: here one of three, then two more
+    for a message that fills the limit alone."""
+    q = unique("q-drop-bytes")
+    with channel(amqp_url) as (_c, ch):
+        ch.queue_declare(q, arguments={"x-max-length-bytes": 10})
+        try:
+            r = publish_confirmed(amqp_url, q, [b"aaaa", b"bbbb", b"cccc"], window=1)
+            assert (r.acked, r.nacked) == ([1, 2, 3], []), r.events
+            wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == 2, 5,
+                       lambda: f"{ch.queue_declare(q, passive=True).method.message_count} messages ready")
+            r = publish_confirmed(amqp_url, q, [b"0123456789"], window=1)
+            assert (r.acked, r.nacked) == ([1], []), r.events
+            wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == 1, 5,
+                       lambda: f"{ch.queue_declare(q, passive=True).method.message_count} messages ready")
+            assert [d.body for d in get_all(ch, q)] == [b"0123456789"]
+        finally:
+            ch.queue_delete(q)
 
 
 # --- 4. streams ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use amq_protocol::protocol::{AMQPClass, basic};
 use bytes::{Bytes, BytesMut};
 use herald_broker::amqp::{AMQP_SUBSCRIPTION, delivery_info};
-use herald_broker::queue::ReceivedRecord;
+use herald_broker::queue::{Leases, ReceivedRecord};
 use herald_broker::{Broker, BrokerError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
@@ -400,6 +400,9 @@ impl ConsumerTask {
                             AMQP_SUBSCRIPTION,
                             grants.len(),
                             RECEIVE_WAIT_MS,
+                            // Unacked deliveries are requeued at startup (as RabbitMQ
+                            // does), so a delivery need not wait for an fsync.
+                            Leases::WrittenBehind,
                             || !*stop.borrow(),
                         )
                         .await

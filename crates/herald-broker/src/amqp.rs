@@ -322,6 +322,11 @@ struct QueueState {
     /// `x-single-active-consumer`: the consumer slot that may receive (0: none); the
     /// oldest registered consumer, the next one when it goes.
     active: Option<tokio::sync::watch::Sender<u64>>,
+    /// With `x-max-length-bytes`: (partition, offset, body bytes) of messages appended
+    /// here that may not be durable yet, which the queue's ready bytes (counted up to
+    /// the high watermark) do not hold. Entries below the high watermark are dropped
+    /// when next counted, so this holds about one group commit's publishes.
+    unflushed: Vec<(i32, i64, u64)>,
 }
 
 impl QueueState {
@@ -329,6 +334,7 @@ impl QueueState {
         QueueState {
             expiring: def.arguments.contains_key("x-message-ttl"),
             active: single_active(&def).then(|| tokio::sync::watch::channel(0).0),
+            unflushed: Vec::new(),
             def,
             owner,
             consumers: BTreeMap::new(),
@@ -1484,7 +1490,8 @@ impl Broker {
             .filter(|ms| *ms >= 0);
         let mut rejected = false;
         let mut trim = Vec::new();
-        let mut topics: Vec<String> = Vec::new();
+        // (topic, the queue's name if it counts unflushed bytes for x-max-length-bytes)
+        let mut topics: Vec<(String, Option<String>)> = Vec::new();
         let mut dead: Vec<QueueDef> = Vec::new();
         {
             let mut queues = self.amqp.queues.write().map_err(|_| poisoned())?;
@@ -1495,7 +1502,7 @@ impl Broker {
                 if expiring.is_some() {
                     q.expiring = true;
                 }
-                match self.over_length(&q.def) {
+                match self.over_length(q, message.body.len() as u64) {
                     Some(Overflow::RejectPublish) => {
                         rejected = true;
                         continue;
@@ -1508,7 +1515,9 @@ impl Broker {
                     Some(Overflow::DropHead) => trim.push(name.clone()),
                     None => {}
                 }
-                topics.push(q.def.topic.clone());
+                let counts_bytes =
+                    !is_stream(&q.def) && q.def.arguments.contains_key("x-max-length-bytes");
+                topics.push((q.def.topic.clone(), counts_bytes.then(|| name.clone())));
             }
         }
         let now = now_ms();
@@ -1541,7 +1550,8 @@ impl Broker {
         }
         let batch = crate::queue::encode_batch(vec![message_record(message, expires_at)])
             .map_err(|e| AmqpError::from_broker(&e))?;
-        for topic in topics {
+        let mut unflushed = Vec::new();
+        for (topic, counts_bytes) in topics {
             let Some(t) = self.topic(&topic) else {
                 continue;
             };
@@ -1553,7 +1563,19 @@ impl Broker {
             let append = t
                 .append(partition, &batch, now)
                 .map_err(|e| AmqpError::from_broker(&e))?;
+            if let Some(name) = counts_bytes {
+                unflushed.push((name, partition, append.base_offset));
+            }
             appends.push(append);
+        }
+        if !unflushed.is_empty() {
+            let mut queues = self.amqp.queues.write().map_err(|_| poisoned())?;
+            for (name, partition, offset) in unflushed {
+                if let Some(q) = queues.get_mut(&name) {
+                    q.unflushed
+                        .push((partition, offset, message.body.len() as u64));
+                }
+            }
         }
         Ok(Published {
             appends,
@@ -1563,9 +1585,12 @@ impl Broker {
         })
     }
 
-    /// Whether one more message would take queue `def` past `x-max-length` /
-    /// `x-max-length-bytes` (ready messages, as RabbitMQ counts), and what then.
-    fn over_length(&self, def: &QueueDef) -> Option<Overflow> {
+    /// Whether one more message of `body_bytes` would take queue `q` past `x-max-length`
+    /// / `x-max-length-bytes` (ready messages and their body bytes, as RabbitMQ counts
+    /// them: the queue is full when the message would make either count exceed its
+    /// limit), and what then.
+    fn over_length(&self, q: &mut QueueState, body_bytes: u64) -> Option<Overflow> {
+        let def = &q.def;
         if is_stream(def) {
             // A stream's length limits are retention, not overflow.
             return None;
@@ -1575,32 +1600,57 @@ impl Broker {
         if max.is_none() && max_bytes.is_none() {
             return None;
         }
-        // Ready messages, counting those appended but not durable yet (a pipelined
-        // publisher's burst).
-        let pending: i64 = self
-            .topic(&def.topic)
-            .map(|t| {
-                t.partitions
-                    .iter()
-                    .map(|p| (p.log_end_offset() - p.high_watermark()).max(0))
-                    .sum()
-            })
-            .unwrap_or(0);
-        let depth = self
-            .subscription_stats(&def.topic, AMQP_SUBSCRIPTION)
-            .map(|s| s.depth)
-            .unwrap_or(0) as i64
-            + pending;
-        let full = max.is_some_and(|max| depth >= max)
-            || max_bytes.is_some_and(|max| max == 0 && depth > 0);
+        let full_by_count = max.is_some_and(|max| {
+            // Ready messages, counting those appended but not durable yet (a
+            // pipelined publisher's burst).
+            let pending: i64 = self
+                .topic(&def.topic)
+                .map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| (p.log_end_offset() - p.high_watermark()).max(0))
+                        .sum()
+                })
+                .unwrap_or(0);
+            let depth = self
+                .subscription_stats(&def.topic, AMQP_SUBSCRIPTION)
+                .map(|s| s.depth)
+                .unwrap_or(0) as i64
+                + pending;
+            depth >= max
+        });
+        let full = full_by_count
+            || max_bytes.is_some_and(|max| {
+                let max = u64::try_from(max).unwrap_or(0);
+                self.queue_ready_bytes(q, max)
+                    .is_some_and(|ready| ready.saturating_add(body_bytes) > max)
+            });
         if !full {
             return None;
         }
-        match def.arguments.get("x-overflow").and_then(Value::as_str) {
+        match q.def.arguments.get("x-overflow").and_then(Value::as_str) {
             Some("reject-publish") => Some(Overflow::RejectPublish),
             Some("reject-publish-dlx") => Some(Overflow::RejectPublishDlx),
             _ => Some(Overflow::DropHead),
         }
+    }
+
+    /// Body bytes of queue `q`'s ready messages, counting those appended but not
+    /// durable yet, counted until past `enough`; None if they cannot be counted now
+    /// (the queue then takes the message: a limit never refuses on a guess).
+    fn queue_ready_bytes(&self, q: &mut QueueState, enough: u64) -> Option<u64> {
+        let (ready, high_watermarks) = self
+            .subscription_ready_bytes(&q.def.topic, AMQP_SUBSCRIPTION, enough)
+            .map_err(|e| tracing::warn!(queue = %q.def.name, error = %e, "cannot count the queue's bytes"))
+            .ok()?;
+        let below = |p: i32, o: i64| {
+            usize::try_from(p)
+                .ok()
+                .and_then(|p| high_watermarks.get(p))
+                .is_some_and(|hw| o < *hw)
+        };
+        q.unflushed.retain(|(p, o, _)| !below(*p, *o));
+        Some(ready + q.unflushed.iter().map(|(_, _, b)| b).sum::<u64>())
     }
 
     /// Drop messages from the head of a queue past its `x-max-length` (drop-head):
@@ -1615,20 +1665,34 @@ impl Broker {
         else {
             return;
         };
-        let Some(max) = def.arguments.get("x-max-length").and_then(int_value) else {
-            return;
-        };
+        let max = def.arguments.get("x-max-length").and_then(int_value);
+        let max_bytes = def
+            .arguments
+            .get("x-max-length-bytes")
+            .and_then(int_value)
+            .map(|b| u64::try_from(b).unwrap_or(0));
         loop {
             let depth = self
                 .subscription_stats(&def.topic, AMQP_SUBSCRIPTION)
                 .map(|s| s.depth)
                 .unwrap_or(0) as i64;
-            if depth <= max {
+            let mut over = max.map_or(0, |max| {
+                usize::try_from(depth - max)
+                    .unwrap_or(0)
+                    .min(EXPIRY_SWEEP_BATCH)
+            });
+            if over == 0
+                && let Some(max_bytes) = max_bytes
+                && self
+                    .subscription_ready_bytes(&def.topic, AMQP_SUBSCRIPTION, max_bytes)
+                    .is_ok_and(|(ready, _)| ready > max_bytes)
+            {
+                // Past the byte limit: drop the head one message at a time.
+                over = 1;
+            }
+            if over == 0 {
                 return;
             }
-            let over = usize::try_from(depth - max)
-                .unwrap_or(1)
-                .min(EXPIRY_SWEEP_BATCH);
             let Ok(head) = self.receive(&def.topic, AMQP_SUBSCRIPTION, over, 0).await else {
                 return;
             };

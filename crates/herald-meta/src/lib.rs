@@ -23,9 +23,14 @@ const OFFSETS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new(
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 /// (topic, subscription) -> the subscription's settings, JSON chosen by the broker.
 const SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("subscriptions");
-/// (topic, subscription, partition) -> that partition's delivery state, JSON chosen by
-/// the broker (bounded by the subscription's `max_unacked`).
+/// (topic, subscription, partition) -> that partition's delivery state, bytes chosen by
+/// the broker: its header (floor, scan position, counters), or, as stored before
+/// [`QUEUE_ENTRIES`], the whole state (bounded by the subscription's `max_unacked`).
 const QUEUE_STATE: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("queue_state");
+/// (topic, subscription, partition, offset) -> one tracked record's delivery state,
+/// bytes chosen by the broker: a commit writes only the entries that changed.
+const QUEUE_ENTRIES: TableDefinition<(&str, &str, u32, i64), &[u8]> =
+    TableDefinition::new("queue_entries");
 /// (topic, message id) -> (partition, offset, published_ms) of the first publish.
 const DEDUP: TableDefinition<(&str, &str), (i32, i64, i64)> = TableDefinition::new("dedup");
 /// (published_ms, topic, message id): DEDUP in time order, for pruning expired ids.
@@ -126,6 +131,7 @@ impl MetaStore {
         txn.open_table(SETTINGS)?;
         txn.open_table(SUBSCRIPTIONS)?;
         txn.open_table(QUEUE_STATE)?;
+        txn.open_table(QUEUE_ENTRIES)?;
         txn.open_table(REDRIVE_FLOORS)?;
         txn.open_table(DEDUP)?;
         txn.open_table(DEDUP_BY_TIME)?;
@@ -222,6 +228,8 @@ impl MetaStore {
             .retain(|(topic, _), _| topic != name)?;
         txn.open_table(QUEUE_STATE)?
             .retain(|(topic, _, _), _| topic != name)?;
+        txn.open_table(QUEUE_ENTRIES)?
+            .retain(|(topic, _, _, _), _| topic != name)?;
         txn.open_table(REDRIVE_FLOORS)?
             .retain(|(topic, _), _| topic != name)?;
         txn.open_table(DEDUP)?
@@ -287,12 +295,17 @@ impl MetaStore {
     }
 }
 
-/// One partition's queue state to write, as the broker encoded it.
+/// One partition's queue state changes to write, as the broker encoded them.
 pub struct QueueStateWrite<'a> {
     pub topic: &'a str,
     pub subscription: &'a str,
     pub partition: u32,
-    pub state: &'a [u8],
+    /// Replaces the partition's header.
+    pub header: &'a [u8],
+    /// Entries to write (insert or replace), by offset.
+    pub entries: &'a [(i64, Vec<u8>)],
+    /// Delete every stored entry of the partition below this offset.
+    pub remove_below: Option<i64>,
 }
 
 impl MetaStore {
@@ -311,6 +324,10 @@ impl MetaStore {
         txn.open_table(SUBSCRIPTIONS)?.remove((topic, name))?;
         txn.open_table(QUEUE_STATE)?
             .retain(|(t, n, _), _| !(t == topic && n == name))?;
+        txn.open_table(QUEUE_ENTRIES)?.retain_in(
+            (topic, name, 0u32, i64::MIN)..=(topic, name, u32::MAX, i64::MAX),
+            |_, _| false,
+        )?;
         txn.commit()?;
         Ok(())
     }
@@ -363,18 +380,46 @@ impl MetaStore {
         Ok(out)
     }
 
-    /// Write many partitions' queue states in one transaction (one fsync): the broker's
-    /// group commit for acks, nacks and leases.
+    /// Write many partitions' queue state changes in one transaction (one fsync): the
+    /// broker's group commit for acks, nacks and leases.
     pub fn put_queue_states(&self, writes: &[QueueStateWrite<'_>]) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
-            let mut table = txn.open_table(QUEUE_STATE)?;
+            let mut headers = txn.open_table(QUEUE_STATE)?;
+            let mut entries = txn.open_table(QUEUE_ENTRIES)?;
             for w in writes {
-                table.insert((w.topic, w.subscription, w.partition), w.state)?;
+                let (t, s, p) = (w.topic, w.subscription, w.partition);
+                headers.insert((t, s, p), w.header)?;
+                if let Some(below) = w.remove_below {
+                    entries.retain_in((t, s, p, i64::MIN)..(t, s, p, below), |_, _| false)?;
+                }
+                for (offset, entry) in w.entries {
+                    entries.insert((t, s, p, *offset), entry.as_slice())?;
+                }
             }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The stored entries of one partition of a subscription: (offset, entry), in
+    /// offset order.
+    pub fn queue_entries(
+        &self,
+        topic: &str,
+        name: &str,
+        partition: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(QUEUE_ENTRIES)?;
+        let mut out = Vec::new();
+        for entry in
+            table.range((topic, name, partition, i64::MIN)..=(topic, name, partition, i64::MAX))?
+        {
+            let (key, value) = entry?;
+            out.push((key.value().3, value.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// The stored state of every partition of one subscription: (partition, state).
@@ -485,6 +530,57 @@ mod tests {
             metadata: Some("m".into()),
             commit_ms: 5,
         }
+    }
+
+    fn state_write<'a>(
+        topic: &'a str,
+        name: &'a str,
+        partition: u32,
+        entries: &'a [(i64, Vec<u8>)],
+        remove_below: Option<i64>,
+    ) -> QueueStateWrite<'a> {
+        QueueStateWrite {
+            topic,
+            subscription: name,
+            partition,
+            header: b"h",
+            entries,
+            remove_below,
+        }
+    }
+
+    #[test]
+    fn queue_entries_are_written_by_offset_and_removed_below_the_floor_and_with_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let five: Vec<(i64, Vec<u8>)> = (0..5).map(|o| (o, vec![o as u8])).collect();
+        let two = [(1, b"x".to_vec())];
+        store
+            .put_queue_states(&[
+                state_write("orders", "billing", 0, &five, None),
+                state_write("orders", "billing", 1, &two, None),
+                state_write("orders", "audit", 0, &two, None),
+                state_write("ordersx", "billing", 0, &two, None),
+            ])
+            .unwrap();
+        // Replace one, clear below 3 on partition 0 only.
+        let again = [(4, b"y".to_vec())];
+        store
+            .put_queue_states(&[state_write("orders", "billing", 0, &again, Some(3))])
+            .unwrap();
+        let offsets = |t, n, p| -> Vec<(i64, Vec<u8>)> { store.queue_entries(t, n, p).unwrap() };
+        assert_eq!(
+            offsets("orders", "billing", 0),
+            vec![(3, vec![3]), (4, b"y".to_vec())]
+        );
+        assert_eq!(offsets("orders", "billing", 1), two.to_vec());
+        store.delete_subscription("orders", "billing").unwrap();
+        assert!(offsets("orders", "billing", 0).is_empty());
+        assert!(offsets("orders", "billing", 1).is_empty());
+        assert_eq!(offsets("orders", "audit", 0), two.to_vec());
+        store.delete_topic("orders").unwrap();
+        assert!(offsets("orders", "audit", 0).is_empty());
+        assert_eq!(offsets("ordersx", "billing", 0), two.to_vec());
     }
 
     #[test]

@@ -51,24 +51,21 @@ impl GroupCommit {
                 let Some(meta) = meta.upgrade() else { return };
                 let outcome = tokio::task::spawn_blocking(move || {
                     let mut seen = std::collections::HashSet::new();
-                    let mut encoded = Vec::new();
+                    let mut taken = Vec::new();
                     for (sub, p) in &writes {
                         if seen.insert((Arc::as_ptr(sub), *p))
-                            && let Some(state) = sub.snapshot(*p)?
+                            && let Some(changes) = sub.snapshot(*p)?
                         {
-                            encoded.push((sub, *p, state));
+                            taken.push((sub, *p, changes));
                         }
                     }
-                    let refs: Vec<QueueStateWrite<'_>> = encoded
-                        .iter()
-                        .map(|(sub, p, state)| QueueStateWrite {
-                            topic: &sub.topic,
-                            subscription: &sub.name,
-                            partition: *p,
-                            state,
-                        })
-                        .collect();
-                    meta.put_queue_states(&refs).map_err(|e| e.to_string())
+                    let stored = store(&meta, &taken);
+                    if stored.is_err() {
+                        for (sub, p, changes) in &taken {
+                            sub.unsnapshot(*p, changes);
+                        }
+                    }
+                    stored
                 })
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
@@ -94,6 +91,35 @@ impl GroupCommit {
     pub async fn submit(&self, writes: Vec<Write>) -> Result<()> {
         wait(self.enqueue(writes)).await
     }
+}
+
+/// Write the changes taken from partitions in one transaction.
+fn store(
+    meta: &MetaStore,
+    taken: &[(&Arc<super::Subscription>, u32, super::Changes)],
+) -> std::result::Result<(), String> {
+    let mut encoded = Vec::with_capacity(taken.len());
+    for (sub, p, changes) in taken {
+        let (header, entries) = super::encode_changes(changes).map_err(|e| {
+            format!(
+                "cannot encode the state of {}/{}/{p}: {e}",
+                sub.topic, sub.name
+            )
+        })?;
+        encoded.push((sub, *p, header, entries, changes.remove_below));
+    }
+    let refs: Vec<QueueStateWrite<'_>> = encoded
+        .iter()
+        .map(|(sub, p, header, entries, remove_below)| QueueStateWrite {
+            topic: &sub.topic,
+            subscription: &sub.name,
+            partition: *p,
+            header,
+            entries,
+            remove_below: *remove_below,
+        })
+        .collect();
+    meta.put_queue_states(&refs).map_err(|e| e.to_string())
 }
 
 /// Wait until the queued writes are durable.

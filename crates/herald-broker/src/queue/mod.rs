@@ -43,7 +43,8 @@ use crate::records::StoredBatch;
 use crate::{Broker, now_ms};
 pub use dedup::{MESSAGE_ID_HEADER, PublishOutcome};
 pub use settings::{StartPosition, SubscriptionSettings};
-use state::{PartitionQueue, Refusal};
+pub(crate) use state::Changes;
+use state::{Entry, Header, PartitionQueue, Refusal};
 
 /// Header holding a record's earliest delivery time, epoch milliseconds as a decimal string.
 pub const DELIVER_AT_HEADER: &str = "herald-deliver-at";
@@ -64,6 +65,20 @@ pub const RECEIVE_MAX_RECORDS: usize = 1_000;
 pub const RECEIVE_WAIT_MAX_MS: u64 = 20_000;
 /// How often the broker's timer expires leases and retries dead-lettering.
 pub const QUEUE_TICK_MS: u64 = 100;
+
+/// Whether a receive's leases are durable before its records are handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leases {
+    /// Written to the meta store first: a lease (and the delivery count it raised)
+    /// survives a restart, as an HTTP receiver's receipt does.
+    Durable,
+    /// Queued for the next group commit without waiting for it: for readers whose
+    /// leases are given back at startup anyway (AMQP deliveries die with their
+    /// connection, see `release_all_leases`), so handing a record out does not wait for
+    /// an fsync. A crash within that commit's time (about one fsync) loses only the
+    /// delivery counts it held: such a record comes back with the count it had before.
+    WrittenBehind,
+}
 
 /// One record handed out by `receive`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -300,11 +315,25 @@ impl Broker {
                 let Some(slot) = parts.get_mut(p as usize) else {
                     continue;
                 };
-                let mut q = decode_state(&state).map_err(|e| {
+                let bad = |e: String| {
                     BrokerError::Storage(format!("queue state {topic}/{name}/{p}: {e}"))
-                })?;
-                q.restore();
-                *slot = q;
+                };
+                *slot = match decode_state(&state).map_err(bad)? {
+                    Stored::Header(header) => {
+                        let mut entries = BTreeMap::new();
+                        for (offset, bytes) in self.meta.queue_entries(&topic, &name, p)? {
+                            entries.insert(offset, decode_entry(&bytes).map_err(bad)?);
+                        }
+                        PartitionQueue::from_stored(header, entries)
+                    }
+                    Stored::Whole(mut q) => {
+                        // Stored whole before entries had rows of their own: the next
+                        // commit writes every entry and the header in the new form.
+                        q.restore();
+                        q.mark_all_changed();
+                        q
+                    }
+                };
             }
             self.insert_subscription(topic, name, settings, parts);
         }
@@ -469,7 +498,7 @@ impl Broker {
         max_records: usize,
         wait_ms: u64,
     ) -> Result<Vec<ReceivedRecord>> {
-        self.receive_while(topic, name, max_records, wait_ms, || true)
+        self.receive_while(topic, name, max_records, wait_ms, Leases::Durable, || true)
             .await
     }
 
@@ -482,6 +511,7 @@ impl Broker {
         name: &str,
         max_records: usize,
         wait_ms: u64,
+        leases: Leases,
         wanted: impl Fn() -> bool,
     ) -> Result<Vec<ReceivedRecord>> {
         let sub = self.subscription(topic, name)?;
@@ -495,7 +525,7 @@ impl Broker {
             if !wanted() {
                 return Ok(Vec::new());
             }
-            let got = self.receive_once(&sub, max_records).await?;
+            let got = self.receive_once(&sub, max_records, leases).await?;
             if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(got);
             }
@@ -514,6 +544,7 @@ impl Broker {
         &self,
         sub: &Arc<Subscription>,
         max_records: usize,
+        leases: Leases,
     ) -> Result<Vec<ReceivedRecord>> {
         let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
         let policy = settings.policy();
@@ -576,7 +607,12 @@ impl Broker {
                                 0
                             }
                         };
-                        q.track(r.offset, key_hash(r.key.as_ref()), not_before);
+                        q.track_sized(
+                            r.offset,
+                            key_hash(r.key.as_ref()),
+                            not_before,
+                            value_len(&r),
+                        );
                     }
                 }
                 if q.scan_next == before {
@@ -596,7 +632,12 @@ impl Broker {
             }
         }
         if !writes.is_empty() {
-            self.queues.commit.submit(writes).await?;
+            // Expired leases are durable before their dead-letter copies are written.
+            if leases == Leases::Durable || !dead.is_empty() {
+                self.queues.commit.submit(writes).await?;
+            } else {
+                drop(self.queues.commit.enqueue(writes));
+            }
         }
         for (p, o) in dead {
             if let Err(e) = self.dead_letter(sub, p, o).await {
@@ -671,6 +712,60 @@ impl Broker {
             self.abandon(sub, &unreadable).await?;
         }
         Ok(records)
+    }
+
+    /// Value bytes of the records of a subscription waiting to be handed out (what AMQP's
+    /// `x-max-length-bytes` limits), counted until past `enough`; and, per partition,
+    /// the high watermark the count went up to (records appended after it are not in
+    /// it). Each record's value is counted from the log once ahead of the scan (the
+    /// partition keeps the count), so a call costs what was appended since the last one;
+    /// the first after a restart reads the backlog, up to `enough` bytes.
+    pub fn subscription_ready_bytes(
+        &self,
+        topic: &str,
+        name: &str,
+        enough: u64,
+    ) -> Result<(u64, Vec<i64>)> {
+        let sub = self.subscription(topic, name)?;
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        let mut total = 0u64;
+        let mut high_watermarks = Vec::with_capacity(sub.partitions.len());
+        for (index, slot) in sub.partitions.iter().enumerate() {
+            let partition = t.partition(index as i32)?;
+            let hw = partition.high_watermark();
+            high_watermarks.push(hw);
+            let mut q = slot.lock().map_err(|_| poisoned())?;
+            q.truncate_below(partition.log_start_offset());
+            for o in q.unsized_available() {
+                let bytes = match record_at(partition, o, "max-length-bytes")? {
+                    AtOffset::Record(r) => value_len(&r),
+                    AtOffset::Oversized | AtOffset::Missing => 0,
+                };
+                q.set_value_bytes(o, bytes);
+            }
+            loop {
+                let tail = q.tail();
+                if tail.counted_to >= hw || total + q.ready_value_bytes() > enough {
+                    break;
+                }
+                let read = partition.records_from(
+                    tail.counted_to,
+                    hw,
+                    RECEIVE_MAX_RECORDS,
+                    QUEUE_READ_BYTES,
+                    "max-length-bytes",
+                )?;
+                if read.next <= tail.counted_to {
+                    break;
+                }
+                let bytes = read.records.iter().map(|r| u64::from(value_len(r))).sum();
+                q.count_tail(read.next, bytes);
+            }
+            total += q.ready_value_bytes();
+        }
+        Ok((total, high_watermarks))
     }
 
     /// Finish tracked records that can no longer be read within the bound (see the
@@ -1238,47 +1333,94 @@ fn new_subscription(
 }
 
 impl Subscription {
-    /// The partition's current state, encoded for the meta store; None once deleted.
-    /// An error fails the whole commit, so no caller is told its change is durable
-    /// when it was not written.
-    pub(crate) fn snapshot(&self, partition: u32) -> std::result::Result<Option<Vec<u8>>, String> {
+    /// The partition's changes since the last snapshot (see `state::Changes`); None
+    /// once deleted. Taken changes are given back with `unsnapshot` when their commit
+    /// fails, so no change is lost from the store.
+    pub(crate) fn snapshot(&self, partition: u32) -> std::result::Result<Option<Changes>, String> {
         if self.deleted.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(None);
         }
         let Some(slot) = self.partitions.get(partition as usize) else {
             return Ok(None);
         };
-        let q = slot
+        let mut q = slot
             .lock()
             .map_err(|_| "queue state lock poisoned".to_string())?;
-        encode(&q).map(Some).map_err(|e| {
-            format!(
-                "cannot encode the state of {}/{}/{partition}: {e}",
-                self.topic, self.name
-            )
-        })
+        Ok(Some(q.take_changes()))
+    }
+
+    /// Changes from `snapshot` that were not stored.
+    pub(crate) fn unsnapshot(&self, partition: u32, changes: &Changes) {
+        if let Some(Ok(mut q)) = self.partitions.get(partition as usize).map(|s| s.lock()) {
+            q.untake_changes(changes);
+        }
     }
 }
 
-/// The first byte of a stored partition state: postcard follows. State is rewritten
-/// whole at every commit that touches the partition (up to `max_unacked` entries), so
-/// its size is what an ack costs: JSON took about 150 bytes an entry and most of the
-/// broker's CPU per receive + ack; postcard takes about 10.
+/// The first byte of a partition state stored whole (up to `max_unacked` entries,
+/// rewritten at every commit): postcard follows. Read only, from stores written before
+/// entries had rows of their own.
 const STATE_POSTCARD_V1: u8 = 1;
+/// The first byte of a partition's stored header (`state::Header`, postcard); its
+/// entries are rows of their own, one per tracked record (`ENTRY_POSTCARD_V1`).
+const HEADER_POSTCARD_V2: u8 = 2;
+/// The first byte of one stored entry (`state::Entry`, postcard).
+const ENTRY_POSTCARD_V1: u8 = 1;
 
-fn encode(q: &PartitionQueue) -> std::result::Result<Vec<u8>, postcard::Error> {
-    postcard::to_extend(q, vec![STATE_POSTCARD_V1])
+/// A partition's stored state as read back.
+enum Stored {
+    Header(Header),
+    Whole(PartitionQueue),
 }
 
-/// Read a stored partition state: postcard after its version byte, or JSON (which
-/// starts with `{`), as states were stored before postcard.
-fn decode_state(bytes: &[u8]) -> std::result::Result<PartitionQueue, String> {
+/// Encoded entries, by offset.
+type EncodedEntries = Vec<(i64, Vec<u8>)>;
+
+/// A snapshot's changes in the meta store's form: (header, entries by offset).
+pub(crate) fn encode_changes(
+    changes: &Changes,
+) -> std::result::Result<(Vec<u8>, EncodedEntries), postcard::Error> {
+    let header = postcard::to_extend(&changes.header, vec![HEADER_POSTCARD_V2])?;
+    let entries = changes
+        .entries
+        .iter()
+        .map(|(o, e)| postcard::to_extend(e, vec![ENTRY_POSTCARD_V1]).map(|b| (*o, b)))
+        .collect::<std::result::Result<_, _>>()?;
+    Ok((header, entries))
+}
+
+/// Read a stored partition state: a header (its entries are read separately), or a
+/// whole state as older stores hold it: postcard after its version byte, or JSON
+/// (which starts with `{`).
+fn decode_state(bytes: &[u8]) -> std::result::Result<Stored, String> {
     match bytes.split_first() {
-        Some((&STATE_POSTCARD_V1, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
-        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Some((&HEADER_POSTCARD_V2, rest)) => postcard::from_bytes(rest)
+            .map(Stored::Header)
+            .map_err(|e| e.to_string()),
+        Some((&STATE_POSTCARD_V1, rest)) => postcard::from_bytes(rest)
+            .map(Stored::Whole)
+            .map_err(|e| e.to_string()),
+        Some((b'{', _)) => serde_json::from_slice(bytes)
+            .map(Stored::Whole)
+            .map_err(|e| e.to_string()),
         Some((first, _)) => Err(format!("unknown state format (first byte {first:#04x})")),
         None => Err("empty state".to_string()),
     }
+}
+
+fn decode_entry(bytes: &[u8]) -> std::result::Result<Entry, String> {
+    match bytes.split_first() {
+        Some((&ENTRY_POSTCARD_V1, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((first, _)) => Err(format!("unknown entry format (first byte {first:#04x})")),
+        None => Err("empty entry".to_string()),
+    }
+}
+
+fn value_len(record: &Record) -> u32 {
+    record
+        .value
+        .as_ref()
+        .map_or(0, |v| u32::try_from(v.len()).unwrap_or(u32::MAX))
 }
 
 fn poisoned() -> BrokerError {

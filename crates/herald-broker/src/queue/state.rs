@@ -5,7 +5,7 @@
 //! read from the log yet. The floor only moves over finished records, so a record is never
 //! skipped; `entries` never holds more than the subscription's `max_unacked`.
 
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,54 @@ pub struct PartitionQueue {
     /// half dead-lettered must not both append a copy.
     #[serde(skip)]
     dead_letter_claims: HashSet<i64>,
+    /// Offsets whose entry may have changed since the last [`PartitionQueue::take_changes`]
+    /// (entries removed below the floor are not listed: the floor says they are gone).
+    #[serde(skip)]
+    changed: BTreeSet<i64>,
+    /// The floor the last taken changes carried; None: not known to be stored, so the
+    /// next changes clear everything below their floor.
+    #[serde(skip)]
+    stored_floor: Option<i64>,
+    /// Value bytes of tracked records, where known (see [`PartitionQueue::track_sized`]).
+    /// In memory only: after a restart they are read again when first asked for.
+    #[serde(skip)]
+    value_bytes: BTreeMap<i64, u32>,
+    /// Value bytes of the records in `[scan_next, tail.counted_to)`: counted from the
+    /// log, not tracked yet (see [`PartitionQueue::tail`]).
+    #[serde(skip)]
+    tail: Tail,
+}
+
+/// Value bytes counted ahead of the scan, so asking for a partition's ready bytes
+/// costs the records appended since it was last asked, not the whole backlog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tail {
+    pub counted_to: i64,
+    pub bytes: u64,
+}
+
+/// What is stored about a partition besides its entries: the floor, the scan position
+/// and the counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub floor: i64,
+    pub scan_next: i64,
+    pub dead_lettered: u64,
+    pub redeliveries: u64,
+    pub lost_to_retention: u64,
+    pub bad_deliver_at: u64,
+    pub expired_leases: u64,
+}
+
+/// A partition's changes since the last taken, for the meta store: write `header`,
+/// write `entries` by offset, and, with `remove_below`, delete every stored entry below
+/// that offset (the floor moved over them). A commit costs what changed, not every
+/// tracked entry.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    pub header: Header,
+    pub entries: Vec<(i64, Entry)>,
+    pub remove_below: Option<i64>,
 }
 
 /// Counts of the partition's tracked records at one instant.
@@ -96,6 +144,63 @@ impl PartitionQueue {
             scan_next: start,
             ..Default::default()
         }
+    }
+
+    /// Rebuild a partition from its stored header and entries.
+    pub fn from_stored(header: Header, entries: BTreeMap<i64, Entry>) -> Self {
+        let mut q = PartitionQueue {
+            floor: header.floor,
+            scan_next: header.scan_next,
+            entries,
+            dead_lettered: header.dead_lettered,
+            redeliveries: header.redeliveries,
+            lost_to_retention: header.lost_to_retention,
+            bad_deliver_at: header.bad_deliver_at,
+            expired_leases: header.expired_leases,
+            ..Default::default()
+        };
+        q.stored_floor = Some(q.floor);
+        q.restore();
+        q
+    }
+
+    /// Take what changed since the last call (see [`Changes`]). Give it back with
+    /// [`PartitionQueue::untake_changes`] if it could not be stored.
+    pub fn take_changes(&mut self) -> Changes {
+        let changed = std::mem::take(&mut self.changed);
+        let entries = changed
+            .into_iter()
+            .filter_map(|o| self.entries.get(&o).map(|e| (o, e.clone())))
+            .collect();
+        let remove_below = (self.stored_floor != Some(self.floor)).then_some(self.floor);
+        self.stored_floor = Some(self.floor);
+        Changes {
+            header: Header {
+                floor: self.floor,
+                scan_next: self.scan_next,
+                dead_lettered: self.dead_lettered,
+                redeliveries: self.redeliveries,
+                lost_to_retention: self.lost_to_retention,
+                bad_deliver_at: self.bad_deliver_at,
+                expired_leases: self.expired_leases,
+            },
+            entries,
+            remove_below,
+        }
+    }
+
+    /// Changes taken but not stored (their commit failed): the next take carries them
+    /// again, and clears below the floor again.
+    pub fn untake_changes(&mut self, changes: &Changes) {
+        self.changed.extend(changes.entries.iter().map(|(o, _)| *o));
+        self.stored_floor = None;
+    }
+
+    /// Every entry counts as changed and nothing as stored (a state loaded from a format
+    /// that stored it whole).
+    pub fn mark_all_changed(&mut self) {
+        self.changed = self.entries.keys().copied().collect();
+        self.stored_floor = None;
     }
 
     /// Rebuild what is not stored (the deadline heap) after loading.
@@ -129,16 +234,90 @@ impl PartitionQueue {
                 last_error: None,
             },
         );
+        self.changed.insert(offset);
         self.scan_next = offset + 1;
         self.advance_floor();
     }
 
-    /// The log has no record in `[scan_next, to)` (end of a batch, compaction gaps).
+    /// [`PartitionQueue::track`] a record whose value is `value_bytes` long, for
+    /// [`PartitionQueue::ready_value_bytes`]: the IO shell tracks this way.
+    pub fn track_sized(
+        &mut self,
+        offset: i64,
+        key_hash: Option<u64>,
+        not_before_ms: i64,
+        value_bytes: u32,
+    ) {
+        self.track(offset, key_hash, not_before_ms);
+        self.value_bytes.insert(offset, value_bytes);
+        if offset < self.tail.counted_to {
+            // Counted ahead of the scan: it moves from the tail to the tracked.
+            self.tail.bytes = self.tail.bytes.saturating_sub(u64::from(value_bytes));
+        }
+    }
+
+    /// The log has no record in `[scan_next, to)` (end of a batch, compaction gaps, or
+    /// a batch past the decompression bound, which the tail counts as empty too).
     pub fn skip_to(&mut self, to: i64) {
         if to > self.scan_next {
             self.scan_next = to;
+            self.tail.counted_to = self.tail.counted_to.max(to);
             self.advance_floor();
         }
+    }
+
+    /// Available tracked records whose value size is not known (tracked before a
+    /// restart): read them and give their sizes with [`PartitionQueue::set_value_bytes`].
+    pub fn unsized_available(&self) -> Vec<i64> {
+        self.entries
+            .iter()
+            .filter(|(o, e)| {
+                matches!(e.state, EntryState::Available { .. }) && !self.value_bytes.contains_key(o)
+            })
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
+    pub fn set_value_bytes(&mut self, offset: i64, value_bytes: u32) {
+        if self.entries.contains_key(&offset) {
+            self.value_bytes.insert(offset, value_bytes);
+        }
+    }
+
+    /// Where the tail's count stands; counting continues from `counted_to` (never
+    /// behind the scan).
+    pub fn tail(&mut self) -> Tail {
+        if self.tail.counted_to < self.scan_next {
+            self.tail = Tail {
+                counted_to: self.scan_next,
+                bytes: 0,
+            };
+        }
+        self.tail
+    }
+
+    /// The records in `[tail().counted_to, to)` hold `bytes` of values.
+    pub fn count_tail(&mut self, to: i64, bytes: u64) {
+        let tail = self.tail();
+        if to > tail.counted_to {
+            self.tail = Tail {
+                counted_to: to,
+                bytes: tail.bytes.saturating_add(bytes),
+            };
+        }
+    }
+
+    /// Value bytes of the records waiting to be handed out: tracked and available
+    /// (sizes not known count 0; see `unsized_available`) plus the counted tail. What
+    /// AMQP's `x-max-length-bytes` limits.
+    pub fn ready_value_bytes(&mut self) -> u64 {
+        let tracked: u64 = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.state, EntryState::Available { .. }))
+            .map(|(o, _)| u64::from(self.value_bytes.get(o).copied().unwrap_or(0)))
+            .sum();
+        tracked + self.tail().bytes
     }
 
     /// A tracked record whose batch can no longer be read within the decompression
@@ -147,6 +326,7 @@ impl PartitionQueue {
     pub fn abandon(&mut self, offset: i64) {
         if let Some(e) = self.entries.get_mut(&offset) {
             e.state = EntryState::Done;
+            self.changed.insert(offset);
             self.dead_letter_claims.remove(&offset);
         }
         self.advance_floor();
@@ -156,13 +336,16 @@ impl PartitionQueue {
     /// purge); leased records stay with their holders. Returns how many were purged.
     pub fn purge(&mut self, log_end: i64) -> u64 {
         let mut purged = 0;
-        for e in self.entries.values_mut() {
+        for (offset, e) in self.entries.iter_mut() {
             if matches!(e.state, EntryState::Available { .. }) {
                 e.state = EntryState::Done;
+                self.changed.insert(*offset);
                 purged += 1;
             }
         }
         purged += (log_end - self.scan_next).max(0) as u64;
+        // What the tail counted is purged too.
+        self.tail = Tail::default();
         self.skip_to(log_end);
         self.advance_floor();
         purged
@@ -183,6 +366,11 @@ impl PartitionQueue {
         let untracked = (log_start - self.scan_next).max(0);
         self.lost_to_retention += lost + untracked as u64;
         self.entries = kept;
+        self.value_bytes = self.value_bytes.split_off(&log_start);
+        if log_start > self.scan_next {
+            // The tail counted records that are gone.
+            self.tail = Tail::default();
+        }
         self.scan_next = self.scan_next.max(log_start);
         self.floor = log_start;
         self.advance_floor();
@@ -221,13 +409,17 @@ impl PartitionQueue {
             e.state = EntryState::Leased { deadline_ms };
             self.deadlines
                 .push(std::cmp::Reverse((deadline_ms, *offset)));
+            self.changed.insert(*offset);
             out.push((*offset, e.deliveries));
         }
         out
     }
 
+    /// The entry a transition on a lease changes (marked changed: a refused one is
+    /// written unchanged, which is harmless).
     fn leased(&mut self, offset: i64, attempt: u32) -> Result<&mut Entry, Refusal> {
         let e = self.entries.get_mut(&offset).ok_or(Refusal::NotTracked)?;
+        self.changed.insert(offset);
         if attempt > e.deliveries || attempt == 0 {
             return Err(Refusal::NeverIssued);
         }
@@ -261,11 +453,12 @@ impl PartitionQueue {
     /// many; their delivery counts stay, so they come back as redeliveries.
     pub fn release_all(&mut self, now_ms: i64) -> usize {
         let mut released = 0;
-        for e in self.entries.values_mut() {
+        for (offset, e) in self.entries.iter_mut() {
             if matches!(e.state, EntryState::Leased { .. }) {
                 e.state = EntryState::Available {
                     not_before_ms: now_ms,
                 };
+                self.changed.insert(*offset);
                 released += 1;
             }
         }
@@ -335,6 +528,7 @@ impl PartitionQueue {
                 continue;
             }
             self.expired_leases += 1;
+            self.changed.insert(offset);
             if fail(e, Some("lease expired".into()), policy, &mut retry_at_ms) {
                 dead.push(offset);
             }
@@ -372,6 +566,7 @@ impl PartitionQueue {
             && e.state == EntryState::DeadLettering
         {
             e.state = EntryState::Done;
+            self.changed.insert(offset);
             self.dead_lettered += 1;
         }
         self.advance_floor();
@@ -408,6 +603,7 @@ impl PartitionQueue {
                 break;
             }
             self.entries.remove(&offset);
+            self.value_bytes.remove(&offset);
         }
         self.floor = self
             .entries
@@ -592,6 +788,111 @@ mod tests {
             }
             prop_assert!(q.entries.is_empty());
             prop_assert_eq!(q.floor, tracked);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum StoreOp {
+        Step(Op),
+        Unlease(u8),
+        Extend(u8),
+        Abandon(u8),
+        ReleaseAll,
+        Purge(u8),
+        Truncate(u8),
+        /// Take the changes and store them, or (false) fail to store them.
+        Commit(bool),
+    }
+
+    fn store_op() -> impl Strategy<Value = StoreOp> {
+        prop_oneof![
+            6 => op().prop_map(StoreOp::Step),
+            1 => any::<u8>().prop_map(StoreOp::Unlease),
+            1 => any::<u8>().prop_map(StoreOp::Extend),
+            1 => any::<u8>().prop_map(StoreOp::Abandon),
+            1 => Just(StoreOp::ReleaseAll),
+            1 => (0u8..4).prop_map(StoreOp::Purge),
+            1 => (0u8..4).prop_map(StoreOp::Truncate),
+            3 => proptest::bool::weighted(0.8).prop_map(StoreOp::Commit),
+        ]
+    }
+
+    proptest! {
+        /// Storing only what changed rebuilds exactly the state: after any transitions
+        /// and commits (some of which fail and are given back), a partition rebuilt from
+        /// the stored header and entries equals the live one.
+        #[test]
+        fn stored_changes_rebuild_the_state(ops in proptest::collection::vec(store_op(), 1..300)) {
+            let mut q = PartitionQueue::new(0);
+            let mut stored: BTreeMap<i64, Entry> = BTreeMap::new();
+            let mut header = None;
+            let (mut now, mut tracked, mut log_end) = (0i64, 0i64, 0i64);
+            let pick = |q: &PartitionQueue, i: u8| {
+                let leased: Vec<(i64, u32)> = q.entries.iter()
+                    .filter(|(_, e)| matches!(e.state, EntryState::Leased { .. }))
+                    .map(|(o, e)| (*o, e.deliveries)).collect();
+                (!leased.is_empty()).then(|| leased[i as usize % leased.len()])
+            };
+            for op in ops {
+                match op {
+                    StoreOp::Step(Op::Track(k)) if q.room(&POLICY) > 0 => {
+                        tracked = tracked.max(q.scan_next);
+                        q.track(tracked, Some(u64::from(k)), now);
+                        tracked += 1;
+                        log_end = log_end.max(tracked);
+                    }
+                    StoreOp::Step(Op::Lease(n)) => { q.lease(now, n as usize, &POLICY); }
+                    StoreOp::Step(Op::Ack(i)) => if let Some((o, a)) = pick(&q, i) { q.ack(o, a).unwrap(); },
+                    StoreOp::Step(Op::Nack(i)) => if let Some((o, a)) = pick(&q, i)
+                        && q.nack(o, a, Some(format!("e{i}")), &POLICY, |f| now + i64::from(f)).unwrap()
+                    {
+                        q.dead_lettered(o);
+                    },
+                    StoreOp::Step(Op::Release(i)) => if let Some((o, a)) = pick(&q, i) { q.release(o, a, now).unwrap(); },
+                    StoreOp::Step(Op::Tick(ms)) => {
+                        now += i64::from(ms);
+                        for o in q.expire(now, &POLICY, |f| now + i64::from(f)) { q.dead_lettered(o); }
+                    }
+                    StoreOp::Step(Op::Track(_)) => {}
+                    StoreOp::Unlease(i) => if let Some((o, a)) = pick(&q, i) { q.unlease(o, a).unwrap(); },
+                    StoreOp::Extend(i) => if let Some((o, a)) = pick(&q, i) { q.extend(o, a, now + 500).unwrap(); },
+                    StoreOp::Abandon(i) => if let Some((o, _)) = pick(&q, i) { q.abandon(o); },
+                    StoreOp::ReleaseAll => { q.release_all(now); }
+                    StoreOp::Purge(more) => {
+                        log_end = log_end.max(q.scan_next) + i64::from(more);
+                        q.purge(log_end);
+                    }
+                    StoreOp::Truncate(by) => q.truncate_below(q.floor + i64::from(by)),
+                    StoreOp::Commit(ok) => {
+                        let changes = q.take_changes();
+                        if ok {
+                            if let Some(below) = changes.remove_below {
+                                stored.retain(|o, _| *o >= below);
+                            }
+                            stored.extend(changes.entries.iter().cloned());
+                            header = Some(changes.header.clone());
+                            let back = PartitionQueue::from_stored(changes.header, stored.clone());
+                            prop_assert_eq!(&back.entries, &q.entries);
+                            prop_assert_eq!((back.floor, back.scan_next, back.redeliveries, back.dead_lettered),
+                                (q.floor, q.scan_next, q.redeliveries, q.dead_lettered));
+                        } else {
+                            q.untake_changes(&changes);
+                        }
+                    }
+                }
+                tracked = tracked.max(q.scan_next);
+            }
+            // Whatever the last commit left behind, one more stores the rest.
+            let changes = q.take_changes();
+            if let Some(below) = changes.remove_below {
+                stored.retain(|o, _| *o >= below);
+            }
+            stored.extend(changes.entries.iter().cloned());
+            let _ = header;
+            let back = PartitionQueue::from_stored(changes.header, stored);
+            prop_assert_eq!(&back.entries, &q.entries);
+            prop_assert_eq!((back.floor, back.scan_next, back.lost_to_retention, back.expired_leases),
+                (q.floor, q.scan_next, q.lost_to_retention, q.expired_leases));
         }
     }
 }

@@ -646,40 +646,86 @@ fn busy_state() -> PartitionQueue {
     q
 }
 
-#[test]
-fn stored_state_round_trips_and_is_compact() {
-    let q = busy_state();
-    let bytes = encode(&q).unwrap();
-    assert_eq!(bytes[0], STATE_POSTCARD_V1);
-    let back = decode_state(&bytes).unwrap();
-    assert_eq!((back.floor, back.scan_next), (q.floor, q.scan_next));
-    assert_eq!(back.entries, q.entries);
-    assert_eq!((back.dead_lettered, back.expired_leases), (3, 2));
-    // The reason for postcard: well under JSON's size for the same state.
-    let json = serde_json::to_vec(&q).unwrap();
-    assert!(
-        bytes.len() * 4 < json.len(),
-        "{} vs {}",
-        bytes.len(),
-        json.len()
-    );
+/// Store `changes` into a model of the meta store's rows: (header, entries by offset).
+fn apply(rows: &mut (Vec<u8>, BTreeMap<i64, Vec<u8>>), changes: &Changes) -> usize {
+    let (header, entries) = encode_changes(changes).unwrap();
+    if let Some(below) = changes.remove_below {
+        rows.1.retain(|o, _| *o >= below);
+    }
+    let written = header.len() + entries.iter().map(|(_, e)| e.len()).sum::<usize>();
+    rows.0 = header;
+    rows.1.extend(entries);
+    written
+}
+
+fn load(rows: &(Vec<u8>, BTreeMap<i64, Vec<u8>>)) -> PartitionQueue {
+    let Ok(Stored::Header(header)) = decode_state(&rows.0) else {
+        panic!("a header")
+    };
+    let entries = rows
+        .1
+        .iter()
+        .map(|(o, e)| (*o, decode_entry(e).unwrap()))
+        .collect();
+    PartitionQueue::from_stored(header, entries)
 }
 
 #[test]
-fn states_stored_as_json_before_postcard_still_load() {
-    let q = busy_state();
-    let back = decode_state(&serde_json::to_vec(&q).unwrap()).unwrap();
+fn stored_state_round_trips_and_a_commit_writes_only_what_changed() {
+    let mut q = busy_state();
+    let mut rows = (Vec::new(), BTreeMap::new());
+    let first = apply(&mut rows, &q.take_changes());
+    assert_eq!(rows.0[0], HEADER_POSTCARD_V2);
+    let back = load(&rows);
+    assert_eq!((back.floor, back.scan_next), (q.floor, q.scan_next));
     assert_eq!(back.entries, q.entries);
+    assert_eq!((back.dead_lettered, back.expired_leases), (3, 2));
+    // One ack later, a commit writes the header and that one entry, not the window.
+    q.ack(14, 1).unwrap();
+    let changes = q.take_changes();
+    assert_eq!(changes.entries.len(), 1);
+    let second = apply(&mut rows, &changes);
+    assert!(second * 4 < first, "{second} vs {first} bytes");
+    assert_eq!(load(&rows).entries, q.entries);
+    // Nothing changed: nothing but the header.
+    assert!(q.take_changes().entries.is_empty());
+}
+
+#[test]
+fn states_stored_whole_before_entry_rows_still_load() {
+    let q = busy_state();
+    for bytes in [
+        postcard::to_extend(&q, vec![STATE_POSTCARD_V1]).unwrap(),
+        serde_json::to_vec(&q).unwrap(),
+    ] {
+        let Ok(Stored::Whole(mut back)) = decode_state(&bytes) else {
+            panic!("a whole state")
+        };
+        assert_eq!(back.entries, q.entries);
+        // The first commit after loading one writes every entry, and clears below.
+        back.mark_all_changed();
+        let mut rows = (Vec::new(), BTreeMap::new());
+        let changes = back.take_changes();
+        assert!(changes.remove_below.is_some());
+        apply(&mut rows, &changes);
+        assert_eq!(load(&rows).entries, q.entries);
+    }
     assert!(decode_state(&[]).is_err());
     assert!(
         decode_state(&[7, 1, 2])
-            .unwrap_err()
+            .err()
+            .unwrap()
             .contains("unknown state format")
     );
     // Truncated postcard is an error, not a panic or a partial state.
-    let bytes = encode(&q).unwrap();
-    for cut in 1..bytes.len() {
-        assert!(decode_state(&bytes[..cut]).is_err(), "cut at {cut}");
+    let mut q = busy_state();
+    let (header, entries) = encode_changes(&q.take_changes()).unwrap();
+    for cut in 1..header.len() {
+        assert!(decode_state(&header[..cut]).is_err(), "cut at {cut}");
+    }
+    let entry = &entries[0].1;
+    for cut in 0..entry.len() {
+        assert!(decode_entry(&entry[..cut]).is_err(), "cut at {cut}");
     }
 }
 
