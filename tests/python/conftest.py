@@ -34,6 +34,29 @@ GROUP_INITIAL_REBALANCE_DELAY_MS = "100"
 
 
 _AMQP_SUPPORTED: bool | None = None
+_SERVE_HELP: str | None = None
+
+
+def _serve_help() -> str:
+    """`herald serve --help` of the binary under test, asked once per run."""
+    global _SERVE_HELP
+    if _SERVE_HELP is None:
+        _SERVE_HELP = ""
+        if HERALD_BIN.exists():
+            try:
+                env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+                out = subprocess.run([str(HERALD_BIN), "serve", "--help"], env=env, capture_output=True,
+                                     text=True, timeout=30)
+                _SERVE_HELP = out.stdout + out.stderr
+            except (OSError, subprocess.SubprocessError):
+                pass
+    return _SERVE_HELP
+
+
+def registry_supported() -> bool:
+    """Whether this herald binary has a schema registry listener (`--registry-listen`);
+    every test broker then gets it on a free port, so none takes the default 8081."""
+    return "--registry-listen" in _serve_help()
 
 
 def amqp_supported() -> bool:
@@ -83,6 +106,11 @@ class Broker:
         self.http_port = free_port(avoid=(self.port,))
         # AMQP 0-9-1 listener, only when the binary has one (see amqp_supported).
         self.amqp_port = free_port(avoid=(self.port, self.http_port)) if amqp_supported() else None
+        # Schema registry listener, only when the binary has one; a test that passes its
+        # own --registry-listen in extra_args keeps it.
+        self.registry_port = (free_port(avoid=(self.port, self.http_port, self.amqp_port or 0))
+                              if registry_supported() and "--registry-listen" not in (extra_args or [])
+                              else None)
         self.extra_args = list(extra_args or [])
         self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
@@ -96,6 +124,11 @@ class Broker:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def registry_url(self) -> str:
+        assert self.registry_port, "this herald binary has no schema registry listener"
+        return f"http://{self.host}:{self.registry_port}"
 
     @property
     def http_url(self) -> str:
@@ -116,6 +149,7 @@ class Broker:
             self.bootstrap,
             *(["--http-listen", f"{self.host}:{self.http_port}"] if self.http else []),
             *(["--amqp-listen", f"{self.host}:{self.amqp_port}"] if self.amqp_port else []),
+            *(["--registry-listen", f"{self.host}:{self.registry_port}"] if self.registry_port else []),
             *self.extra_args,
         ]
 
@@ -159,7 +193,8 @@ class Broker:
                 )
             try:
                 ports = [self.port, *([self.http_port] if self.http else []),
-                         *([self.amqp_port] if self.amqp_port else [])]
+                         *([self.amqp_port] if self.amqp_port else []),
+                         *([self.registry_port] if self.registry_port else [])]
                 for port in ports:
                     with socket.create_connection((self.host, port), timeout=0.5):
                         pass

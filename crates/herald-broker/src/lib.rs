@@ -119,6 +119,12 @@ impl Broker {
         &self.memory
     }
 
+    /// The meta store, for components that keep their own tables in it (the schema
+    /// registry); topics, offsets and queue state stay the broker's to write.
+    pub fn meta_store(&self) -> Arc<MetaStore> {
+        self.meta.clone()
+    }
+
     /// Times a reader (HTTP read, work queue, cleaner, ListOffsets by timestamp) stepped
     /// over a stored batch that decompresses past `batch_decompressed_bytes_max`.
     pub fn oversized_batches_skipped(&self) -> u64 {

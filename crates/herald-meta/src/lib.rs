@@ -15,6 +15,9 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+mod registry;
+pub use registry::{RegistryTables, RegistryWrite};
+
 /// Topic name -> [`TopicRecord`] as JSON.
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 /// (group, topic, partition) -> [`OffsetRecord`] as JSON.

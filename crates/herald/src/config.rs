@@ -9,8 +9,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use herald_amqp::AmqpConfig;
 use herald_broker::{BrokerConfig, FlushPolicy};
+use herald_eventstore::EventStoreConfig;
 use herald_http::HttpConfig;
 use herald_kafka::KafkaConfig;
+use herald_registry::RegistryConfig;
 use serde::Deserialize;
 
 /// Every `HERALD_*` variable Herald reads; others get a warning at start-up.
@@ -27,6 +29,16 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_HTTP_HEADER_READ_TIMEOUT_MS",
     "HERALD_HTTP_BODY_READ_TIMEOUT_MS",
     "HERALD_HTTP_KEEP_ALIVE_IDLE_MS",
+    "HERALD_REGISTRY_LISTEN",
+    "HERALD_REGISTRY_REQUEST_BYTES_MAX",
+    "HERALD_REGISTRY_SCHEMA_BYTES_MAX",
+    "HERALD_REGISTRY_CONNECTIONS_MAX",
+    "HERALD_EVENTSTORE_LISTEN",
+    "HERALD_EVENTSTORE_MESSAGE_BYTES_MAX",
+    "HERALD_EVENTSTORE_STREAMS_PER_CONNECTION_MAX",
+    "HERALD_EVENTSTORE_HANDSHAKE_TIMEOUT_MS",
+    "HERALD_EVENTSTORE_KEEP_ALIVE_INTERVAL_MS",
+    "HERALD_EVENTSTORE_KEEP_ALIVE_TIMEOUT_MS",
     "HERALD_NODE_ID",
     "HERALD_AUTO_CREATE_TOPICS",
     "HERALD_DEFAULT_PARTITIONS",
@@ -104,6 +116,42 @@ pub struct ServeSettings {
     /// Bytes of frames waiting in one AMQP connection's writer at most [default: 4194304]
     #[arg(long, env = "HERALD_AMQP_WRITE_QUEUE_BYTES")]
     pub amqp_write_queue_bytes: Option<usize>,
+    /// Event store listener (KurrentDB/EventStoreDB gRPC clients) host:port, or `off`
+    /// [default: off, while the event store is being built]
+    #[arg(long, env = "HERALD_EVENTSTORE_LISTEN")]
+    pub eventstore_listen: Option<String>,
+    /// Largest gRPC message the event store reads or writes, bytes [default: 4194304]
+    #[arg(long, env = "HERALD_EVENTSTORE_MESSAGE_BYTES_MAX")]
+    pub eventstore_message_bytes_max: Option<usize>,
+    /// Calls (HTTP/2 streams) open at once on one event store connection, subscriptions
+    /// included [default: 100]
+    #[arg(long, env = "HERALD_EVENTSTORE_STREAMS_PER_CONNECTION_MAX")]
+    pub eventstore_streams_per_connection_max: Option<u32>,
+    /// How long an event store client has from connecting to its HTTP/2 preface, ms
+    /// [default: 10000]
+    #[arg(long, env = "HERALD_EVENTSTORE_HANDSHAKE_TIMEOUT_MS")]
+    pub eventstore_handshake_timeout_ms: Option<u64>,
+    /// How often an event store connection is pinged (HTTP/2 PING), ms [default: 10000]
+    #[arg(long, env = "HERALD_EVENTSTORE_KEEP_ALIVE_INTERVAL_MS")]
+    pub eventstore_keep_alive_interval_ms: Option<u64>,
+    /// Close an event store connection whose ping is not answered this long, ms
+    /// [default: 10000]
+    #[arg(long, env = "HERALD_EVENTSTORE_KEEP_ALIVE_TIMEOUT_MS")]
+    pub eventstore_keep_alive_timeout_ms: Option<u64>,
+    /// Schema registry (Confluent's REST API) listener host:port, or `off`
+    /// [default: 127.0.0.1:8081]
+    #[arg(long, env = "HERALD_REGISTRY_LISTEN")]
+    pub registry_listen: Option<String>,
+    /// Largest schema registry request body [default: 16777216]
+    #[arg(long, env = "HERALD_REGISTRY_REQUEST_BYTES_MAX")]
+    pub registry_request_bytes_max: Option<usize>,
+    /// Largest schema text the registry accepts [default: 1048576]
+    #[arg(long, env = "HERALD_REGISTRY_SCHEMA_BYTES_MAX")]
+    pub registry_schema_bytes_max: Option<usize>,
+    /// Schema registry connections at once (connections_max_per_ip also applies)
+    /// [default: 1024]
+    #[arg(long, env = "HERALD_REGISTRY_CONNECTIONS_MAX")]
+    pub registry_connections_max: Option<usize>,
     /// Largest HTTP request body [default: 8388608]
     #[arg(long, env = "HERALD_HTTP_BODY_BYTES_MAX")]
     pub http_body_bytes_max: Option<usize>,
@@ -246,6 +294,16 @@ impl ServeSettings {
             amqp_unacked_per_consumer_max,
             amqp_handshake_timeout_ms,
             amqp_write_queue_bytes,
+            eventstore_listen,
+            eventstore_message_bytes_max,
+            eventstore_streams_per_connection_max,
+            eventstore_handshake_timeout_ms,
+            eventstore_keep_alive_interval_ms,
+            eventstore_keep_alive_timeout_ms,
+            registry_listen,
+            registry_request_bytes_max,
+            registry_schema_bytes_max,
+            registry_connections_max,
             http_body_bytes_max,
             http_publish_records_max,
             http_read_records_max,
@@ -439,6 +497,80 @@ impl ServeSettings {
         }
         if let Some(v) = self.request_read_timeout_ms {
             c.read_timeout_ms = positive("request_read_timeout_ms", v)?;
+        }
+        Ok(Some(c))
+    }
+
+    /// The schema registry listener's settings, or `None` when it is turned off.
+    pub fn registry_config(&self) -> anyhow::Result<Option<RegistryConfig>> {
+        let text = self
+            .registry_listen
+            .as_deref()
+            .unwrap_or(herald_registry::LISTEN_DEFAULT)
+            .trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let listen: SocketAddr = text.parse().with_context(|| {
+            format!(
+                "registry_listen {text:?} is not a host:port address such as 127.0.0.1:8081, or off"
+            )
+        })?;
+        let mut c = RegistryConfig::new(listen);
+        if let Some(v) = self.registry_request_bytes_max {
+            c.request_bytes_max = positive("registry_request_bytes_max", v)?;
+        }
+        if let Some(v) = self.registry_schema_bytes_max {
+            c.schema_bytes_max = positive("registry_schema_bytes_max", v)?;
+        }
+        if let Some(v) = self.registry_connections_max {
+            c.connections_max = positive("registry_connections_max", v)?;
+        }
+        if let Some(v) = self.connections_max_per_ip {
+            c.connections_max_per_ip = positive("connections_max_per_ip", v)?;
+        }
+        Ok(Some(c))
+    }
+
+    /// The event store listener's settings, or `None` when it is turned off.
+    pub fn eventstore_config(&self) -> anyhow::Result<Option<EventStoreConfig>> {
+        // Off by default while the event store is half built (only Gossip and
+        // ServerFeatures answer); the default becomes 127.0.0.1:2113, KurrentDB's port,
+        // when the Streams service lands.
+        let text = self.eventstore_listen.as_deref().unwrap_or("off").trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let listen: SocketAddr = text.parse().with_context(|| {
+            format!(
+                "eventstore_listen {text:?} is not a host:port address such as 127.0.0.1:2113, or off"
+            )
+        })?;
+        let mut c = EventStoreConfig::new(listen);
+        if let Some(v) = self.eventstore_message_bytes_max {
+            // tonic's decoder needs room for a message's 5-byte header and more.
+            if v < 1024 {
+                bail!("eventstore_message_bytes_max must be at least 1024, not {v}");
+            }
+            c.message_bytes_max = v;
+        }
+        if let Some(v) = self.eventstore_streams_per_connection_max {
+            c.streams_per_connection_max = positive("eventstore_streams_per_connection_max", v)?;
+        }
+        if let Some(v) = self.eventstore_handshake_timeout_ms {
+            c.handshake_timeout_ms = positive("eventstore_handshake_timeout_ms", v)?;
+        }
+        if let Some(v) = self.eventstore_keep_alive_interval_ms {
+            c.keep_alive_interval_ms = positive("eventstore_keep_alive_interval_ms", v)?;
+        }
+        if let Some(v) = self.eventstore_keep_alive_timeout_ms {
+            c.keep_alive_timeout_ms = positive("eventstore_keep_alive_timeout_ms", v)?;
+        }
+        if let Some(v) = self.connections_max {
+            c.connections_max = positive("connections_max", v)?;
+        }
+        if let Some(v) = self.connections_max_per_ip {
+            c.connections_max_per_ip = positive("connections_max_per_ip", v)?;
         }
         Ok(Some(c))
     }
@@ -728,6 +860,100 @@ mod tests {
         };
         let err = format!("{:#}", zero.http_config().unwrap_err());
         assert!(err.contains("http_keep_alive_idle_ms"), "{err}");
+    }
+
+    #[test]
+    fn eventstore_listener_is_off_by_default_and_checks_its_limits() {
+        assert!(
+            ServeSettings::default()
+                .eventstore_config()
+                .unwrap()
+                .is_none()
+        );
+        let on = ServeSettings {
+            eventstore_listen: Some("127.0.0.1:2113".into()),
+            ..Default::default()
+        };
+        let c = on.eventstore_config().unwrap().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2113");
+        assert_eq!(
+            c.message_bytes_max,
+            herald_eventstore::MESSAGE_BYTES_MAX_DEFAULT
+        );
+        assert_eq!(
+            c.streams_per_connection_max,
+            herald_eventstore::STREAMS_PER_CONNECTION_MAX_DEFAULT
+        );
+        let set = ServeSettings {
+            eventstore_message_bytes_max: Some(1 << 20),
+            eventstore_streams_per_connection_max: Some(8),
+            connections_max: Some(5),
+            ..on.clone()
+        }
+        .eventstore_config()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (
+                set.message_bytes_max,
+                set.streams_per_connection_max,
+                set.connections_max
+            ),
+            (1 << 20, 8, 5)
+        );
+        for bad in [
+            ServeSettings {
+                eventstore_listen: Some("localhost".into()),
+                ..Default::default()
+            },
+            ServeSettings {
+                eventstore_streams_per_connection_max: Some(0),
+                ..on.clone()
+            },
+            ServeSettings {
+                eventstore_message_bytes_max: Some(10),
+                ..on.clone()
+            },
+        ] {
+            let err = format!("{:#}", bad.eventstore_config().unwrap_err());
+            assert!(err.contains("eventstore_"), "{err}");
+        }
+    }
+
+    #[test]
+    fn registry_listener_defaults_to_8081_and_can_be_turned_off() {
+        let default = ServeSettings::default().registry_config().unwrap().unwrap();
+        assert_eq!(default.listen.to_string(), "127.0.0.1:8081");
+        for off in ["off", "OFF", ""] {
+            let s = ServeSettings {
+                registry_listen: Some(off.into()),
+                ..Default::default()
+            };
+            assert!(s.registry_config().unwrap().is_none(), "{off:?}");
+        }
+        let set = ServeSettings {
+            registry_listen: Some("127.0.0.1:0".into()),
+            registry_schema_bytes_max: Some(4096),
+            registry_request_bytes_max: Some(8192),
+            ..Default::default()
+        }
+        .registry_config()
+        .unwrap()
+        .unwrap();
+        assert_eq!((set.schema_bytes_max, set.request_bytes_max), (4096, 8192));
+        for bad in [
+            ServeSettings {
+                registry_listen: Some("localhost".into()),
+                ..Default::default()
+            },
+            ServeSettings {
+                registry_schema_bytes_max: Some(0),
+                ..Default::default()
+            },
+        ] {
+            let err = format!("{:#}", bad.registry_config().unwrap_err());
+            assert!(err.contains("registry_"), "{err}");
+        }
     }
 
     #[test]

@@ -4,8 +4,10 @@
 use anyhow::Context;
 use herald_amqp::AmqpServer;
 use herald_broker::Broker;
+use herald_eventstore::EventStoreServer;
 use herald_http::HttpServer;
 use herald_kafka::KafkaServer;
+use herald_registry::RegistryServer;
 
 /// How long HTTP requests in progress may take to finish at shutdown.
 const HTTP_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -26,6 +28,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let kafka_config = settings.kafka_config()?;
     let http_config = settings.http_config()?;
     let amqp_config = settings.amqp_config()?;
+    let eventstore_config = settings.eventstore_config()?;
+    let registry_config = settings.registry_config()?;
     let data_dir = broker_config.data_dir.clone();
     let flush = broker_config.flush;
     let broker = Broker::open(broker_config)
@@ -48,6 +52,47 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
             )
         }
         None => None,
+    };
+    let registry = match registry_config {
+        Some(config) => Some(
+            RegistryServer::bind(&config, broker.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot start the schema registry on {} (another registry there? \
+                         set --registry-listen to another address, or off)",
+                        config.listen
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let registry_addr = match &registry {
+        Some(r) => r
+            .local_addr()
+            .context("schema registry listener address")?
+            .to_string(),
+        None => "off".to_string(),
+    };
+    let eventstore = match eventstore_config {
+        Some(config) => {
+            let listen = config.listen;
+            Some(
+                EventStoreServer::bind(config, broker.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen for the event store on {listen} (a KurrentDB there? \
+                             set --eventstore-listen to another address, or off)"
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let eventstore_addr = match &eventstore {
+        Some(e) => e.local_addr().to_string(),
+        None => "off".to_string(),
     };
     let mut metrics_hooks: Vec<herald_http::MetricsHook> = vec![kafka_metrics_hook(&server)];
     if let Some(amqp) = &amqp {
@@ -86,6 +131,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         kafka = %server.local_addr(),
         http = %http_addr,
         amqp = %amqp_addr,
+        eventstore = %eventstore_addr,
+        registry = %registry_addr,
         advertised = %format!("{}:{}", server.config.advertised_host, server.config.advertised_port),
         data_dir = %data_dir.display(),
         flush = ?flush,
@@ -93,6 +140,13 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     );
     let accept = tokio::spawn(server.run());
     let amqp_accept = amqp.map(|a| tokio::spawn(a.run()));
+    let eventstore_accept = eventstore.map(|e| tokio::spawn(e.run()));
+    let (registry_stop, registry_stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry_task = registry.map(|r| {
+        tokio::spawn(r.run(async move {
+            let _ = registry_stopped.await;
+        }))
+    });
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = http.map(|h| {
         h.set_ready();
@@ -107,6 +161,18 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     if let Some(task) = amqp_accept {
         task.abort();
         let _ = task.await;
+    }
+    if let Some(task) = eventstore_accept {
+        task.abort();
+        let _ = task.await;
+    }
+    let _ = registry_stop.send(());
+    if let Some(task) = registry_task
+        && tokio::time::timeout(HTTP_DRAIN_TIMEOUT, task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("schema registry connections still open at shutdown; closing them");
     }
     let _ = http_stop.send(());
     if let Some(task) = http_task {
