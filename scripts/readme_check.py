@@ -85,7 +85,7 @@ DEFAULT_README = REPO / "README.md"
 # The default port of each listener, as the README writes it; the test broker's port
 # replaces it. Every `--<name>-listen` flag `herald serve` has gets 127.0.0.1:0, so a
 # listener added later cannot collide with another broker on the machine either.
-README_PORTS = {"kafka": "9092", "http": "8080", "amqp": "5672", "registry": "8081"}
+README_PORTS = {"kafka": "9092", "http": "8080", "amqp": "5672", "registry": "8081", "eventstore": "2113"}
 
 COMMAND_TIMEOUT_S = 60.0
 SNIPPET_TIMEOUT_S = 60.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 
 import grpc
 import pytest
@@ -114,31 +115,58 @@ def test_server_features_lists_only_what_is_implemented(es):
     assert methods == {
         ("event_store.client.server_features.serverfeatures", "getsupportedmethods"),
         ("event_store.client.gossip.gossip", "read"),
+        ("event_store.client.streams.streams", "read"),
+        ("event_store.client.streams.streams", "append"),
+        ("event_store.client.streams.streams", "batchappend"),
+        ("event_store.client.streams.streams", "delete"),
+        ("event_store.client.streams.streams", "tombstone"),
     }
     # Clients parse it as a version (the Node client with semver).
     major, minor, patch = answer.event_store_server_version.split(".")
     assert major.isdigit() and minor.isdigit() and patch.isdigit()
 
 
-# PLACEHOLDER until the Streams service lands: replace with the real append/read tests.
-def test_streams_calls_are_refused_at_once_until_streams_land(es):
+def test_append_read_conflict_and_subscription_with_kurrentdbclient(es):
+    """The Streams service as kurrentdbclient drives it: one event through Append, a
+    list through BatchAppend, a conflict naming the current revision, reads both ways,
+    a missing stream, $all, and a catch-up subscription that goes live."""
+    from kurrentdbclient.exceptions import NotFoundError, WrongCurrentVersionError
+
     client = KurrentDBClient(f"kurrentdb://{target(es)}?tls=false")
     try:
-        started = time.monotonic()
-        event = NewEvent(type="OrderPlaced", data=b"{}")
-        # One event goes through Streams.Append, a list through Streams.BatchAppend.
-        with pytest.raises(GrpcError) as append:
-            client.append_to_stream("order-1", current_version=StreamState.NO_STREAM,
-                                    events=event, timeout=CALL_TIMEOUT_S)
-        with pytest.raises(GrpcError) as batch_append:
-            client.append_to_stream("order-1", current_version=StreamState.NO_STREAM,
-                                    events=[event], timeout=CALL_TIMEOUT_S)
-        with pytest.raises(GrpcError) as read:
-            list(client.read_stream("order-1", timeout=CALL_TIMEOUT_S))
-        # kurrentdbclient retries a GrpcError once after 0.1 s; nothing waits longer.
-        assert time.monotonic() - started < 3.0
-        for e in (append, batch_append, read):
-            assert "UNIMPLEMENTED" in str(e.value) and "Herald does not implement Streams" in str(e.value)
+        stream = f"order-{uuid.uuid4().hex[:8]}"
+        first = client.append_to_stream(stream, current_version=StreamState.NO_STREAM,
+                                        events=NewEvent(type="OrderPlaced", data=b'{"id": 1}'),
+                                        timeout=CALL_TIMEOUT_S)
+        second = client.append_to_stream(stream, current_version=0,
+                                         events=[NewEvent(type="PaymentCaptured", data=b"p"),
+                                                 NewEvent(type="OrderShipped", data=b"s")],
+                                         timeout=CALL_TIMEOUT_S)
+        assert second == first + 2
+        with pytest.raises(WrongCurrentVersionError) as conflict:
+            client.append_to_stream(stream, current_version=0,
+                                    events=[NewEvent(type="Late", data=b"")], timeout=CALL_TIMEOUT_S)
+        assert "is 2 not 0" in str(conflict.value)
+        events = client.get_stream(stream, timeout=CALL_TIMEOUT_S)
+        assert [(e.type, e.stream_position) for e in events] == [
+            ("OrderPlaced", 0), ("PaymentCaptured", 1), ("OrderShipped", 2)]
+        assert events[-1].commit_position == second
+        assert [e.type for e in client.get_stream(stream, backwards=True, limit=2,
+                                                  timeout=CALL_TIMEOUT_S)] == ["OrderShipped", "PaymentCaptured"]
+        with pytest.raises(NotFoundError):
+            client.get_stream(f"missing-{uuid.uuid4().hex[:8]}", timeout=CALL_TIMEOUT_S)
+        ours = [e for e in client.read_all(timeout=CALL_TIMEOUT_S) if e.stream_name == stream]
+        assert [e.commit_position for e in ours] == [first, first + 1, second]
+        subscription = client.subscribe_to_stream(stream, include_caught_up=True, timeout=CALL_TIMEOUT_S)
+        try:
+            seen = iter(subscription)
+            history = [next(seen) for _ in range(4)]
+            assert [type(e).__name__ for e in history][-1] == "CaughtUp"
+            client.append_to_stream(stream, current_version=StreamState.ANY,
+                                    events=NewEvent(type="Live", data=b""), timeout=CALL_TIMEOUT_S)
+            assert next(seen).type == "Live"
+        finally:
+            subscription.stop()
     finally:
         client.close()
 

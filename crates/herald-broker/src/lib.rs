@@ -14,6 +14,7 @@ mod principal;
 pub mod producer;
 pub mod queue;
 pub mod records;
+pub mod streams;
 #[cfg(test)]
 mod test_util;
 pub mod topic;
@@ -104,6 +105,8 @@ pub struct Broker {
     queues: queue::Queues,
     /// AMQP queues, exchanges and bindings.
     amqp: amqp::AmqpState,
+    /// The event store's stream locks and indexer.
+    eventstore: streams::EventStore,
     /// Request and response buffers of every front end, broker-wide.
     memory: MemoryPools,
     /// How far batches may decompress; shared with every partition.
@@ -176,6 +179,7 @@ impl Broker {
             producer_ids: std::sync::Mutex::new((0, 0)),
             queues: queue::Queues::new(meta.clone()),
             amqp: amqp::AmqpState::new(),
+            eventstore: streams::EventStore::new(),
             memory,
             record_bounds,
             _data_dir_lock: data_dir_lock,
@@ -200,6 +204,8 @@ impl Broker {
                 groups.tick();
             }
         });
+        let _ = broker.eventstore.me.set(Arc::downgrade(&broker));
+        broker.recover_stream_index()?;
         broker.load_subscriptions()?;
         broker.load_amqp()?;
         amqp::spawn_expiry(Arc::downgrade(&broker));

@@ -29,6 +29,31 @@ pub const SUPPORTED: &[Method] = &[
         method: "Read",
         features: &[],
     },
+    Method {
+        service: "event_store.client.streams.Streams",
+        method: "Read",
+        features: &["stream", "all", "position", "events", "filtered"],
+    },
+    Method {
+        service: "event_store.client.streams.Streams",
+        method: "Append",
+        features: &[],
+    },
+    Method {
+        service: "event_store.client.streams.Streams",
+        method: "BatchAppend",
+        features: &["deadline_duration"],
+    },
+    Method {
+        service: "event_store.client.streams.Streams",
+        method: "Delete",
+        features: &[],
+    },
+    Method {
+        service: "event_store.client.streams.Streams",
+        method: "Tombstone",
+        features: &[],
+    },
 ];
 
 /// The KurrentDB server version Herald reports. Clients compare it to decide on
@@ -52,9 +77,13 @@ mod tests {
     #[test]
     fn the_table_names_real_services_and_is_case_insensitive() {
         assert!(is_supported("event_store.client.gossip.gossip", "read"));
+        assert!(is_supported(
+            "event_store.client.streams.streams",
+            "batchappend"
+        ));
         assert!(!is_supported(
-            "event_store.client.streams.Streams",
-            "Append"
+            "event_store.client.persistent_subscriptions.PersistentSubscriptions",
+            "Read"
         ));
         // Every row names a service that is compiled in, by its generated name.
         for m in SUPPORTED {
@@ -62,6 +91,7 @@ mod tests {
                 [
                     crate::proto::gossip::gossip_server::SERVICE_NAME,
                     crate::proto::server_features::server_features_server::SERVICE_NAME,
+                    crate::proto::streams::streams_server::SERVICE_NAME,
                 ]
                 .contains(&m.service),
                 "{m:?}"

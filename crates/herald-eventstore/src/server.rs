@@ -37,7 +37,7 @@ pub struct EventStoreServer {
     listener: TcpListener,
     pub config: Arc<EventStoreConfig>,
     routes: Routes,
-    /// Kept for the Streams work: every service will call into it.
+    /// Kept for services that are bound later (persistent subscriptions).
     _broker: Arc<Broker>,
 }
 
@@ -52,7 +52,7 @@ impl EventStoreServer {
             listen: config.listen,
             instance_id: ::uuid::Uuid::new_v4(),
         };
-        let routes = service::routes(node, config.message_bytes_max);
+        let routes = service::routes(node, broker.clone(), config.message_bytes_max);
         Ok(EventStoreServer {
             listener,
             config: Arc::new(config),

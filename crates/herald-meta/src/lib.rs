@@ -16,7 +16,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 mod registry;
+mod streams;
 pub use registry::{RegistryTables, RegistryWrite};
+pub use streams::StreamIndexWrite;
 
 /// Topic name -> [`TopicRecord`] as JSON.
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
@@ -76,7 +78,8 @@ db_error_from!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 pub type Result<T> = std::result::Result<T, MetaError>;
@@ -139,6 +142,7 @@ impl MetaStore {
         txn.open_table(DEDUP)?;
         txn.open_table(DEDUP_BY_TIME)?;
         txn.open_table(AMQP_DEFINITIONS)?;
+        streams::create_tables(&txn)?;
         txn.commit()?;
         Ok(MetaStore { db })
     }

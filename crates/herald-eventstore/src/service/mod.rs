@@ -26,7 +26,11 @@ pub struct NodeInfo {
 }
 
 /// Every service, each limited to `message_bytes_max` per message both ways.
-pub fn routes(node: NodeInfo, message_bytes_max: usize) -> Routes {
+pub fn routes(
+    node: NodeInfo,
+    broker: std::sync::Arc<herald_broker::Broker>,
+    message_bytes_max: usize,
+) -> Routes {
     macro_rules! limited {
         ($server:expr) => {
             $server
@@ -48,7 +52,9 @@ pub fn routes(node: NodeInfo, message_bytes_max: usize) -> Routes {
     .add_service(limited!(GossipServer::new(gossip::GossipService::new(
         node
     ))))
-    .add_service(limited!(StreamsServer::new(streams::StreamsService)))
+    .add_service(limited!(StreamsServer::new(streams::StreamsService::new(
+        broker
+    ))))
     .add_service(limited!(PersistentSubscriptionsServer::new(
         persistent::PersistentSubscriptionsService
     )))

@@ -48,11 +48,14 @@ mod tests {
         assert!(answer.methods.iter().any(|m| {
             m.service_name == "event_store.client.gossip.gossip" && m.method_name == "read"
         }));
+        assert!(answer.methods.iter().any(|m| {
+            m.service_name == "event_store.client.streams.streams" && m.method_name == "batchappend"
+        }));
         assert!(
             !answer
                 .methods
                 .iter()
-                .any(|m| m.service_name.ends_with(".streams"))
+                .any(|m| m.service_name.ends_with(".persistentsubscriptions"))
         );
         assert_eq!(answer.event_store_server_version, SERVER_VERSION);
     }
