@@ -289,7 +289,7 @@ def test_content_types_are_accepted_and_sent(registry):
         assert r.headers["content-type"] == media
     r = registry.http.get("/subjects", headers={"Accept": "*/*"})
     assert r.headers["content-type"] == "application/vnd.schemaregistry.v1+json"
-    assert registry.http.get("/schemas/types").json() == ["AVRO"]
+    assert registry.http.get("/schemas/types").json() == ["AVRO", "JSON", "PROTOBUF"]
     assert registry.http.get("/subjects/ct-value/versions/latest/schema").json() == "long"
     assert registry.http.get("/").json() == {}
 

@@ -428,10 +428,13 @@ async fn get_version(
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
     let spec = VersionSpec::parse(&version)?;
-    let view = s
-        .registry
-        .version(&subject, spec, Flags::from(q).flag("deleted"))?;
-    Ok(ok(version_body(&view)))
+    let f = Flags::from(q);
+    let view = s.registry.version(&subject, spec, f.flag("deleted"))?;
+    let mut body = version_body(&view);
+    if let Some(format) = f.text("format") {
+        body["schema"] = json!(s.registry.schema_text(view.id, Some(format))?);
+    }
+    Ok(ok(body))
 }
 
 async fn get_version_schema(
@@ -494,17 +497,31 @@ async fn schema_types() -> Response {
         .collect::<Vec<_>>())
 }
 
-async fn schema_by_id(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    let schema = s.registry.schema_by_id(parse_id(&id)?)?;
+/// `?format=serialized` gives a Protobuf schema as the base64 descriptor the clients'
+/// deserializers decode; other formats and types give the text as stored.
+async fn schema_by_id(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let id = parse_id(&id)?;
+    let schema = s.registry.schema_by_id(id)?;
     let mut out = Map::new();
     schema_fields(&mut out, &schema);
-    out.insert("schema".into(), json!(schema.schema));
+    let text = s.registry.schema_text(id, Flags::from(q).text("format"))?;
+    out.insert("schema".into(), json!(text));
     Ok(ok(Value::Object(out)))
 }
 
-async fn schema_text_by_id(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    let schema = s.registry.schema_by_id(parse_id(&id)?)?;
-    Ok(raw_schema(&schema.schema))
+async fn schema_text_by_id(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let id = parse_id(&id)?;
+    s.registry.schema_by_id(id)?;
+    let text = s.registry.schema_text(id, Flags::from(q).text("format"))?;
+    Ok(raw_schema(&text))
 }
 
 async fn subjects_by_id(

@@ -15,6 +15,8 @@ pub mod avro;
 pub mod compat;
 pub mod error;
 pub mod http;
+pub mod json;
+pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod server;

@@ -590,6 +590,24 @@ impl Registry {
             .ok_or_else(|| RegistryError::schema_id_not_found(id))
     }
 
+    /// Schema `id`'s text in `format` (`?format=`; Protobuf's `serialized` is the base64
+    /// descriptor), or as stored when the format has no such form.
+    pub fn schema_text(&self, id: u32, format: Option<&str>) -> Result<String> {
+        let mut state = self.lock();
+        let stored = state
+            .schemas
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| RegistryError::schema_id_not_found(id))?;
+        let Some(format) = format.filter(|f| !f.is_empty()) else {
+            return Ok(stored.schema.clone());
+        };
+        let parsed = state.parsed_by_id(id)?;
+        Ok(parsed
+            .formatted(format)
+            .unwrap_or_else(|| stored.schema.clone()))
+    }
+
     /// (subject, version) pairs that have schema `id`.
     pub fn versions_of_id(&self, id: u32, deleted: bool) -> Result<Vec<(String, u32)>> {
         let state = self.lock();

@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use crate::avro::AvroSchema;
 use crate::compat::Incompatibility;
+use crate::json::JsonSchema;
+use crate::protobuf::ProtobufSchema;
 
 /// The formats a schema may be written in; `schemaType` omitted means AVRO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -22,7 +24,8 @@ pub enum SchemaType {
 
 impl SchemaType {
     /// The formats this registry accepts, as `GET /schemas/types` lists them.
-    pub const SUPPORTED: &'static [SchemaType] = &[SchemaType::Avro];
+    pub const SUPPORTED: &'static [SchemaType] =
+        &[SchemaType::Avro, SchemaType::Json, SchemaType::Protobuf];
 
     pub fn parse(text: &str) -> Option<SchemaType> {
         match text.to_ascii_uppercase().as_str() {
@@ -70,6 +73,8 @@ pub struct StoredSchema {
 #[derive(Debug)]
 pub enum ParsedSchema {
     Avro(AvroSchema),
+    Json(JsonSchema),
+    Protobuf(ProtobufSchema),
 }
 
 impl ParsedSchema {
@@ -82,13 +87,18 @@ impl ParsedSchema {
     ) -> Result<ParsedSchema, String> {
         match schema_type {
             SchemaType::Avro => AvroSchema::parse(text, imports).map(ParsedSchema::Avro),
-            other => Err(format!("schema type {} is not supported yet", other.name())),
+            SchemaType::Json => JsonSchema::parse(text, imports).map(ParsedSchema::Json),
+            SchemaType::Protobuf => {
+                ProtobufSchema::parse(text, imports).map(ParsedSchema::Protobuf)
+            }
         }
     }
 
     pub fn schema_type(&self) -> SchemaType {
         match self {
             ParsedSchema::Avro(_) => SchemaType::Avro,
+            ParsedSchema::Json(_) => SchemaType::Json,
+            ParsedSchema::Protobuf(_) => SchemaType::Protobuf,
         }
     }
 
@@ -98,6 +108,19 @@ impl ParsedSchema {
     pub fn canonical(&self, normalize: bool) -> String {
         match self {
             ParsedSchema::Avro(s) => s.canonical(normalize),
+            ParsedSchema::Json(s) => s.canonical(normalize),
+            ParsedSchema::Protobuf(s) => s.canonical(normalize),
+        }
+    }
+
+    /// The schema in `format` (`?format=`), when the format has that form: Protobuf's
+    /// `serialized` is the base64 `FileDescriptorProto`. `None`: the text as stored.
+    pub fn formatted(&self, format: &str) -> Option<String> {
+        match self {
+            ParsedSchema::Protobuf(s) if format.eq_ignore_ascii_case("serialized") => {
+                Some(s.serialized())
+            }
+            _ => None,
         }
     }
 
@@ -105,7 +128,10 @@ impl ParsedSchema {
     pub fn can_read(&self, writer: &ParsedSchema) -> Vec<Incompatibility> {
         match (self, writer) {
             (ParsedSchema::Avro(r), ParsedSchema::Avro(w)) => crate::compat::avro::check(r, w),
-            #[allow(unreachable_patterns)]
+            (ParsedSchema::Json(r), ParsedSchema::Json(w)) => crate::compat::json::check(r, w),
+            (ParsedSchema::Protobuf(r), ParsedSchema::Protobuf(w)) => {
+                crate::compat::protobuf::check(r, w)
+            }
             (r, w) => vec![Incompatibility::new(
                 "TYPE_MISMATCH",
                 "",

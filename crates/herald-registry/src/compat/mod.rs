@@ -1,6 +1,6 @@
 //! Compatibility: whether a new schema may join a subject's versions, by the subject's
-//! level. Each format has its own reader/writer rules (`avro.rs`); this file is what the
-//! levels mean, the same for every format:
+//! level. Each format has its own reader/writer rules (`avro.rs`, `json.rs`,
+//! `protobuf.rs`); this file is what the levels mean, the same for every format:
 //!
 //! - BACKWARD: the new schema reads data written with the latest version;
 //!   BACKWARD_TRANSITIVE: with every version.
@@ -12,6 +12,8 @@
 //! Soft-deleted versions take no part, as in Confluent's registry.
 
 pub mod avro;
+pub mod json;
+pub mod protobuf;
 
 use serde::{Deserialize, Serialize};
 
