@@ -8,8 +8,9 @@ Cases: consumers that never read their deliveries (small messages, and large one
 a publisher that never reads its confirms; many channels each holding a half-sent
 message body (the request pool), and a disconnect in the middle of the body;
 handshake tricklers and a frame header that claims 4 GB; a partial frame after the
-handshake; hundreds of idle connections (memory per connection); consumers of large
-messages that hang up mid-delivery.
+handshake; thousands of channels each with a message in assembly; hundreds of idle
+connections (memory per connection); consumers of large messages that hang up
+mid-delivery.
 
 The hostile clients speak AMQP on raw sockets (`Raw` below: protocol header, start-ok
 PLAIN guest/guest, tune-ok, open; methods encoded with pika.spec); the ordinary ones
@@ -1019,6 +1020,56 @@ def test_partial_frame_after_the_handshake_is_cut_off(broker_factory):
         assert not open_, f"{len(open_)} of {PARTIAL_FRAMES} partial frames still held {deadline - t0:.0f}s on"
     finally:
         close_all([r.sock for r in conns])
+
+
+MANY_CHANNELS = 4000
+
+
+def test_many_channels_each_with_a_message_in_assembly(broker_factory):
+    """One connection with thousands of channels, each with a message whose body is
+    half sent, then finished in the other order: every message is stored, the
+    connection and other clients keep working, and a message left unfinished on one
+    of the channels still closes the connection after request_read_timeout_ms (the
+    reader's per-frame checks are counts kept as messages start and end, not a scan
+    of the channels, connection.rs / assembly.rs). Not a timing test."""
+    broker = start(broker_factory, "--amqp-channel-max", str(MANY_CHANNELS),
+                   "--request-read-timeout-ms", str(REQUEST_READ_TIMEOUT_MS))
+    url = amqp_url(broker)
+    q, bystander = unique("many-channels"), unique("bystander")
+    declare(url, q, bystander)
+    ids = range(1, MANY_CHANNELS + 1)
+    body = os.urandom(64)
+    r = raw_open(broker, channel_max=MANY_CHANNELS)
+    try:
+        r.open_channels(ids)
+        r.send(b"".join(method_frame(ch, pika.spec.Basic.Publish(routing_key=q))
+                        + content_header(ch, len(body)) + body_frames(ch, body[:32]) for ch in ids))
+        # The first half of every body holds request-pool memory; no connection of
+        # its own is refused for another channel's memory.
+        amqp_round_trip(url, bystander)
+        r.send(b"".join(body_frames(ch, body[32:]) for ch in reversed(ids)))
+        wait_until(lambda: passive_count(url, q) == MANY_CHANNELS, 30,
+                   lambda: f"{passive_count(url, q)} of {MANY_CHANNELS} messages stored")
+        # The connection still answers on its first and last channels.
+        for ch in (1, MANY_CHANNELS):
+            r.call(ch, pika.spec.Basic.Qos(prefetch_count=1), pika.spec.Basic.QosOk)
+        note(broker, f"many channels: {MANY_CHANNELS} channels, a message in assembly on each, all stored")
+
+        # One more message, left unfinished on the last channel: the connection is
+        # closed for it once request_read_timeout_ms passed.
+        t0 = time.monotonic()
+        r.send(method_frame(MANY_CHANNELS, pika.spec.Basic.Publish(routing_key=q))
+               + content_header(MANY_CHANNELS, len(body)) + body_frames(MANY_CHANNELS, body[:32]))
+        r.sock.settimeout(REQUEST_READ_TIMEOUT_MS / 1000 + 5)
+        close = r.expect(pika.spec.Connection.Close)
+        waited = time.monotonic() - t0
+        assert close.reply_code == 506 and f"channel {MANY_CHANNELS}" in close.reply_text, close
+        assert waited >= REQUEST_READ_TIMEOUT_MS / 1000 * 0.9, f"closed after {waited:.1f}s"
+    finally:
+        r.close()
+    amqp_round_trip(url, bystander)
+    assert passive_count(url, q) == MANY_CHANNELS
+    broker.assert_running()
 
 
 # ------------------------------------------------------------- 5. idle connections

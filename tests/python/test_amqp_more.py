@@ -85,6 +85,12 @@ def pump_until(conns, predicate, timeout_s: float, message) -> None:
             c.process_data_events(time_limit=0.02)
 
 
+def pump_until_settled(conns, predicate, timeout_s: float, message, settle_s: float = 0.3) -> None:
+    """pump_until, then `settle_s` more, so that a delivery too many would have come."""
+    pump_until(conns, predicate, timeout_s, message)
+    pump(conns, settle_s)
+
+
 def expect_connection_close(fn, code: int) -> ConnectionClosedByBroker:
     """Run fn and require the broker to close the whole connection with `code`."""
     try:
@@ -153,6 +159,20 @@ def consumers(url, queue, n, **kwargs):
             c.close()
 
 
+@contextlib.contextmanager
+def fresh_queue(url, prefix: str, **declare):
+    """A queue of its own, declared with `declare` (queue.declare's keywords) on a
+    connection of its own, deleted afterwards (on another, as the test's may be gone)."""
+    q = unique(prefix)
+    with channel(url) as (_c, ch):
+        ch.queue_declare(q, **declare)
+    try:
+        yield q
+    finally:
+        with channel(url) as (_c, ch):
+            ch.queue_delete(q)
+
+
 # --- 1. single active consumer ---------------------------------------------------------
 
 SAC = {"x-single-active-consumer": True}
@@ -188,41 +208,33 @@ def test_single_active_consumer_only_the_first_consumer_receives(amqp_url):
 
 @feature("single-active-consumer")
 def test_single_active_consumer_cancel_hands_over_to_the_next_in_line(amqp_url):
-    q = unique("q-sac-cancel")
-    with channel(amqp_url) as (_c, ch):
-        ch.queue_declare(q, arguments=SAC)
+    with fresh_queue(amqp_url, "q-sac-cancel", arguments=SAC) as q:
         with consumers(amqp_url, q, 3) as (first, second, third):
             conns = [first.conn, second.conn, third.conn]
             publish_confirmed(amqp_url, q, bodies(3))
-            pump_until(conns, lambda: len(first.got) >= 3, 10, lambda: f"first consumer got {first.bodies}")
-            pump(conns, 0.3)
+            pump_until_settled(conns, lambda: len(first.got) >= 3, 10, lambda: f"first consumer got {first.bodies}")
             assert (first.bodies, second.bodies, third.bodies) == (bodies(3), [], [])
 
             first.ch.basic_cancel(first.tag)
             publish_confirmed(amqp_url, q, bodies(3, start=3))
-            pump_until(conns, lambda: len(second.got) >= 3, 10, lambda: f"second consumer got {second.bodies}")
-            pump(conns, 0.3)
+            pump_until_settled(conns, lambda: len(second.got) >= 3, 10, lambda: f"second consumer got {second.bodies}")
             assert (first.bodies, second.bodies, third.bodies) == (bodies(3), bodies(3, start=3), [])
 
             # The third waited behind the second.
             second.ch.basic_cancel(second.tag)
             publish_confirmed(amqp_url, q, bodies(2, start=6))
-            pump_until(conns, lambda: len(third.got) >= 2, 10, lambda: f"third consumer got {third.bodies}")
-            pump(conns, 0.3)
+            pump_until_settled(conns, lambda: len(third.got) >= 2, 10, lambda: f"third consumer got {third.bodies}")
             assert (first.bodies, second.bodies, third.bodies) == (bodies(3), bodies(3, start=3),
                                                                    bodies(2, start=6))
             assert all(not r for _b, r, _t, _p in first.got + second.got + third.got)
-        ch.queue_delete(q)
 
 
 @feature("single-active-consumer")
 def test_single_active_consumer_connection_close_redelivers_unacked_to_the_next(amqp_url):
     """The active consumer's connection goes with unacked messages: they go, in order and
     flagged redelivered, to the consumer registered next; then the next after that."""
-    q = unique("q-sac-close")
     m = bodies(5)
-    with channel(amqp_url) as (_c, ch):
-        ch.queue_declare(q, arguments=SAC)
+    with fresh_queue(amqp_url, "q-sac-close", arguments=SAC) as q, channel(amqp_url) as (_c, ch):
         with consumers(amqp_url, q, 3, prefetch=10, ack=False) as (first, second, third):
             publish_confirmed(amqp_url, q, m[:4])
             pump_until([first.conn], lambda: len(first.got) >= 4, 10, lambda: f"first got {first.bodies}")
@@ -235,19 +247,16 @@ def test_single_active_consumer_connection_close_redelivers_unacked_to_the_next(
 
             pump_until(conns, lambda: len(second.got) >= 2, 10, lambda: f"second got {second.flagged}")
             publish_confirmed(amqp_url, q, m[4:])
-            pump_until(conns, lambda: len(second.got) >= 3, 10, lambda: f"second got {second.flagged}")
-            pump(conns, 0.3)
+            pump_until_settled(conns, lambda: len(second.got) >= 3, 10, lambda: f"second got {second.flagged}")
             assert second.flagged == [(m[2], True), (m[3], True), (m[4], False)]
             assert third.got == []
 
             second.ch.basic_ack(second.got[0][2])  # m2
             second.conn.close()
-            pump_until([third.conn], lambda: len(third.got) >= 2, 10, lambda: f"third got {third.flagged}")
-            pump([third.conn], 0.3)
+            pump_until_settled([third.conn], lambda: len(third.got) >= 2, 10, lambda: f"third got {third.flagged}")
             assert third.flagged == [(m[3], True), (m[4], True)]
             third.ch.basic_ack(third.got[-1][2], multiple=True)
             wait_until(lambda: ch.queue_declare(q, passive=True).method.message_count == 0, 5, "all acked")
-        ch.queue_delete(q)
 
 
 @feature("single-active-consumer")
@@ -614,17 +623,9 @@ def test_max_length_bytes_drops_the_head_by_default(amqp_url):
 STREAM = {"x-queue-type": "stream"}
 
 
-@contextlib.contextmanager
 def stream(url, **extra_args):
     """A fresh stream (durable, as streams must be), deleted afterwards."""
-    s = unique("s")
-    with channel(url) as (_c, ch):
-        ch.queue_declare(s, durable=True, arguments={**STREAM, **extra_args})
-    try:
-        yield s
-    finally:
-        with channel(url) as (_c, ch):
-            ch.queue_delete(s)
+    return fresh_queue(url, "s", durable=True, arguments={**STREAM, **extra_args})
 
 
 def publish_one_by_one(url, s, items, properties=None) -> None:
@@ -784,8 +785,7 @@ def test_stream_offset_timestamp_and_interval(amqp_url):
         def read(offset, expected):
             c = Consumer(amqp_url, s, arguments={"x-stream-offset": offset})
             try:
-                pump_until([c.conn], lambda: len(c.got) >= len(expected), 10, lambda: f"{offset!r}: {c.bodies}")
-                pump([c.conn], 0.3)
+                pump_until_settled([c.conn], lambda: len(c.got) >= len(expected), 10, lambda: f"{offset!r}: {c.bodies}")
                 return c.bodies
             finally:
                 c.close()
@@ -802,8 +802,7 @@ def test_stream_offset_timestamp_and_interval(amqp_url):
             pump([future.conn], 0.5)
             assert future.got == []
             publish_one_by_one(amqp_url, s, [b"newest"])
-            pump_until([future.conn], lambda: future.got, 10, "the message published after attaching")
-            pump([future.conn], 0.3)
+            pump_until_settled([future.conn], lambda: future.got, 10, "the message published after attaching")
             assert future.bodies == [b"newest"] and offsets_of(future) == [6]
         finally:
             future.close()
@@ -829,8 +828,7 @@ def test_stream_acks_do_not_remove_and_consumers_read_independently(amqp_url):
         assert r.error is None and sorted(r.acked) == [1, 2, 3, 4, 5] and r.nacked == [], r
         with consumers(amqp_url, s, 2, arguments={"x-stream-offset": "first"}) as (a, b):
             conns = [a.conn, b.conn]
-            pump_until(conns, lambda: len(a.got) >= 5 and len(b.got) >= 5, 10, lambda: (a.bodies, b.bodies))
-            pump(conns, 0.3)
+            pump_until_settled(conns, lambda: len(a.got) >= 5 and len(b.got) >= 5, 10, lambda: (a.bodies, b.bodies))
             assert a.bodies == b.bodies == m
             p = a.got[0][3]
             assert (p.content_type, p.delivery_mode, p.message_id, p.correlation_id, p.expiration) == (
@@ -839,22 +837,52 @@ def test_stream_acks_do_not_remove_and_consumers_read_independently(amqp_url):
             # Only one of them reads on, the other is not held back.
             a.ch.basic_cancel(a.tag)
             publish_confirmed(amqp_url, s, [b"more"])
-            pump_until(conns, lambda: len(b.got) >= 6, 10, lambda: b.bodies)
-            pump(conns, 0.3)
+            pump_until_settled(conns, lambda: len(b.got) >= 6, 10, lambda: b.bodies)
             assert (a.bodies, b.bodies) == (m, m + [b"more"])
         # Everything was acked, and a new consumer from the start still sees all of it.
         with consumers(amqp_url, s, 1, arguments={"x-stream-offset": "first"}) as (again,):
-            pump_until([again.conn], lambda: len(again.got) >= 6, 10, lambda: again.bodies)
-            pump([again.conn], 0.3)
+            pump_until_settled([again.conn], lambda: len(again.got) >= 6, 10, lambda: again.bodies)
             assert again.bodies == m + [b"more"] and offsets_of(again) == list(range(6))
         # An unacked delivery is not redelivered to the next consumer either: it reads by offset.
         with consumers(amqp_url, s, 1, ack=False, arguments={"x-stream-offset": 5}) as (unacked,):
             pump_until([unacked.conn], lambda: unacked.got, 10, "offset 5")
             unacked.conn.close()
         with consumers(amqp_url, s, 1, arguments={"x-stream-offset": 5}) as (after,):
-            pump_until([after.conn], lambda: after.got, 10, "offset 5 again")
-            pump([after.conn], 0.3)
+            pump_until_settled([after.conn], lambda: after.got, 10, "offset 5 again")
             assert after.flagged == [(b"more", False)]
+
+
+# A stream consumer at the end waits at most this long (consumer.rs RECEIVE_WAIT_MS)
+# before it looks again without being woken.
+STREAM_RECEIVE_WAIT_S = 1.0
+
+
+@feature("streams")
+def test_stream_consumers_at_the_end_are_woken_by_their_own_stream(amqp_url):
+    """Consumers waiting at the end of a stream are woken by an append to their stream
+    (its partition's high-watermark watch), well before their 1 s re-check, and each
+    gets only its own stream's messages while another stream is written."""
+    with stream(amqp_url) as s1, stream(amqp_url) as s2:
+        with consumers(amqp_url, s1, 1, arguments={"x-stream-offset": "next"}) as (c1,), \
+                consumers(amqp_url, s2, 1, arguments={"x-stream-offset": "next"}) as (c2,):
+            conns = [c1.conn, c2.conn]
+            pump(conns, 0.3)  # both attached and waiting
+            waits = []
+            with channel(amqp_url) as (_c, ch):
+                ch.confirm_delivery()
+                for i in range(5):
+                    ch.basic_publish("", s2, f"other-{i}".encode())
+                    ch.basic_publish("", s1, f"mine-{i}".encode())
+                    t0 = time.monotonic()
+                    pump_until(conns, lambda: len(c1.got) > i and len(c2.got) > i, 10,
+                               lambda: (c1.bodies, c2.bodies))
+                    waits.append(time.monotonic() - t0)
+            pump(conns, 0.3)
+            assert c1.bodies == [f"mine-{i}".encode() for i in range(5)]
+            assert c2.bodies == [f"other-{i}".encode() for i in range(5)]
+            assert max(waits) < STREAM_RECEIVE_WAIT_S / 2, (
+                f"deliveries after their confirm took {[round(w, 3) for w in waits]} s: "
+                "not woken by the append")
 
 
 # --- 5. direct reply-to ----------------------------------------------------------------
@@ -892,8 +920,7 @@ def test_direct_reply_to_rpc_round_trip(amqp_url):
                                   properties=pika.BasicProperties(correlation_id=p.correlation_id,
                                                                   headers={"served-by": "test"}))
             assert (r.acked, r.nacked, r.returned, r.error) == ([1], [], [], None), r
-        pump_until([client], lambda: len(replies) >= 3, 10, lambda: f"replies {replies}")
-        pump([client], 0.3)
+        pump_until_settled([client], lambda: len(replies) >= 3, 10, lambda: f"replies {replies}")
         assert [b for _m, _p, b in replies] == [b"reply-to-request-0", b"reply-to-request-1", b"reply-to-request-2"]
         assert [p.correlation_id for _m, p, _b in replies] == ["corr-0", "corr-1", "corr-2"]
         assert all(p.headers == {"served-by": "test"} for _m, p, _b in replies)
@@ -1029,8 +1056,7 @@ def test_direct_reply_to_mandatory_reply_is_delivered_and_returned(amqp_url):
         assert r.error is None
         assert r.returned == [(312, "NO_ROUTE", b"mandatory reply")] and r.acked == [1], r
         assert [e for e in r.events if e[0] != "multiple"] == [("return", b"mandatory reply"), ("ack", 1)]
-        pump_until([client], lambda: replies, 10, "the reply")
-        pump([client], 0.3)
+        pump_until_settled([client], lambda: replies, 10, "the reply")
         assert replies == [b"mandatory reply"]
     finally:
         if client.is_open:

@@ -272,6 +272,69 @@ def test_queue_retry_dead_letter_and_redrive_from_the_cli(broker):
     assert missing.returncode != 0 and "unknown_subscription" in missing.stderr, missing.stderr
 
 
+def amqp_cli(broker, *args, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """`herald amqp ...` against the broker's HTTP API, named with --http."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    return subprocess.run([str(HERALD_BIN), "amqp", *args, "--http", broker.http_url],
+                          capture_output=True, text=True, env=env, timeout=timeout_s)
+
+
+def test_amqp_exchanges_queues_and_bindings_from_the_cli(broker):
+    """What pika declared, as `herald amqp` lists it: tables, and with --json the HTTP
+    API's own answer (GET /amqp/...)."""
+    import httpx
+    import pika
+
+    if broker.amqp_port is None:
+        pytest.skip("this herald binary has no AMQP listener")
+    q, ex = unique("cli-amqp-q"), unique("cli-amqp-ex")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.amqp_port))
+    try:
+        ch = conn.channel()
+        ch.exchange_declare(ex, "topic", durable=True)
+        ch.queue_declare(q, durable=True, arguments={"x-message-ttl": 60000})
+        ch.queue_bind(q, ex, "orders.#")
+        ch.confirm_delivery()
+        for i in range(3):
+            ch.basic_publish(ex, "orders.placed", f"OrderPlaced {i}".encode())
+        consumer = conn.channel()
+        consumer.basic_qos(prefetch_count=1)
+        consumer.basic_consume(q, lambda *a: None)
+        wait_until(lambda: any(x["name"] == q and x["consumers"] == 1
+                               for x in httpx.get(f"{broker.http_url}/amqp/queues").json()), 10,
+                   "the consumer never showed in GET /amqp/queues")
+
+        exchanges = ok(amqp_cli(broker, "exchanges"))
+        assert exchanges.splitlines()[0].split() == ["NAME", "TYPE", "DURABLE", "AUTO-DELETE", "INTERNAL",
+                                                     "ARGUMENTS"], exchanges
+        assert re.search(rf"^{re.escape(ex)}\s+topic\s+true\s+false\s+false$", exchanges, re.M), exchanges
+        assert re.search(r"^\(AMQP default\)\s+direct\s+true", exchanges, re.M), exchanges
+        assert re.search(r"^amq\.fanout\s+fanout\s", exchanges, re.M), exchanges
+
+        queues = ok(amqp_cli(broker, "queues"))
+        # Three ready, one of them leased to the consumer (prefetch 1): two ready.
+        row = re.search(rf"^{re.escape(q)}\s+{re.escape(q)}\s+(\d+)\s+1\s+true\s+false\s+false\s+"
+                        r'\{"x-message-ttl":60000\}$', queues, re.M)
+        assert row and row.group(1) in ("2", "3"), queues
+
+        bindings = ok(amqp_cli(broker, "bindings"))
+        assert re.search(rf"^{re.escape(ex)}\s+{re.escape(q)}\s+queue\s+orders\.#$", bindings, re.M), bindings
+
+        # Definitions as the API has them (queue counts may move between two calls).
+        for what in ("exchanges", "bindings"):
+            listed = json.loads(ok(amqp_cli(broker, what, "--json")))
+            assert listed == httpx.get(f"{broker.http_url}/amqp/{what}").json(), what
+        queue = next(x for x in json.loads(ok(amqp_cli(broker, "queues", "--json"))) if x["name"] == q)
+        assert (queue["topic"], queue["durable"], queue["consumers"], queue["arguments"]) == (
+            q, True, 1, {"x-message-ttl": 60000}), queue
+    finally:
+        conn.close()
+
+    unreachable = subprocess.run([str(HERALD_BIN), "amqp", "queues", "--http", "127.0.0.1:1"],
+                                 capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode != 0 and "cannot reach the HTTP API" in unreachable.stderr, unreachable.stderr
+
+
 def test_bootstrap_takes_a_host_name(broker):
     # "localhost" may resolve to ::1 first, where nothing listens: every address is tried.
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}

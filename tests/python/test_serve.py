@@ -145,18 +145,35 @@ def test_http_on_the_kafka_port_is_told_where_http_is(broker):
 
 
 def test_an_amqp_client_on_the_kafka_port_is_logged_as_such(broker):
+    """The whole 8-byte protocol header is read before the answer (closing with bytes
+    unread would reset the connection and lose it): sent at once, or in two pieces
+    with nothing answered in between."""
     from herald_support import wait_until
 
-    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
-        s.sendall(b"AMQP\x00\x00\x09\x01")
+    header = b"AMQP\x00\x00\x09\x01"
+
+    def read_to_close(s: socket.socket) -> bytes:
         answer = b""
-        try:
-            while chunk := s.recv(4096):
-                answer += chunk
-        except ConnectionResetError:
-            pass  # closed with the rest of the header unread: a reset, also a close
+        while chunk := s.recv(4096):  # a reset raises: the answer must come whole
+            answer += chunk
+        return answer
+
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
+        s.sendall(header)
+        answer = read_to_close(s)
     # An AMQP server's answer to a header it will not serve: its version, then a close.
-    assert answer in (b"AMQP\x00\x00\x09\x01", b""), answer
+    assert answer == header, answer
+
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as s:
+        s.sendall(header[:4])
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            early = s.recv(4096)
+            raise AssertionError(f"answered after half the header: {early!r}")
+        s.settimeout(10)
+        s.sendall(header[4:])
+        answer = read_to_close(s)
+    assert answer == header, answer
     line = f"an AMQP client connected to the Kafka port; AMQP 0-9-1 is served at 127.0.0.1:{broker.amqp_port}"
     wait_until(lambda: line in broker.log_path.read_text(), 10,
                f"the AMQP client was not logged with where AMQP is: {line!r}")

@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::AmqpConfig;
+use crate::assembly::Assembly;
 use crate::consumer::{
     ChannelShared, ConsumerTask, Out, Outgoing, Settle, SettleTx, delivery_frames,
 };
@@ -170,6 +171,7 @@ impl Connection {
             settle: settle_tx,
             settle_pending: false,
             channels: HashMap::new(),
+            assembly: Assembly::default(),
             reply_to: self.reply_to.clone(),
         };
         session.run(&mut reader, tuned.heartbeat, writer_done).await;
@@ -531,6 +533,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// A publish in assembly: the method, then the content header, then body frames.
+/// Taken out of its channel only with `end`, which keeps the session's `Assembly` true.
 struct Incoming {
     /// The body's bytes, taken from the broker-wide request pool at the content header
     /// (the reader waits for them: a client cannot hold more than the pool).
@@ -543,6 +546,13 @@ struct Incoming {
     body: BytesMut,
     /// The first body frame, kept without a copy when it is the whole body.
     single: Option<Bytes>,
+}
+
+impl Incoming {
+    /// Taken out of channel `id` (whole, refused or dropped with its channel).
+    fn end(&self, id: u16, assembly: &mut Assembly) {
+        assembly.end(id, self.started, !self._memory.is_empty());
+    }
 }
 
 struct Consumer {
@@ -596,6 +606,46 @@ struct Channel {
     reply: Option<(String, String)>,
 }
 
+/// What a binding method binds: a queue (queue.bind) or an exchange (exchange.bind).
+enum BindTo {
+    Queue(String),
+    Exchange(String),
+}
+
+/// The rest of a binding method: the source exchange, the key and the arguments.
+struct BindingChange<'a> {
+    source: &'a str,
+    routing_key: &'a str,
+    arguments: &'a FieldTable,
+    /// Bind, or unbind.
+    bind: bool,
+    nowait: bool,
+}
+
+impl<'a> BindingChange<'a> {
+    fn new(
+        source: &'a amq_protocol::types::ShortString,
+        routing_key: &'a amq_protocol::types::ShortString,
+        arguments: &'a FieldTable,
+    ) -> BindingChange<'a> {
+        BindingChange {
+            source: source.as_str(),
+            routing_key: routing_key.as_str(),
+            arguments,
+            bind: true,
+            nowait: false,
+        }
+    }
+
+    fn bind(self, bind: bool, nowait: bool) -> BindingChange<'a> {
+        BindingChange {
+            bind,
+            nowait,
+            ..self
+        }
+    }
+}
+
 type PendingAppends = Vec<PendingAppend>;
 /// What a confirm waits for: the publish's sequence number, its appends (None: not
 /// stored or refused by a full queue: a nack), and the drop-head queues to trim once
@@ -623,6 +673,8 @@ struct Session {
     /// Settle work was queued since the last barrier.
     settle_pending: bool,
     channels: HashMap<u16, Channel>,
+    /// The channels' messages in assembly, kept as they change (checked every frame).
+    assembly: Assembly,
     reply_to: ReplyTo,
 }
 
@@ -709,16 +761,14 @@ impl Session {
     /// A message whose basic.publish came longer ago than `read_timeout` and is not
     /// whole yet: its connection is closed (its reserved memory goes with it).
     fn late_message(&self, now: Instant, read_timeout: Duration) -> Option<Hard> {
-        self.channels.iter().find_map(|(id, channel)| {
-            let incoming = channel.incoming.as_ref()?;
-            (now - incoming.started >= read_timeout).then(|| {
-                Hard::new(
-                    codes::RESOURCE_ERROR,
-                    format!(
-                        "RESOURCE_ERROR - the message on channel {id} did not arrive whole within request_read_timeout_ms"
-                    ),
-                )
-            })
+        let (started, id) = self.assembly.oldest()?;
+        (now - started >= read_timeout).then(|| {
+            Hard::new(
+                codes::RESOURCE_ERROR,
+                format!(
+                    "RESOURCE_ERROR - the message on channel {id} did not arrive whole within request_read_timeout_ms"
+                ),
+            )
         })
     }
 
@@ -960,7 +1010,9 @@ impl Session {
         if let Some((token, _)) = channel.reply.take() {
             self.reply_to.remove(&token);
         }
-        channel.incoming = None;
+        if let Some(incoming) = channel.incoming.take() {
+            incoming.end(id, &mut self.assembly);
+        }
         channel.closing = true;
         if !keep {
             self.channels.remove(&id);
@@ -1081,40 +1133,16 @@ impl Session {
                 .await;
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => {
-                self.broker
-                    .amqp_bind_exchange(
-                        &who,
-                        b.destination.as_str(),
-                        b.source.as_str(),
-                        b.routing_key.as_str(),
-                        table_to_broker(&b.arguments),
-                        true,
-                    )
+                let to = BindTo::Exchange(b.destination.to_string());
+                let change = BindingChange::new(&b.source, &b.routing_key, &b.arguments);
+                self.change_binding(id, to, change.bind(true, b.nowait))
                     .await?;
-                self.reply_unless(
-                    b.nowait,
-                    id,
-                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-                )
-                .await;
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => {
-                self.broker
-                    .amqp_bind_exchange(
-                        &who,
-                        b.destination.as_str(),
-                        b.source.as_str(),
-                        b.routing_key.as_str(),
-                        table_to_broker(&b.arguments),
-                        false,
-                    )
+                let to = BindTo::Exchange(b.destination.to_string());
+                let change = BindingChange::new(&b.source, &b.routing_key, &b.arguments);
+                self.change_binding(id, to, change.bind(false, b.nowait))
                     .await?;
-                self.reply_unless(
-                    b.nowait,
-                    id,
-                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-                )
-                .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d))
                 if d.queue.as_str() == reply_to::PSEUDO_QUEUE =>
@@ -1165,43 +1193,17 @@ impl Session {
                 .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
-                let name = self.queue_name(id, b.queue.as_str())?;
-                self.broker
-                    .amqp_bind_queue(
-                        &who,
-                        conn,
-                        &name,
-                        b.exchange.as_str(),
-                        b.routing_key.as_str(),
-                        table_to_broker(&b.arguments),
-                        true,
-                    )
+                let to = BindTo::Queue(self.queue_name(id, b.queue.as_str())?);
+                let change = BindingChange::new(&b.exchange, &b.routing_key, &b.arguments);
+                self.change_binding(id, to, change.bind(true, b.nowait))
                     .await?;
-                self.reply_unless(
-                    b.nowait,
-                    id,
-                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
-                )
-                .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => {
-                let name = self.queue_name(id, b.queue.as_str())?;
-                self.broker
-                    .amqp_bind_queue(
-                        &who,
-                        conn,
-                        &name,
-                        b.exchange.as_str(),
-                        b.routing_key.as_str(),
-                        table_to_broker(&b.arguments),
-                        false,
-                    )
+                // queue.unbind has no nowait: it is always answered.
+                let to = BindTo::Queue(self.queue_name(id, b.queue.as_str())?);
+                let change = BindingChange::new(&b.exchange, &b.routing_key, &b.arguments);
+                self.change_binding(id, to, change.bind(false, false))
                     .await?;
-                self.reply(
-                    id,
-                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
-                )
-                .await;
             }
             AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
                 let name = self.queue_name(id, p.queue.as_str())?;
@@ -1287,9 +1289,12 @@ impl Session {
                 .await;
             }
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
+                // channel_method refused a method while a message was in assembly.
+                let started = Instant::now();
+                self.assembly.begin(id, started);
                 self.channel(id).incoming = Some(Incoming {
                     _memory: Vec::new(),
-                    started: Instant::now(),
+                    started,
                     publish: p,
                     header: None,
                     body: BytesMut::new(),
@@ -1352,6 +1357,62 @@ impl Session {
             }
         }
         Ok(Next::Continue)
+    }
+
+    /// queue.bind/unbind and exchange.bind/unbind: one broker call and its answer.
+    async fn change_binding(
+        &mut self,
+        id: u16,
+        to: BindTo,
+        change: BindingChange<'_>,
+    ) -> Result<(), Soft> {
+        let BindingChange {
+            source,
+            routing_key,
+            arguments,
+            bind,
+            nowait,
+        } = change;
+        let arguments = table_to_broker(arguments);
+        let answer = match &to {
+            BindTo::Queue(name) => {
+                self.broker
+                    .amqp_bind_queue(
+                        &self.principal,
+                        self.connection_id,
+                        name,
+                        source,
+                        routing_key,
+                        arguments,
+                        bind,
+                    )
+                    .await?;
+                AMQPClass::Queue(if bind {
+                    queue::AMQPMethod::BindOk(queue::BindOk {})
+                } else {
+                    queue::AMQPMethod::UnbindOk(queue::UnbindOk {})
+                })
+            }
+            BindTo::Exchange(destination) => {
+                self.broker
+                    .amqp_bind_exchange(
+                        &self.principal,
+                        destination,
+                        source,
+                        routing_key,
+                        arguments,
+                        bind,
+                    )
+                    .await?;
+                AMQPClass::Exchange(if bind {
+                    exchange::AMQPMethod::BindOk(exchange::BindOk {})
+                } else {
+                    exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})
+                })
+            }
+        };
+        self.reply_unless(nowait, id, answer).await;
+        Ok(())
     }
 
     fn settle_tags(&mut self, id: u16, tag: u64, multiple: bool) -> Result<Vec<String>, Soft> {
@@ -1643,9 +1704,6 @@ impl Session {
     /// Content header and body frames of the publish in assembly on their channel.
     async fn content(&mut self, raw: RawFrame) -> Next {
         let message_bytes_max = self.config.message_bytes_max;
-        let others_hold_memory = self.channels.iter().any(|(id, c)| {
-            *id != raw.channel && c.incoming.as_ref().is_some_and(|i| !i._memory.is_empty())
-        });
         let Some(channel) = self.channels.get_mut(&raw.channel) else {
             return Next::Hard(Hard::new(
                 codes::CHANNEL_ERROR,
@@ -1689,7 +1747,9 @@ impl Session {
             }
             if header.body_size > message_bytes_max as u64 {
                 let size = header.body_size;
-                channel.incoming = None;
+                if let Some(incoming) = channel.incoming.take() {
+                    incoming.end(raw.channel, &mut self.assembly);
+                }
                 let error = AmqpError::new(
                     codes::PRECONDITION_FAILED,
                     format!(
@@ -1727,7 +1787,7 @@ impl Session {
                 Some(reservation) => Some(reservation),
                 // Another of this connection's messages in assembly holds memory: the
                 // reader must not wait for memory its own connection holds.
-                None if others_hold_memory => None,
+                None if self.assembly.others_hold(!incoming._memory.is_empty()) => None,
                 None => {
                     let wait = Duration::from_millis(self.config.read_timeout_ms);
                     tokio::time::timeout(wait, pool.reserve(wanted)).await.ok()
@@ -1742,6 +1802,9 @@ impl Session {
                     ),
                 ));
             };
+            if incoming._memory.is_empty() {
+                self.assembly.hold();
+            }
             incoming._memory.push(reservation);
             if have == 0 && raw.payload.len() as u64 == header.body_size {
                 incoming.single = Some(raw.payload);
@@ -1759,6 +1822,7 @@ impl Session {
         let Some(incoming) = channel.incoming.take() else {
             return Next::Continue;
         };
+        incoming.end(raw.channel, &mut self.assembly);
         self.publish(raw.channel, incoming).await
     }
 

@@ -551,7 +551,8 @@ impl ConsumerTask {
             return Err(BrokerError::UnknownTopic(self.topic.to_string()));
         };
         let partition = topic.partition(0)?.clone();
-        let mut changes = self.broker.data_changes();
+        // This partition's appends only: an append anywhere else does not wake it.
+        let mut changes = partition.high_watermark_changes();
         // Retention may have removed what the consumer was to read next.
         let mut from = next.max(partition.log_start_offset());
         if from >= partition.high_watermark() {

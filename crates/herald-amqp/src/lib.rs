@@ -6,9 +6,10 @@
 //!
 //! Files: `frame.rs` (framing, checked against frame_max before buffering),
 //! `server.rs` (accept loop, connection limits), `connection.rs` (handshake, channels,
-//! methods), `consumer.rs` (one task per `basic.consume`), `values.rs` (field values
+//! methods), `assembly.rs` (what messages in assembly hold, kept as it changes), `consumer.rs` (one task per `basic.consume`), `values.rs` (field values
 //! between the codec and the broker).
 
+mod assembly;
 pub mod connection;
 pub mod consumer;
 pub mod frame;

@@ -17,7 +17,7 @@
 //! Errors carry RabbitMQ's reply codes and texts ([`AmqpError`]), so front ends send
 //! them verbatim.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -354,9 +354,67 @@ impl QueueState {
     }
 }
 
+/// The queues by name, and which of them have an `x-expires`, kept together so the
+/// expiry sweep (every 200 ms) looks at those queues only. Read through `Deref`;
+/// changed only through the methods below, which keep the two in step.
+#[derive(Default)]
+struct Queues {
+    all: BTreeMap<String, QueueState>,
+    /// Names of the queues with an `x-expires` (fixed at declare: a redeclare with
+    /// other arguments is refused).
+    with_expires: BTreeSet<String>,
+}
+
+impl std::ops::Deref for Queues {
+    type Target = BTreeMap<String, QueueState>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.all
+    }
+}
+
+impl Queues {
+    fn insert(&mut self, name: String, queue: QueueState) {
+        if queue.def.arguments.contains_key("x-expires") {
+            self.with_expires.insert(name.clone());
+        } else {
+            self.with_expires.remove(&name);
+        }
+        self.all.insert(name, queue);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<QueueState> {
+        self.with_expires.remove(name);
+        self.all.remove(name)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut QueueState> {
+        self.all.get_mut(name)
+    }
+
+    /// The queues past their `x-expires` at `now_ms`; costs the queues with one.
+    fn expired(&self, now_ms: i64) -> Vec<String> {
+        self.with_expires
+            .iter()
+            .filter(|name| self.all.get(*name).is_some_and(|q| q.expired(now_ms)))
+            .cloned()
+            .collect()
+    }
+}
+
+impl FromIterator<(String, QueueState)> for Queues {
+    fn from_iter<I: IntoIterator<Item = (String, QueueState)>>(iter: I) -> Queues {
+        let mut queues = Queues::default();
+        for (name, queue) in iter {
+            queues.insert(name, queue);
+        }
+        queues
+    }
+}
+
 /// The broker's AMQP definitions in memory (the meta store has the durable ones).
 pub(crate) struct AmqpState {
-    queues: RwLock<BTreeMap<String, QueueState>>,
+    queues: RwLock<Queues>,
     /// Topic -> queue name, for settling a receipt (which names the topic).
     by_topic: RwLock<std::collections::HashMap<String, String>>,
     exchanges: RwLock<crate::exchange::Exchanges>,
@@ -372,7 +430,7 @@ const KIND_BINDING: &str = "binding";
 impl AmqpState {
     pub(crate) fn new() -> AmqpState {
         AmqpState {
-            queues: RwLock::new(BTreeMap::new()),
+            queues: RwLock::new(Queues::default()),
             by_topic: RwLock::new(std::collections::HashMap::new()),
             exchanges: RwLock::new(crate::exchange::Exchanges::new()),
             admin: tokio::sync::Mutex::new(()),
@@ -509,36 +567,24 @@ impl Broker {
     pub(crate) fn load_amqp(&self) -> crate::Result<()> {
         let mut transient = Vec::new();
         let mut queues = BTreeMap::new();
-        for (name, bytes) in self.meta.amqp_definitions(KIND_QUEUE)? {
-            match postcard::from_bytes::<QueueDef>(&bytes) {
-                Ok(def) if def.durable && !def.exclusive => {
-                    // The x-expires timer starts again at a restart, as in RabbitMQ.
-                    queues.insert(name, QueueState::new(def, None));
-                }
-                Ok(def) => transient.push(def),
-                Err(e) => {
-                    tracing::warn!(queue = %name, error = %e, "unreadable AMQP queue definition; skipped")
-                }
+        for (name, def) in self.stored_definitions::<QueueDef>(KIND_QUEUE)? {
+            if def.durable && !def.exclusive {
+                // The x-expires timer starts again at a restart, as in RabbitMQ.
+                queues.insert(name, QueueState::new(def, None));
+            } else {
+                transient.push(def);
             }
         }
-        let mut exchanges = Vec::new();
-        for (name, bytes) in self.meta.amqp_definitions(KIND_EXCHANGE)? {
-            match postcard::from_bytes::<crate::exchange::ExchangeDef>(&bytes) {
-                Ok(def) => exchanges.push(def),
-                Err(e) => {
-                    tracing::warn!(exchange = %name, error = %e, "unreadable AMQP exchange definition; skipped")
-                }
-            }
-        }
-        let mut bindings = Vec::new();
-        for (key, bytes) in self.meta.amqp_definitions(KIND_BINDING)? {
-            match postcard::from_bytes::<crate::exchange::Binding>(&bytes) {
-                Ok(b) => bindings.push(b),
-                Err(e) => {
-                    tracing::warn!(binding = %key, error = %e, "unreadable AMQP binding; skipped")
-                }
-            }
-        }
+        let exchanges: Vec<crate::exchange::ExchangeDef> = self
+            .stored_definitions(KIND_EXCHANGE)?
+            .into_iter()
+            .map(|(_, def)| def)
+            .collect();
+        let bindings: Vec<crate::exchange::Binding> = self
+            .stored_definitions(KIND_BINDING)?
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
         let mut deletes: Vec<(String, String)> = Vec::new();
         for def in &transient {
             deletes.push((KIND_QUEUE.to_string(), def.name.clone()));
@@ -582,9 +628,27 @@ impl Broker {
                 .collect();
         }
         if let Ok(mut q) = self.amqp.queues.write() {
-            *q = queues;
+            *q = queues.into_iter().collect();
         }
         Ok(())
+    }
+
+    /// The stored definitions of one kind (queue, exchange, binding) by key; one that
+    /// cannot be decoded is logged and skipped, so the others still load.
+    fn stored_definitions<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> crate::Result<Vec<(String, T)>> {
+        let mut decoded = Vec::new();
+        for (key, bytes) in self.meta.amqp_definitions(kind)? {
+            match postcard::from_bytes::<T>(&bytes) {
+                Ok(def) => decoded.push((key, def)),
+                Err(e) => {
+                    tracing::warn!(kind, key = %key, error = %e, "unreadable AMQP definition; skipped")
+                }
+            }
+        }
+        Ok(decoded)
     }
 
     fn persist(
@@ -917,12 +981,8 @@ impl Broker {
     /// Delete the queues unused for their `x-expires` (part of the expiry sweep).
     pub async fn amqp_expire_queues(&self) {
         let now = now_ms();
-        let expired: Vec<String> = match self.amqp.queues.read() {
-            Ok(queues) => queues
-                .iter()
-                .filter(|(_, q)| q.expired(now))
-                .map(|(name, _)| name.clone())
-                .collect(),
+        let expired = match self.amqp.queues.read() {
+            Ok(queues) => queues.expired(now),
             Err(_) => return,
         };
         if expired.is_empty() {
@@ -2115,5 +2175,57 @@ mod tests {
         assert!(AmqpError::new(codes::FRAME_ERROR, "").is_hard());
         assert!(AmqpError::new(codes::NOT_ALLOWED, "").is_hard());
         assert!(AmqpError::new(codes::INTERNAL_ERROR, "").is_hard());
+    }
+
+    fn queue_state(name: &str, expires_ms: Option<i64>, last_used_ms: i64) -> QueueState {
+        let mut arguments = Table::new();
+        if let Some(ms) = expires_ms {
+            arguments.insert("x-expires".into(), Value::I64(ms));
+        }
+        let def = QueueDef {
+            name: name.into(),
+            topic: name.into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments,
+            owns_topic: true,
+        };
+        let mut q = QueueState::new(def, None);
+        q.last_used_ms = last_used_ms;
+        q
+    }
+
+    #[test]
+    fn the_expiry_sweep_looks_at_queues_with_x_expires_only() {
+        let mut queues: Queues = (0..1_000)
+            .map(|i| {
+                (
+                    format!("plain-{i}"),
+                    queue_state(&format!("plain-{i}"), None, 0),
+                )
+            })
+            .collect();
+        assert!(queues.with_expires.is_empty());
+        queues.insert("short".into(), queue_state("short", Some(100), 1_000));
+        queues.insert("long".into(), queue_state("long", Some(10_000), 1_000));
+        assert_eq!(queues.with_expires.len(), 2);
+        assert!(queues.expired(1_099).is_empty());
+        assert_eq!(queues.expired(1_100), ["short"]);
+        assert_eq!(queues.expired(11_000), ["long", "short"]);
+        // A consumer holds it; the timer counts from its last use.
+        queues
+            .get_mut("short")
+            .unwrap()
+            .consumers
+            .insert(1, (1, false));
+        assert_eq!(queues.expired(11_000), ["long"]);
+        assert!(queues.remove("long").is_some());
+        assert_eq!(queues.with_expires.len(), 1);
+        assert!(queues.expired(i64::MAX).is_empty());
+        assert_eq!(queues.len(), 1_001);
+        // A name declared again without x-expires (after a delete) leaves the set.
+        queues.insert("short".into(), queue_state("short", None, 0));
+        assert!(queues.with_expires.is_empty());
     }
 }

@@ -56,6 +56,10 @@ pub struct Partition {
     fenced: AtomicBool,
     /// Bumped whenever any partition's high watermark moves; long-polling fetches wait on it.
     data_changed: Arc<watch::Sender<u64>>,
+    /// This partition's high watermark, for readers of this partition alone (AMQP stream
+    /// consumers), so that an append elsewhere does not wake them. Moves with
+    /// `high_watermark`, in `advance_high_watermark`.
+    high_watermark_changed: watch::Sender<i64>,
     appended_bytes: AtomicU64,
     appended_records: AtomicU64,
     read_bytes: AtomicU64,
@@ -184,6 +188,7 @@ impl Partition {
             closed: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             data_changed,
+            high_watermark_changed: watch::Sender::new(next_offset),
             appended_bytes: AtomicU64::new(0),
             appended_records: AtomicU64::new(0),
             read_bytes: AtomicU64::new(0),
@@ -316,6 +321,12 @@ impl Partition {
     fn advance_high_watermark(&self, next_offset: i64) {
         let previous = self.high_watermark.fetch_max(next_offset, Ordering::AcqRel);
         if next_offset > previous {
+            self.high_watermark_changed.send_if_modified(|hw| {
+                // Two advances may race: the watch keeps the larger, like the atomic.
+                let moved = next_offset > *hw;
+                *hw = (*hw).max(next_offset);
+                moved
+            });
             self.data_changed.send_modify(|g| *g = g.wrapping_add(1));
         }
     }
@@ -561,6 +572,12 @@ impl Partition {
 
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// A watch of this partition's high watermark: it changes only when this
+    /// partition's data becomes visible (the broker's `data_changes` is any partition).
+    pub fn high_watermark_changes(&self) -> watch::Receiver<i64> {
+        self.high_watermark_changed.subscribe()
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -862,5 +879,52 @@ mod tests {
         assert_eq!(copy.len(), 210);
         truncate_at_offset(&mut bytes, 0);
         assert!(bytes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_high_watermark_watch_moves_with_its_partition_only() {
+        use std::collections::BTreeMap;
+
+        let dir = tempfile::tempdir().unwrap();
+        let broker =
+            crate::Broker::open(crate::BrokerConfig::new(dir.path().to_path_buf())).unwrap();
+        let topic = broker
+            .create_topic("orders", Some(2), BTreeMap::new(), false)
+            .unwrap();
+        let (p0, p1) = (topic.partition(0).unwrap(), topic.partition(1).unwrap());
+        let mut watch0 = p0.high_watermark_changes();
+        let mut watch1 = p1.high_watermark_changes();
+        let any = broker.data_changes();
+        let records: Vec<_> = (0..3)
+            .map(|_| crate::test_util::record("k", Some(b"OrderPlaced"), 1_000))
+            .collect();
+        let batch =
+            crate::test_util::batch(&records, 0, kafka_protocol::records::Compression::None);
+        let now_ms = crate::now_ms();
+
+        p1.append(&batch, false, 1 << 20, now_ms)
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
+        assert!(
+            any.has_changed().unwrap(),
+            "the broker-wide watch sees every append"
+        );
+        assert!(watch1.has_changed().unwrap());
+        assert_eq!(*watch1.borrow_and_update(), 3);
+        assert!(!watch0.has_changed().unwrap(), "partition 0 did not move");
+
+        p0.append(&batch, false, 1 << 20, now_ms)
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch0.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*watch0.borrow(), p0.high_watermark());
+        assert!(!watch1.has_changed().unwrap());
     }
 }

@@ -188,6 +188,18 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     answer_and_close(tx, in_flight, http_on_kafka_port(config)).await
                 }
                 Some(Other::Amqp) => {
+                    // The header is 8 bytes: answer once all of it came, since closing
+                    // with bytes unread resets the connection and can lose the answer.
+                    match read_header_rest(reader, request_read_timeout).await {
+                        HeaderRest::Whole => {}
+                        HeaderRest::Late => {
+                            tracing::info!(%peer, timeout_ms = config.request_read_timeout_ms, "an AMQP protocol header on the Kafka port did not arrive whole in time");
+                        }
+                        HeaderRest::Gone => {
+                            tracing::debug!(%peer, "connection closed inside an AMQP protocol header");
+                            return ReadEnd::Gone;
+                        }
+                    }
                     match &config.amqp_address {
                         Some(amqp) => {
                             tracing::warn!(%peer, "an AMQP client connected to the Kafka port; AMQP 0-9-1 is served at {amqp}; answered with the AMQP protocol header and closed")
@@ -263,6 +275,30 @@ enum Other {
     Amqp,
     Tls,
 }
+
+/// How the rest of an AMQP protocol header (the 4 bytes after `AMQP`) arrived.
+#[derive(Debug, PartialEq, Eq)]
+enum HeaderRest {
+    Whole,
+    /// Not within the read timeout: answered all the same.
+    Late,
+    /// The client closed (or the read failed) first: nobody to answer.
+    Gone,
+}
+
+/// Read the rest of an AMQP protocol header, `AMQP_HEADER_REST_BYTES`, within
+/// `deadline`.
+async fn read_header_rest<R: AsyncRead + Unpin>(reader: &mut R, deadline: Duration) -> HeaderRest {
+    let mut rest = [0u8; AMQP_HEADER_REST_BYTES];
+    match tokio::time::timeout(deadline, reader.read_exact(&mut rest)).await {
+        Ok(Ok(_)) => HeaderRest::Whole,
+        Ok(Err(_)) => HeaderRest::Gone,
+        Err(_) => HeaderRest::Late,
+    }
+}
+
+/// An AMQP protocol header is `AMQP` and 4 bytes (0, 0, 9, 1 for 0-9-1).
+const AMQP_HEADER_REST_BYTES: usize = 4;
 
 /// A client of another protocol: one answer in that protocol, then a close, through
 /// the writer like any response.
@@ -524,6 +560,34 @@ mod tests {
         assert_eq!(other_protocol(&[0x16, 0x03, 0x01, 0x02]), Some(Other::Tls));
         assert_eq!(other_protocol(&[0, 0, 0, 42]), None);
         assert_eq!(other_protocol(&[0x7f, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_an_amqp_header_is_read_before_the_answer() {
+        let deadline = Duration::from_millis(200);
+        // Sent in two pieces, as a slow client might.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let reading = tokio::spawn(async move { read_header_rest(&mut server, deadline).await });
+        client.write_all(&[0, 0]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(&[9, 1]).await.unwrap();
+        assert_eq!(reading.await.unwrap(), HeaderRest::Whole);
+
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&[0, 0]).await.unwrap();
+        assert_eq!(
+            read_header_rest(&mut server, deadline).await,
+            HeaderRest::Late
+        );
+        drop(client);
+
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&[0]).await.unwrap();
+        drop(client);
+        assert_eq!(
+            read_header_rest(&mut server, deadline).await,
+            HeaderRest::Gone
+        );
     }
     use std::sync::atomic::AtomicBool;
 

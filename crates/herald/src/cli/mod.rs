@@ -1,7 +1,8 @@
 //! Client subcommands: the `herald` CLI talking to a broker over the Kafka protocol,
-//! like any other client. Each command lives in its own file; this one holds what
+//! like any other client (`queue` and `amqp` over the HTTP API). Each command lives in its own file; this one holds what
 //! they share (the bootstrap address, argument parsers, table output).
 
+mod amqp;
 mod bench;
 mod consume;
 mod groups;
@@ -35,6 +36,9 @@ pub enum ClientCommand {
     /// HTTP API).
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// AMQP 0-9-1 definitions: list exchanges, queues and bindings (over the HTTP API).
+    #[command(subcommand)]
+    Amqp(amqp::AmqpCommand),
 }
 
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
@@ -45,6 +49,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Groups(command) => groups::run(command).await,
         ClientCommand::Bench(args) => bench::run(args).await,
         ClientCommand::Queue(command) => queue::run(command).await,
+        ClientCommand::Amqp(command) => amqp::run(command).await,
     }
 }
 

@@ -166,13 +166,14 @@ pub struct DlqArgs {
 }
 
 /// A blocking JSON client of the HTTP API; the async CLI runs it on a blocking thread.
-struct Api {
+/// `herald amqp` uses it too.
+pub(super) struct Api {
     base: String,
     agent: ureq::Agent,
 }
 
 impl Api {
-    fn new(http: &HttpArgs, extra_wait_ms: u64) -> Api {
+    pub(super) fn new(http: &HttpArgs, extra_wait_ms: u64) -> Api {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(HTTP_TIMEOUT + Duration::from_millis(extra_wait_ms)))
@@ -195,7 +196,12 @@ impl Api {
 
     /// Sends the request; a non-2xx answer becomes an error carrying the API's code and
     /// message. An empty 2xx body is `null`.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub(super) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let sent = match (method, body) {
             ("GET", _) => self.agent.get(&url).call(),
@@ -249,9 +255,18 @@ fn encode(segment: &str) -> String {
 }
 
 pub async fn run(command: QueueCommand) -> anyhow::Result<()> {
-    let out = tokio::task::spawn_blocking(move || run_blocking(command))
+    over_http("queue", move || run_blocking(command)).await
+}
+
+/// Runs a command of the blocking HTTP client on a blocking thread, then prints what
+/// it made.
+pub(super) async fn over_http(
+    name: &str,
+    command: impl FnOnce() -> anyhow::Result<Output> + Send + 'static,
+) -> anyhow::Result<()> {
+    let out = tokio::task::spawn_blocking(command)
         .await
-        .context("the queue command panicked")??;
+        .with_context(|| format!("the {name} command panicked"))??;
     out.emit()
 }
 
@@ -413,7 +428,7 @@ fn run_blocking(command: QueueCommand) -> anyhow::Result<Output> {
 }
 
 /// A JSON string without quotes; anything else as JSON text.
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
