@@ -280,24 +280,12 @@ impl Broker {
         let now = now_ms();
         let first = current.map_or(0, |c| c + 1);
         let mut records = Vec::with_capacity(events.len() + 1);
+        let mut _meta_guard = None;
         if head.meta.soft_deleted() {
             // Undelete: the stream shows the events from this append on.
-            let mut meta = self.stream_metadata_json(stream)?;
-            meta.insert("$tb".into(), serde_json::Value::from(first));
-            let meta_stream = format!("$${stream}");
-            let meta_head = self.stream_head(&meta_stream)?;
-            records.push(event_record(
-                &meta_stream,
-                meta_head.last.map_or(0, |c| c + 1),
-                &NewEvent {
-                    id: uuid::Uuid::new_v4(),
-                    event_type: METADATA_TYPE.into(),
-                    content_type: "application/json".into(),
-                    custom_metadata: Bytes::new(),
-                    data: Bytes::from(serde_json::Value::Object(meta).to_string()),
-                },
-                now,
-            ));
+            let (guard, record) = self.truncate_before_record(stream, first, now).await?;
+            _meta_guard = Some(guard);
+            records.push(record);
         }
         for (i, e) in events.iter().enumerate() {
             records.push(event_record(stream, first + i as u64, e, now));
@@ -342,14 +330,15 @@ impl Broker {
         let lock = self.stream_lock(stream);
         let guard = lock.lock().await;
         let head = self.stream_head(stream)?;
-        if head.tombstoned {
+        if head.tombstoned || (head.meta.soft_deleted() && expected == Expected::StreamExists) {
             return Err(StreamError::Deleted(stream.to_string()));
         }
-        let exists = head.last.is_some() && !head.meta.soft_deleted();
+        // As KurrentDB: a stream that never had events cannot be deleted expecting
+        // anything but `any` (not even "no stream").
         let matches = match expected {
             Expected::Any => true,
-            Expected::NoStream => !exists,
-            Expected::StreamExists => exists,
+            Expected::NoStream => false,
+            Expected::StreamExists => head.last.is_some(),
             Expected::Revision(r) => head.last == Some(r),
         };
         if !matches {
@@ -360,6 +349,7 @@ impl Broker {
             });
         }
         let now = now_ms();
+        let mut _meta_guard = None;
         let record = if tombstone {
             event_record(
                 stream,
@@ -374,25 +364,11 @@ impl Broker {
                 now,
             )
         } else {
-            let mut meta = self.stream_metadata_json(stream)?;
-            meta.insert(
-                "$tb".into(),
-                serde_json::Value::from(DELETED_TRUNCATE_BEFORE),
-            );
-            let meta_stream = format!("$${stream}");
-            let meta_head = self.stream_head(&meta_stream)?;
-            event_record(
-                &meta_stream,
-                meta_head.last.map_or(0, |c| c + 1),
-                &NewEvent {
-                    id: uuid::Uuid::new_v4(),
-                    event_type: METADATA_TYPE.into(),
-                    content_type: "application/json".into(),
-                    custom_metadata: Bytes::new(),
-                    data: Bytes::from(serde_json::Value::Object(meta).to_string()),
-                },
-                now,
-            )
+            let (guard, record) = self
+                .truncate_before_record(stream, DELETED_TRUNCATE_BEFORE, now)
+                .await?;
+            _meta_guard = Some(guard);
+            record
         };
         let batch = encode_one_batch(vec![record])?;
         let append = topic.append(0, &batch, now)?;
@@ -401,6 +377,36 @@ impl Broker {
         self.wait_indexed(offset + 1).await?;
         drop(guard);
         Ok(offset as u64 + 1)
+    }
+
+    /// A `$metadata` event for `$$<stream>` that sets its `$tb` and keeps the rest of
+    /// its metadata, with that metadata stream's lock: hold it until the record is
+    /// indexed, so no append to `$$<stream>` takes the same revision. (Locks are
+    /// always taken stream first, then its metadata stream.)
+    async fn truncate_before_record(
+        &self,
+        stream: &str,
+        truncate_before: u64,
+        now: i64,
+    ) -> StreamResult<(tokio::sync::OwnedMutexGuard<()>, Record)> {
+        let meta_stream = format!("$${stream}");
+        let guard = self.stream_lock(&meta_stream).lock_owned().await;
+        let mut meta = self.stream_metadata_json(stream)?;
+        meta.insert("$tb".into(), serde_json::Value::from(truncate_before));
+        let revision = self.stream_head(&meta_stream)?.last.map_or(0, |c| c + 1);
+        let record = event_record(
+            &meta_stream,
+            revision,
+            &NewEvent {
+                id: uuid::Uuid::new_v4(),
+                event_type: METADATA_TYPE.into(),
+                content_type: "application/json".into(),
+                custom_metadata: Bytes::new(),
+                data: Bytes::from(serde_json::Value::Object(meta).to_string()),
+            },
+            now,
+        );
+        Ok((guard, record))
     }
 
     /// The stream's current metadata as JSON (an empty object if it has none).

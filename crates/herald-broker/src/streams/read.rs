@@ -140,7 +140,12 @@ impl Broker {
     ) -> StreamResult<StreamRead> {
         check_stream_name(stream)?;
         let head = self.stream_head(stream)?;
-        if head.tombstoned {
+        // A tombstoned stream's metadata stream is gone with it.
+        let described_tombstoned = match super::described_stream(stream) {
+            Some(described) => self.stream_head(described)?.tombstoned,
+            None => false,
+        };
+        if head.tombstoned || described_tombstoned {
             return Err(StreamError::Deleted(stream.to_string()));
         }
         let Some(last) = head.last else {
@@ -435,8 +440,9 @@ fn fetch(partition: &Partition, offsets: &[i64]) -> StreamResult<BTreeMap<i64, R
             i += 1;
             continue;
         }
+        // The batch holding `offset` (an offset no longer in the log is left out), and
+        // every other wanted record in it.
         let read = partition.read(offset, 1)?;
-        let mut found = false;
         for batch in partition.stored_batches(read.records, "event store read") {
             let decoded = match batch? {
                 StoredBatch::Oversized { .. } => continue,
@@ -446,13 +452,8 @@ fn fetch(partition: &Partition, offsets: &[i64]) -> StreamResult<BTreeMap<i64, R
                 let view = view?;
                 if wanted[i..].binary_search(&view.offset).is_ok() {
                     out.insert(view.offset, decoded.record(&view)?);
-                    found |= view.offset == offset;
                 }
             }
-        }
-        if !found {
-            // Not in the log (any more): leave it out.
-            out.remove(&offset);
         }
         i += 1;
     }

@@ -52,6 +52,22 @@ impl StreamsService {
     pub fn new(broker: Arc<Broker>) -> StreamsService {
         StreamsService { broker }
     }
+
+    /// Delete or tombstone: the position of the record that did it.
+    async fn delete_stream(
+        &self,
+        who: &Principal,
+        id: Option<&StreamIdentifier>,
+        expected: Expected,
+        tombstone: bool,
+    ) -> Result<u64, Status> {
+        let stream = stream_name(id)?;
+        let op = if tombstone { "Tombstone" } else { "Delete" };
+        self.broker
+            .stream_delete(who, &stream, expected, tombstone)
+            .await
+            .map_err(|e| delete_status(e, &stream, op))
+    }
 }
 
 fn stream_name(id: Option<&StreamIdentifier>) -> Result<String, Status> {
@@ -155,14 +171,18 @@ fn status(e: &StreamError, stream: &str) -> Status {
     }
 }
 
-fn expected_from_append(o: Option<&append_req::options::ExpectedStreamRevision>) -> Expected {
-    use append_req::options::ExpectedStreamRevision as E;
-    match o {
-        Some(E::Revision(r)) => Expected::Revision(*r),
-        Some(E::NoStream(_)) => Expected::NoStream,
-        Some(E::StreamExists(_)) => Expected::StreamExists,
-        Some(E::Any(_)) | None => Expected::Any,
-    }
+/// The expected revision of Append, Delete and Tombstone options: three generated
+/// enums with the same variants (`any` when none is given).
+macro_rules! expected_revision {
+    ($option:expr, $enum:path) => {{
+        use $enum as E;
+        match $option {
+            Some(E::Revision(r)) => Expected::Revision(r),
+            Some(E::NoStream(_)) => Expected::NoStream,
+            Some(E::StreamExists(_)) => Expected::StreamExists,
+            Some(E::Any(_)) | None => Expected::Any,
+        }
+    }};
 }
 
 fn position(p: u64) -> append_resp::Position {
@@ -789,7 +809,10 @@ impl Streams for StreamsService {
             ));
         };
         let stream = stream_name(options.stream_identifier.as_ref())?;
-        let expected = expected_from_append(options.expected_stream_revision.as_ref());
+        let expected = expected_revision!(
+            options.expected_stream_revision,
+            append_req::options::ExpectedStreamRevision
+        );
         let mut events = Vec::new();
         let mut bytes = 0usize;
         while let Some(message) = messages.message().await? {
@@ -824,19 +847,13 @@ impl Streams for StreamsService {
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("a delete without options"))?;
-        let stream = stream_name(options.stream_identifier.as_ref())?;
-        use crate::proto::streams::delete_req::options::ExpectedStreamRevision as E;
-        let expected = match options.expected_stream_revision {
-            Some(E::Revision(r)) => Expected::Revision(r),
-            Some(E::NoStream(_)) => Expected::NoStream,
-            Some(E::StreamExists(_)) => Expected::StreamExists,
-            Some(E::Any(_)) | None => Expected::Any,
-        };
+        let expected = expected_revision!(
+            options.expected_stream_revision,
+            crate::proto::streams::delete_req::options::ExpectedStreamRevision
+        );
         let p = self
-            .broker
-            .stream_delete(&who, &stream, expected, false)
-            .await
-            .map_err(|e| delete_status(e, &stream, "Delete"))?;
+            .delete_stream(&who, options.stream_identifier.as_ref(), expected, false)
+            .await?;
         Ok(Response::new(DeleteResp {
             position_option: Some(delete_resp::PositionOption::Position(
                 delete_resp::Position {
@@ -856,19 +873,13 @@ impl Streams for StreamsService {
             .into_inner()
             .options
             .ok_or_else(|| Status::invalid_argument("a tombstone without options"))?;
-        let stream = stream_name(options.stream_identifier.as_ref())?;
-        use crate::proto::streams::tombstone_req::options::ExpectedStreamRevision as E;
-        let expected = match options.expected_stream_revision {
-            Some(E::Revision(r)) => Expected::Revision(r),
-            Some(E::NoStream(_)) => Expected::NoStream,
-            Some(E::StreamExists(_)) => Expected::StreamExists,
-            Some(E::Any(_)) | None => Expected::Any,
-        };
+        let expected = expected_revision!(
+            options.expected_stream_revision,
+            crate::proto::streams::tombstone_req::options::ExpectedStreamRevision
+        );
         let p = self
-            .broker
-            .stream_delete(&who, &stream, expected, true)
-            .await
-            .map_err(|e| delete_status(e, &stream, "Tombstone"))?;
+            .delete_stream(&who, options.stream_identifier.as_ref(), expected, true)
+            .await?;
         Ok(Response::new(TombstoneResp {
             position_option: Some(tombstone_resp::PositionOption::Position(
                 tombstone_resp::Position {
