@@ -1527,6 +1527,7 @@ impl Session {
             counts_deliveries: slot.counts_deliveries,
             ttl_ms: slot.ttl_ms,
             windows,
+            gather_min: ConsumerTask::gatherer(per_consumer),
             shared: channel.shared.clone(),
             out: self.out.clone(),
             settle: self.settle.clone(),

@@ -28,6 +28,12 @@ const RECEIVE_WAIT_MS: u64 = 1_000;
 const RECEIVE_BATCH_MAX: usize = 256;
 /// Records the first lease call takes at most, before record sizes are known.
 const RECEIVE_BATCH_FIRST: usize = 16;
+/// How long a consumer whose prefetch window was full waits, once it has room for a
+/// few records, for acks to free more before it leases (see `ConsumerTask::deliver`).
+const DELIVER_GATHER_US: u64 = 1_000;
+/// A consumer gathers room only with a prefetch of at least this many (a smaller one,
+/// such as an RPC worker's prefetch 1, gets each record at once).
+const GATHER_PREFETCH_MIN: usize = 8;
 /// What a delivery's frames add to its body and headers, about (method, content
 /// header, frame overheads), for the write queue's byte count.
 const DELIVERY_OVERHEAD_BYTES: usize = 256;
@@ -337,6 +343,9 @@ pub struct ConsumerTask {
     pub counts_deliveries: bool,
     pub ttl_ms: Option<i64>,
     pub windows: Vec<Arc<Semaphore>>,
+    /// Free prefetch slots worth gathering before a lease when the window was full
+    /// (0: never wait); see [`ConsumerTask::gatherer`].
+    pub gather_min: usize,
     pub shared: Arc<ChannelShared>,
     pub out: Out,
     pub settle: SettleTx,
@@ -356,6 +365,15 @@ pub struct ConsumerTask {
 }
 
 impl ConsumerTask {
+    /// `gather_min` for a consumer whose own prefetch is `prefetch`: a quarter of it.
+    pub fn gatherer(prefetch: usize) -> usize {
+        if prefetch >= GATHER_PREFETCH_MIN {
+            prefetch / 4
+        } else {
+            0
+        }
+    }
+
     pub async fn run(mut self) {
         let _held = self.metrics.consumer();
         self.deliver().await;
@@ -380,15 +398,22 @@ impl ConsumerTask {
             }
             // One permit from every window first (waiting), then as many more as
             // every window has free right now.
-            let Some(mut permits) = self.acquire_one().await else {
-                return;
+            let (first, waited) = match self.try_acquire() {
+                Some(permits) => (permits, false),
+                None => match self.acquire_one().await {
+                    Some(permits) => (permits, true),
+                    None => return,
+                },
             };
-            let mut grants = vec![std::mem::take(&mut permits)];
-            while grants.len() < batch_max {
-                match self.try_acquire() {
-                    Some(more) => grants.push(more),
-                    None => break,
-                }
+            let mut grants = vec![first];
+            self.take_free(&mut grants, batch_max);
+            if waited && grants.len() < self.gather_min {
+                // The window was full and acks free it one at a time: the client holds
+                // a quarter of its prefetch or more, so a moment's wait costs it
+                // nothing, and one lease then covers the acks that came meanwhile
+                // instead of one lease, log read and wake-up per ack.
+                tokio::time::sleep(std::time::Duration::from_micros(DELIVER_GATHER_US)).await;
+                self.take_free(&mut grants, batch_max);
             }
             let got = match self.stream_next {
                 Some(next) => self.read_stream(next, grants.len()).await,
@@ -631,6 +656,16 @@ impl ConsumerTask {
             }
         }
         Some(permits)
+    }
+
+    /// Add to `grants` the permits free right now, up to `max` grants.
+    fn take_free(&self, grants: &mut Vec<Vec<OwnedSemaphorePermit>>, max: usize) {
+        while grants.len() < max {
+            match self.try_acquire() {
+                Some(more) => grants.push(more),
+                None => break,
+            }
+        }
     }
 
     fn try_acquire(&self) -> Option<Vec<OwnedSemaphorePermit>> {

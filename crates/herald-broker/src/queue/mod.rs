@@ -59,6 +59,10 @@ pub const DLQ_SOURCE_PARTITION_HEADER: &str = "herald-dlq-source-partition";
 /// Small because every step decodes all it read: at 1 MiB a receive of 5 records
 /// decoded up to a MiB of neighbours (0.65 ms more broker CPU per receive + ack).
 pub const QUEUE_READ_BYTES: usize = 64 << 10;
+/// Bytes read per record wanted when filling a window or fetching leased records (a
+/// read returns whole batches, at least one), so a few records cost a few records'
+/// reads, not `QUEUE_READ_BYTES`.
+const FILL_BYTES_PER_RECORD: usize = 512;
 /// Records one receive call may return at most.
 pub const RECEIVE_MAX_RECORDS: usize = 1_000;
 /// Longest long-poll wait a receive may ask for.
@@ -566,63 +570,14 @@ impl Broker {
             for o in q.expire(now, &policy, |f| settings.retry_at_ms(now, f)) {
                 dead.push((index as i32, o));
             }
-            // Fill the window from the log.
-            let hw = partition.high_watermark();
-            while q.room(&policy) > 0 && q.scan_next < hw {
-                let read = partition.read(q.scan_next, QUEUE_READ_BYTES)?;
-                if read.records.is_empty() {
-                    break;
-                }
-                let before = q.scan_next;
-                'batches: for batch in partition.stored_batches(read.records, "work queue") {
-                    let decoded = match batch? {
-                        StoredBatch::Oversized { header, .. } => {
-                            // Stepped over (see the module doc); the partition logged it.
-                            if header.base_offset < hw {
-                                q.skip_to(header.last_offset().saturating_add(1));
-                            }
-                            continue;
-                        }
-                        StoredBatch::Decoded(decoded) => decoded,
-                    };
-                    for view in decoded.records() {
-                        let view = view?;
-                        if view.offset < q.scan_next || view.offset >= hw {
-                            continue;
-                        }
-                        if q.room(&policy) == 0 {
-                            break 'batches;
-                        }
-                        let r = decoded.record(&view)?;
-                        let not_before = match deliver_at(&r) {
-                            Ok(at) => at.unwrap_or(0),
-                            Err(()) => {
-                                q.bad_deliver_at += 1;
-                                tracing::warn!(
-                                    topic = sub.topic,
-                                    partition = index,
-                                    offset = r.offset,
-                                    "bad {DELIVER_AT_HEADER} header; delivering now"
-                                );
-                                0
-                            }
-                        };
-                        q.track_sized(
-                            r.offset,
-                            key_hash(r.key.as_ref()),
-                            not_before,
-                            value_len(&r),
-                        );
-                    }
-                }
-                if q.scan_next == before {
-                    // Only records below scan_next in what was read (a batch boundary
-                    // or compaction gap): step over to the end of what was read.
-                    break;
-                }
-            }
+            // Tracked records first; the log is read only when they are not enough, so
+            // an ack that frees one slot does not cost a read of the log.
             let want = max_records - out.len();
-            let got = q.lease(now, want, &policy);
+            let mut got = q.lease(now, want, &policy);
+            if got.len() < want && q.room(&policy) > 0 {
+                fill_window(sub, index, partition, &mut q, &policy)?;
+                got.extend(q.lease(now, want - got.len(), &policy));
+            }
             if !got.is_empty() || !dead.is_empty() {
                 writes.push((sub.clone(), index as u32));
             }
@@ -653,7 +608,9 @@ impl Broker {
             let mut wanted: BTreeMap<i64, u32> = got.into_iter().collect();
             let mut from = wanted.keys().next().copied().unwrap_or(0);
             while !wanted.is_empty() {
-                let read = partition.read(from, QUEUE_READ_BYTES)?;
+                let bytes =
+                    QUEUE_READ_BYTES.min(wanted.len().saturating_mul(FILL_BYTES_PER_RECORD));
+                let read = partition.read(from, bytes)?;
                 if read.records.is_empty() {
                     break;
                 }
@@ -1286,6 +1243,74 @@ impl Broker {
         }
         Ok(moved)
     }
+}
+
+/// Track records from the log until the window is full or the log's end is reached.
+fn fill_window(
+    sub: &Subscription,
+    index: usize,
+    partition: &Partition,
+    q: &mut PartitionQueue,
+    policy: &state::Policy,
+) -> Result<()> {
+    let hw = partition.high_watermark();
+    while q.room(policy) > 0 && q.scan_next < hw {
+        // About what the room holds, so a window with room for a few records does not
+        // decode a whole read's worth of neighbours.
+        let bytes = QUEUE_READ_BYTES.min(q.room(policy).saturating_mul(FILL_BYTES_PER_RECORD));
+        let read = partition.read(q.scan_next, bytes)?;
+        if read.records.is_empty() {
+            break;
+        }
+        let before = q.scan_next;
+        'batches: for batch in partition.stored_batches(read.records, "work queue") {
+            let decoded = match batch? {
+                StoredBatch::Oversized { header, .. } => {
+                    // Stepped over (see the module doc); the partition logged it.
+                    if header.base_offset < hw {
+                        q.skip_to(header.last_offset().saturating_add(1));
+                    }
+                    continue;
+                }
+                StoredBatch::Decoded(decoded) => decoded,
+            };
+            for view in decoded.records() {
+                let view = view?;
+                if view.offset < q.scan_next || view.offset >= hw {
+                    continue;
+                }
+                if q.room(policy) == 0 {
+                    break 'batches;
+                }
+                let r = decoded.record(&view)?;
+                let not_before = match deliver_at(&r) {
+                    Ok(at) => at.unwrap_or(0),
+                    Err(()) => {
+                        q.bad_deliver_at += 1;
+                        tracing::warn!(
+                            topic = sub.topic,
+                            partition = index,
+                            offset = r.offset,
+                            "bad {DELIVER_AT_HEADER} header; delivering now"
+                        );
+                        0
+                    }
+                };
+                q.track_sized(
+                    r.offset,
+                    key_hash(r.key.as_ref()),
+                    not_before,
+                    value_len(&r),
+                );
+            }
+        }
+        if q.scan_next == before {
+            // Only records below scan_next in what was read (a batch boundary
+            // or compaction gap): step over to the end of what was read.
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Encode records from a non-idempotent producer, numbered from 0. Every sequence is
