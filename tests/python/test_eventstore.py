@@ -120,6 +120,9 @@ def test_server_features_lists_only_what_is_implemented(es):
         ("event_store.client.streams.streams", "batchappend"),
         ("event_store.client.streams.streams", "delete"),
         ("event_store.client.streams.streams", "tombstone"),
+        *{("event_store.client.persistent_subscriptions.persistentsubscriptions", m)
+          for m in ("create", "update", "delete", "read", "getinfo", "replayparked", "list",
+                    "restartsubsystem")},
     }
     # Clients parse it as a version (the Node client with semver).
     major, minor, patch = answer.event_store_server_version.split(".")
@@ -187,14 +190,24 @@ def test_anything_else_is_unimplemented_with_a_message(es, path, message):
 
 
 def test_a_streaming_call_to_an_unimplemented_service_ends_instead_of_hanging(es):
-    # Persistent subscriptions' Read is bidirectional: the client keeps its side open.
+    with grpc.insecure_channel(target(es)) as channel:
+        call = channel.unary_stream("/event_store.client.projections.Projections/Statistics")
+        responses = call(b"", timeout=CALL_TIMEOUT_S)
+        with pytest.raises(grpc.RpcError) as e:
+            next(responses)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert e.value.details() == "Herald does not implement Projections"
+
+
+def test_a_persistent_read_that_does_not_start_with_its_options_is_refused(es):
+    # Read is bidirectional: the client keeps its side open, and the answer still comes.
     with grpc.insecure_channel(target(es)) as channel:
         call = channel.stream_stream("/event_store.client.persistent_subscriptions.PersistentSubscriptions/Read")
         responses = call(iter([b""]), timeout=CALL_TIMEOUT_S)
         with pytest.raises(grpc.RpcError) as e:
             next(responses)
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert e.value.details() == "Herald does not implement PersistentSubscriptions"
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "options" in e.value.details()
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:

@@ -530,6 +530,8 @@ fn queue_settings(arguments: &Table) -> SubscriptionSettings {
         ordered_by_key: false,
         start: StartPosition::Latest,
         max_unacked: QUEUE_UNACKED_MAX,
+        filter: None,
+        dead_letter_stream: None,
     }
 }
 

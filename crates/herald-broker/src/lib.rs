@@ -208,6 +208,7 @@ impl Broker {
         broker.recover_stream_index()?;
         broker.load_subscriptions()?;
         broker.load_amqp()?;
+        broker.release_persistent_leases();
         amqp::spawn_expiry(Arc::downgrade(&broker));
         queue::spawn_timer(Arc::downgrade(&broker));
         cleaner::spawn(Arc::downgrade(&broker));

@@ -54,7 +54,49 @@ pub const SUPPORTED: &[Method] = &[
         method: "Tombstone",
         features: &[],
     },
+    Method {
+        service: PERSISTENT,
+        method: "Create",
+        features: &["stream", "all"],
+    },
+    Method {
+        service: PERSISTENT,
+        method: "Update",
+        features: &["stream", "all"],
+    },
+    Method {
+        service: PERSISTENT,
+        method: "Delete",
+        features: &["stream", "all"],
+    },
+    Method {
+        service: PERSISTENT,
+        method: "Read",
+        features: &["stream", "all"],
+    },
+    Method {
+        service: PERSISTENT,
+        method: "GetInfo",
+        features: &["stream", "all"],
+    },
+    Method {
+        service: PERSISTENT,
+        method: "ReplayParked",
+        features: &["stream", "all"],
+    },
+    Method {
+        service: PERSISTENT,
+        method: "List",
+        features: &["stream", "all"],
+    },
+    Method {
+        service: PERSISTENT,
+        method: "RestartSubsystem",
+        features: &[],
+    },
 ];
+
+const PERSISTENT: &str = "event_store.client.persistent_subscriptions.PersistentSubscriptions";
 
 /// The KurrentDB server version Herald reports. Clients compare it to decide on
 /// behaviour that differs between server versions; it names the release whose
@@ -81,9 +123,13 @@ mod tests {
             "event_store.client.streams.streams",
             "batchappend"
         ));
-        assert!(!is_supported(
+        assert!(is_supported(
             "event_store.client.persistent_subscriptions.PersistentSubscriptions",
-            "Read"
+            "read"
+        ));
+        assert!(!is_supported(
+            "event_store.client.projections.Projections",
+            "Create"
         ));
         // Every row names a service that is compiled in, by its generated name.
         for m in SUPPORTED {
@@ -92,6 +138,7 @@ mod tests {
                     crate::proto::gossip::gossip_server::SERVICE_NAME,
                     crate::proto::server_features::server_features_server::SERVICE_NAME,
                     crate::proto::streams::streams_server::SERVICE_NAME,
+                    crate::proto::persistent_subscriptions::persistent_subscriptions_server::SERVICE_NAME,
                 ]
                 .contains(&m.service),
                 "{m:?}"

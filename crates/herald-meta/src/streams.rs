@@ -7,7 +7,7 @@
 //! transaction; after a crash the store comes back at its last durable commit and the
 //! broker indexes the log again from the mark it finds.
 
-use redb::{Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::{MetaStore, Result};
 
@@ -18,6 +18,12 @@ const STREAM_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("stream_
 const STREAM_EVENTS: TableDefinition<(&str, u64), i64> = TableDefinition::new("stream_events");
 /// Small named values: how far the log is indexed.
 const STREAM_MARKS: TableDefinition<&str, i64> = TableDefinition::new("stream_marks");
+
+/// (event source: a stream name or `$all`, group) -> a persistent subscription's
+/// definition, bytes chosen by the broker. Its delivery state is the work-queue state
+/// of the subscription the definition names.
+const PERSISTENT_SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("persistent_subscriptions");
 
 const INDEXED_TO_KEY: &str = "indexed_to";
 
@@ -35,6 +41,7 @@ pub(crate) fn create_tables(txn: &redb::WriteTransaction) -> Result<()> {
     txn.open_table(STREAM_HEADS)?;
     txn.open_table(STREAM_EVENTS)?;
     txn.open_table(STREAM_MARKS)?;
+    txn.open_table(PERSISTENT_SUBSCRIPTIONS)?;
     Ok(())
 }
 
@@ -124,6 +131,36 @@ impl MetaStore {
         let txn = self.db.begin_write()?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Store (or replace) a persistent subscription's definition, durably.
+    pub fn put_persistent_subscription(&self, source: &str, group: &str, def: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(PERSISTENT_SUBSCRIPTIONS)?
+            .insert((source, group), def)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_persistent_subscription(&self, source: &str, group: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(PERSISTENT_SUBSCRIPTIONS)?
+            .remove((source, group))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every persistent subscription as (source, group, definition), sorted.
+    pub fn persistent_subscriptions(&self) -> Result<Vec<(String, String, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PERSISTENT_SUBSCRIPTIONS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (source, group) = k.value();
+            out.push((source.to_string(), group.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// (streams, events) in the index, for reports.

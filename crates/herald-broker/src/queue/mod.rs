@@ -21,6 +21,7 @@
 
 pub mod commit;
 pub mod dedup;
+pub mod filter;
 pub mod settings;
 pub mod state;
 #[cfg(test)]
@@ -63,6 +64,9 @@ pub const QUEUE_READ_BYTES: usize = 64 << 10;
 /// read returns whole batches, at least one), so a few records cost a few records'
 /// reads, not `QUEUE_READ_BYTES`.
 const FILL_BYTES_PER_RECORD: usize = 512;
+/// Most log bytes one receive scans past records its subscription's filter does not
+/// take, before it lets others at the partition (and tries again at once).
+const FILL_SCAN_BYTES_MAX: usize = 4 << 20;
 /// Records one receive call may return at most.
 pub const RECEIVE_MAX_RECORDS: usize = 1_000;
 /// Longest long-poll wait a receive may ask for.
@@ -127,6 +131,8 @@ pub(crate) struct Subscription {
     topic: String,
     name: String,
     settings: RwLock<SubscriptionSettings>,
+    /// The settings' filter, compiled (None: every record).
+    filter: RwLock<Option<Arc<filter::CompiledFilter>>>,
     partitions: Vec<Mutex<PartitionQueue>>,
     /// Woken when records may have become ready (acks, releases, new data).
     changed: Notify,
@@ -392,6 +398,19 @@ impl Broker {
         name: &str,
         settings: SubscriptionSettings,
     ) -> Result<SubscriptionSettings> {
+        self.create_subscription_at(topic, name, settings, None)
+            .await
+    }
+
+    /// [`Broker::create_subscription`] starting at `start_offset` in every partition
+    /// (kept within the log) instead of where the settings' start position says.
+    pub(crate) async fn create_subscription_at(
+        &self,
+        topic: &str,
+        name: &str,
+        settings: SubscriptionSettings,
+        start_offset: Option<i64>,
+    ) -> Result<SubscriptionSettings> {
         crate::topic::validate_topic_name(name).map_err(|_| {
             BrokerError::InvalidSubscription(format!("name {name:?}: use 1-249 of [a-zA-Z0-9._-]"))
         })?;
@@ -409,9 +428,12 @@ impl Broker {
         let parts: Vec<PartitionQueue> = t
             .partitions
             .iter()
-            .map(|p| match settings.start {
-                StartPosition::Earliest => PartitionQueue::new(p.log_start_offset()),
-                StartPosition::Latest => PartitionQueue::new(p.high_watermark()),
+            .map(|p| match (start_offset, settings.start) {
+                (Some(o), _) => {
+                    PartitionQueue::new(o.clamp(p.log_start_offset(), p.high_watermark()))
+                }
+                (None, StartPosition::Earliest) => PartitionQueue::new(p.log_start_offset()),
+                (None, StartPosition::Latest) => PartitionQueue::new(p.high_watermark()),
             })
             .collect();
         let sub = new_subscription(topic.to_string(), name.to_string(), settings.clone(), parts);
@@ -474,6 +496,9 @@ impl Broker {
         if let Ok(mut s) = sub.settings.write() {
             *s = settings.clone();
         }
+        if let Ok(mut f) = sub.filter.write() {
+            *f = compile_filter(&settings);
+        }
         sub.changed.notify_waiters();
         Ok(settings)
     }
@@ -529,9 +554,14 @@ impl Broker {
             if !wanted() {
                 return Ok(Vec::new());
             }
-            let got = self.receive_once(&sub, max_records, leases).await?;
+            let (got, more) = self.receive_once(&sub, max_records, leases).await?;
             if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(got);
+            }
+            if more {
+                // A filter stepped over a long stretch of the log: go on at once.
+                tokio::task::yield_now().await;
+                continue;
             }
             // Wake for new data, acks/releases, or the next ready time (bounded by a tick
             // so delays and expiries are seen without a precise timer).
@@ -549,7 +579,7 @@ impl Broker {
         sub: &Arc<Subscription>,
         max_records: usize,
         leases: Leases,
-    ) -> Result<Vec<ReceivedRecord>> {
+    ) -> Result<(Vec<ReceivedRecord>, bool)> {
         let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
         let policy = settings.policy();
         let topic = self
@@ -560,6 +590,8 @@ impl Broker {
         let mut leased_by_partition: Vec<(i32, Vec<(i64, u32)>)> = Vec::new();
         let now = now_ms();
         let mut dead: Vec<(i32, i64)> = Vec::new();
+        // A filtered scan stopped with more of the log to look at.
+        let mut more = false;
         for (index, slot) in sub.partitions.iter().enumerate() {
             if out.len() >= max_records {
                 break;
@@ -575,7 +607,7 @@ impl Broker {
             let want = max_records - out.len();
             let mut got = q.lease(now, want, &policy);
             if got.len() < want && q.room(&policy) > 0 {
-                fill_window(sub, index, partition, &mut q, &policy)?;
+                more |= fill_window(sub, index, partition, &mut q, &policy)?;
                 got.extend(q.lease(now, want - got.len(), &policy));
             }
             if !got.is_empty() || !dead.is_empty() {
@@ -668,7 +700,7 @@ impl Broker {
         if !unreadable.is_empty() {
             self.abandon(sub, &unreadable).await?;
         }
-        Ok(records)
+        Ok((records, more))
     }
 
     /// Value bytes of the records of a subscription waiting to be handed out (what AMQP's
@@ -943,6 +975,14 @@ impl Broker {
             AtOffset::Missing => return Ok(()),
             AtOffset::Oversized => return self.abandon(sub, &[(partition, offset)]).await,
         };
+        if let Some(stream) = &settings.dead_letter_stream {
+            let reason = entry
+                .last_error
+                .as_deref()
+                .unwrap_or("max retry count reached");
+            self.park_record(stream, &record, reason).await?;
+            return self.finish_dead_letter(sub, partition, offset).await;
+        }
         let now = now_ms();
         let mut add = |k: &str, v: String| {
             record
@@ -976,6 +1016,16 @@ impl Broker {
         dlq.append(dlq_partition, &encode_batch(vec![record])?, now)?
             .durable()
             .await?;
+        self.finish_dead_letter(sub, partition, offset).await
+    }
+
+    /// The dead-letter copy is durable: the record is done.
+    async fn finish_dead_letter(
+        &self,
+        sub: &Arc<Subscription>,
+        partition: i32,
+        offset: i64,
+    ) -> Result<()> {
         let wait = {
             let mut q = sub.partitions[partition as usize]
                 .lock()
@@ -988,6 +1038,54 @@ impl Broker {
         commit::wait(wait).await?;
         sub.changed.notify_waiters();
         Ok(())
+    }
+
+    /// Hand records already finished (below the scan) out again, as new: an event
+    /// store's replay of parked events. Offsets not in the log any more, or still
+    /// tracked, are left alone. Durable before it returns; returns how many.
+    pub(crate) async fn revive(
+        &self,
+        topic: &str,
+        name: &str,
+        partition: i32,
+        offsets: &[i64],
+    ) -> Result<usize> {
+        let sub = self.subscription(topic, name)?;
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        let start = t.partition(partition)?.log_start_offset();
+        let slot = sub
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| BrokerError::InvalidReceipt(format!("partition {partition}")))?;
+        let mut revived = 0;
+        {
+            let mut q = slot.lock().map_err(|_| poisoned())?;
+            for &o in offsets {
+                if o >= start && q.revive(o) {
+                    revived += 1;
+                }
+            }
+        }
+        if revived > 0 {
+            self.queues
+                .commit
+                .submit(vec![(sub.clone(), partition as u32)])
+                .await?;
+            sub.changed.notify_waiters();
+        }
+        Ok(revived)
+    }
+
+    /// The offset below which every record of the partition is finished.
+    pub fn subscription_floor(&self, topic: &str, name: &str, partition: i32) -> Result<i64> {
+        let sub = self.subscription(topic, name)?;
+        let slot = sub
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| BrokerError::InvalidReceipt(format!("partition {partition}")))?;
+        Ok(slot.lock().map_err(|_| poisoned())?.floor)
     }
 
     /// Drop every record of the subscription that is not handed out now (AMQP's
@@ -1246,19 +1344,34 @@ impl Broker {
 }
 
 /// Track records from the log until the window is full or the log's end is reached.
+///
+/// With a filter, records that do not pass are stepped over; the scan then stops after
+/// `FILL_SCAN_BYTES_MAX` read, so a filter that passes little does not hold the
+/// partition's lock for a whole log. Returns true when it stopped for that with more to
+/// scan.
 fn fill_window(
     sub: &Subscription,
     index: usize,
     partition: &Partition,
     q: &mut PartitionQueue,
     policy: &state::Policy,
-) -> Result<()> {
+) -> Result<bool> {
     let hw = partition.high_watermark();
+    let filter = sub.filter.read().ok().and_then(|f| f.clone());
+    let mut scanned = 0usize;
     while q.room(policy) > 0 && q.scan_next < hw {
+        if scanned >= FILL_SCAN_BYTES_MAX {
+            return Ok(true);
+        }
         // About what the room holds, so a window with room for a few records does not
         // decode a whole read's worth of neighbours.
-        let bytes = QUEUE_READ_BYTES.min(q.room(policy).saturating_mul(FILL_BYTES_PER_RECORD));
+        let bytes = if filter.is_some() {
+            QUEUE_READ_BYTES
+        } else {
+            QUEUE_READ_BYTES.min(q.room(policy).saturating_mul(FILL_BYTES_PER_RECORD))
+        };
         let read = partition.read(q.scan_next, bytes)?;
+        scanned += read.records.len();
         if read.records.is_empty() {
             break;
         }
@@ -1283,6 +1396,12 @@ fn fill_window(
                     break 'batches;
                 }
                 let r = decoded.record(&view)?;
+                if let Some(f) = &filter
+                    && !f.passes(&r)
+                {
+                    q.skip_to(r.offset + 1);
+                    continue;
+                }
                 let not_before = match deliver_at(&r) {
                     Ok(at) => at.unwrap_or(0),
                     Err(()) => {
@@ -1310,7 +1429,7 @@ fn fill_window(
             break;
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Encode records from a non-idempotent producer, numbered from 0. Every sequence is
@@ -1340,18 +1459,33 @@ pub(crate) fn encode_batch(records: Vec<Record>) -> Result<Vec<u8>> {
     Ok(encoded.to_vec())
 }
 
+/// The settings' filter ready to run; one that no longer compiles (stored by another
+/// version) lets every record through, said in the log.
+fn compile_filter(settings: &SubscriptionSettings) -> Option<Arc<filter::CompiledFilter>> {
+    let f = settings.filter.as_ref()?;
+    match f.compile() {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "subscription filter does not compile; not filtering");
+            None
+        }
+    }
+}
+
 fn new_subscription(
     topic: String,
     name: String,
     settings: SubscriptionSettings,
     parts: Vec<PartitionQueue>,
 ) -> Arc<Subscription> {
+    let compiled = compile_filter(&settings);
     Arc::new(Subscription {
         deleted: std::sync::atomic::AtomicBool::new(false),
         recover: std::sync::atomic::AtomicBool::new(true),
         topic,
         name,
         settings: RwLock::new(settings),
+        filter: RwLock::new(compiled),
         partitions: parts.into_iter().map(Mutex::new).collect(),
         changed: Notify::new(),
     })

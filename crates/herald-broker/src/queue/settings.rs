@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::filter::RecordFilter;
 use super::state::Policy;
 use crate::error::{BrokerError, Result};
 
@@ -38,6 +39,13 @@ pub struct SubscriptionSettings {
     pub start: StartPosition,
     /// Tracked records per partition; receive hands out nothing more beyond it.
     pub max_unacked: usize,
+    /// Only records that pass are delivered (None: all); see `filter.rs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<RecordFilter>,
+    /// Dead letters become link events of this event stream instead of copies in a
+    /// dead-letter topic (an event store persistent subscription's parked stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_stream: Option<String>,
 }
 
 impl Default for SubscriptionSettings {
@@ -53,6 +61,8 @@ impl Default for SubscriptionSettings {
             ordered_by_key: false,
             start: StartPosition::Earliest,
             max_unacked: 1_000,
+            filter: None,
+            dead_letter_stream: None,
         }
     }
 }
@@ -80,6 +90,9 @@ impl SubscriptionSettings {
         }
         if let Some(t) = &self.dead_letter_topic {
             crate::topic::validate_topic_name(t)?;
+        }
+        if let Some(f) = &self.filter {
+            f.compile()?;
         }
         Ok(())
     }

@@ -1,9 +1,11 @@
 //! The delivery state of one (subscription, partition): pure transitions, no IO.
 //!
 //! Every offset below `floor` is finished (acked or dead-lettered). Offsets in
-//! `[floor, scan_next)` are tracked in `entries`; offsets from `scan_next` on have not been
-//! read from the log yet. The floor only moves over finished records, so a record is never
-//! skipped; `entries` never holds more than the subscription's `max_unacked`.
+//! `[floor, scan_next)` are tracked in `entries`, or finished (or not records the
+//! subscription takes) when absent; offsets from `scan_next` on have not been read from
+//! the log yet. The floor only moves over finished records, so a record is never
+//! skipped; reading the log tracks no more than the subscription's `max_unacked`
+//! (only a replay of finished records, `revive`, can add past it).
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 
@@ -254,6 +256,30 @@ impl PartitionQueue {
             // Counted ahead of the scan: it moves from the tail to the tracked.
             self.tail.bytes = self.tail.bytes.saturating_sub(u64::from(value_bytes));
         }
+    }
+
+    /// Track again a record already finished (below `scan_next`, not tracked): it
+    /// becomes available as if new (no deliveries, no failures). The floor comes down
+    /// to it; finished offsets between stay finished (they are not in `entries`).
+    /// False if it is still tracked or not read from the log yet.
+    pub fn revive(&mut self, offset: i64) -> bool {
+        if offset >= self.scan_next || self.entries.contains_key(&offset) {
+            return false;
+        }
+        self.entries.insert(
+            offset,
+            Entry {
+                state: EntryState::Available { not_before_ms: 0 },
+                deliveries: 0,
+                failures: 0,
+                key_hash: None,
+                first_delivery_ms: None,
+                last_error: None,
+            },
+        );
+        self.changed.insert(offset);
+        self.floor = self.floor.min(offset);
+        true
     }
 
     /// The log has no record in `[scan_next, to)` (end of a batch, compaction gaps, or

@@ -763,3 +763,90 @@ async fn a_record_is_dead_lettered_once_when_the_timer_races_the_nack() {
         assert_eq!(letters.len(), 1, "round {round}: {} copies", letters.len());
     }
 }
+
+#[tokio::test]
+async fn a_filtered_subscription_takes_only_passing_records_and_revive_hands_one_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    broker
+        .create_topic("t", Some(1), BTreeMap::new(), false)
+        .unwrap();
+    let mut records = Vec::new();
+    for i in 0..2_000 {
+        let key = if i % 500 == 7 { "wanted" } else { "other" };
+        records.push(rec(key, &format!("v{i}"), &[]));
+    }
+    publish(&broker, "t", 0, &records).await;
+    let settings = SubscriptionSettings {
+        filter: Some(filter::RecordFilter::key("wanted")),
+        ..Default::default()
+    };
+    broker
+        .create_subscription("t", "s", settings)
+        .await
+        .unwrap();
+    let got = broker.receive("t", "s", 100, 2_000).await.unwrap();
+    let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, vec![7, 507, 1007, 1507]);
+    for r in &got {
+        broker.ack(&r.receipt).await.unwrap();
+    }
+    assert!(broker.receive("t", "s", 100, 0).await.unwrap().is_empty());
+    // Everything before the end is finished: the filter's skips count as done.
+    assert_eq!(broker.subscription_floor("t", "s", 0).unwrap(), 2_000);
+    // A finished record handed out again, as new, once.
+    assert_eq!(
+        broker
+            .revive("t", "s", 0, &[507, 507, 5_000])
+            .await
+            .unwrap(),
+        1
+    );
+    let again = broker.receive("t", "s", 100, 0).await.unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|r| (r.offset, r.delivery_count))
+            .collect::<Vec<_>>(),
+        vec![(507, 1)]
+    );
+    assert_eq!(broker.subscription_floor("t", "s", 0).unwrap(), 507);
+    broker.ack(&again[0].receipt).await.unwrap();
+    assert_eq!(broker.subscription_floor("t", "s", 0).unwrap(), 2_000);
+    // The revived state survives a restart.
+    assert_eq!(broker.revive("t", "s", 0, &[1007]).await.unwrap(), 1);
+    drop(broker);
+    let broker = reopen(dir.path()).await;
+    let after = broker.receive("t", "s", 100, 0).await.unwrap();
+    assert_eq!(
+        after.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![1007]
+    );
+}
+
+#[tokio::test]
+async fn a_filter_that_passes_nothing_scans_a_long_log_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    broker
+        .create_topic("t", Some(1), BTreeMap::new(), false)
+        .unwrap();
+    // About 12 MiB of records, more than one receive scans (FILL_SCAN_BYTES_MAX).
+    let value = "x".repeat(1_000);
+    for _ in 0..12 {
+        let batch: Vec<Record> = (0..1_000).map(|_| rec("other", &value, &[])).collect();
+        publish(&broker, "t", 0, &batch).await;
+    }
+    publish(&broker, "t", 0, &[rec("wanted", "last", &[])]).await;
+    let settings = SubscriptionSettings {
+        filter: Some(filter::RecordFilter::key("wanted")),
+        ..Default::default()
+    };
+    broker
+        .create_subscription("t", "s", settings)
+        .await
+        .unwrap();
+    let got = broker.receive("t", "s", 10, 5_000).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].offset, 12_000);
+}

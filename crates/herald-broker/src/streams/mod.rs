@@ -21,6 +21,7 @@
 //! share fsyncs through the log's group commit.
 
 mod index;
+pub mod persistent;
 mod read;
 
 use std::collections::HashMap;
@@ -133,6 +134,12 @@ pub enum StreamError {
     BadRequest(String),
     #[error("append of {bytes} bytes is over the most one append may carry ({max})")]
     TooLarge { bytes: usize, max: usize },
+    #[error("Subscription group {group} on stream {stream} exists.")]
+    SubscriptionExists { stream: String, group: String },
+    #[error("Subscription group '{group}' on stream '{stream}' does not exist.")]
+    SubscriptionNotFound { stream: String, group: String },
+    #[error("Maximum subscriptions reached on {stream}::{group}.")]
+    MaximumSubscribers { stream: String, group: String },
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -181,6 +188,10 @@ pub(crate) struct EventStore {
     recovered: std::sync::atomic::AtomicBool,
     /// The broker, for the indexer task it starts.
     pub(crate) me: std::sync::OnceLock<std::sync::Weak<Broker>>,
+    /// Persistent subscriptions with consumers (or that had some), by (source, group).
+    persistent: Mutex<HashMap<(String, String), Arc<persistent::Hub>>>,
+    /// Serialises create, update and delete of persistent subscriptions.
+    persistent_admin: tokio::sync::Mutex<()>,
 }
 
 impl EventStore {
@@ -192,6 +203,8 @@ impl EventStore {
             create: Mutex::new(()),
             recovered: std::sync::atomic::AtomicBool::new(false),
             me: std::sync::OnceLock::new(),
+            persistent: Mutex::new(HashMap::new()),
+            persistent_admin: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -240,6 +253,18 @@ impl Broker {
                 "'{stream}' is a system stream: Herald writes it"
             )));
         }
+        self.append_events(stream, expected, events).await
+    }
+
+    /// [`Broker::stream_append`] to any stream, system streams Herald writes itself
+    /// (a persistent subscription's parked stream) included.
+    pub(crate) async fn append_events(
+        &self,
+        stream: &str,
+        expected: Expected,
+        events: Vec<NewEvent>,
+    ) -> StreamResult<Appended> {
+        check_stream_name(stream)?;
         if events.len() > APPEND_EVENTS_MAX {
             return Err(StreamError::BadRequest(format!(
                 "{} events in one append; at most {APPEND_EVENTS_MAX}",
@@ -409,6 +434,25 @@ impl Broker {
         Ok((guard, record))
     }
 
+    /// Set `stream`'s `$tb` (keeping the rest of its metadata), durably and indexed.
+    pub(crate) async fn set_truncate_before(
+        &self,
+        stream: &str,
+        truncate_before: u64,
+    ) -> StreamResult<()> {
+        let topic = self.eventstore_topic()?;
+        let now = now_ms();
+        let (guard, record) = self
+            .truncate_before_record(stream, truncate_before, now)
+            .await?;
+        let append = topic.append(0, &encode_one_batch(vec![record])?, now)?;
+        let offset = append.base_offset;
+        append.durable().await?;
+        self.wait_indexed(offset + 1).await?;
+        drop(guard);
+        Ok(())
+    }
+
     /// The stream's current metadata as JSON (an empty object if it has none).
     fn stream_metadata_json(
         &self,
@@ -485,7 +529,7 @@ impl Broker {
     }
 
     /// The event store topic, created (one partition, kept forever) on first use.
-    fn eventstore_topic(&self) -> StreamResult<Arc<crate::Topic>> {
+    pub(crate) fn eventstore_topic(&self) -> StreamResult<Arc<crate::Topic>> {
         if let Some(t) = self.topic(EVENTSTORE_TOPIC) {
             self.start_indexer();
             return Ok(t);

@@ -48,7 +48,7 @@ pub enum StreamRead {
 }
 
 /// What a `$all` filter looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FilterOn {
     StreamName,
     EventType,
@@ -197,11 +197,37 @@ impl Broker {
                         link: None,
                     }
                 });
+            } else if resolve_links && event.event_type == LINK_TYPE {
+                // A link event written to a stream (a parked stream's): resolved to
+                // the event it points at, when that is still there.
+                match self.link_target(&event)? {
+                    Some(target) => out.push(ReadEvent {
+                        event: target,
+                        link: Some(event),
+                    }),
+                    None => out.push(ReadEvent { event, link: None }),
+                }
             } else {
                 out.push(ReadEvent { event, link: None });
             }
         }
         Ok(StreamRead::Events(out))
+    }
+
+    /// The event a `$>` link (data `<revision>@<stream>`) points at.
+    fn link_target(&self, link: &RecordedEvent) -> StreamResult<Option<RecordedEvent>> {
+        let Some((revision, stream)) = std::str::from_utf8(&link.data)
+            .ok()
+            .and_then(|t| t.split_once('@'))
+            .and_then(|(r, s)| Some((r.parse::<u64>().ok()?, s.to_string())))
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .stream_events(&stream, revision, true, 1)?
+            .into_iter()
+            .find(|(r, _)| *r == revision)
+            .map(|(_, e)| e))
     }
 
     /// The stream's last revision (None: no events) and whether it is deleted
@@ -383,7 +409,7 @@ pub fn is_system_stream(stream: &str) -> bool {
         || stream == "$streams"
 }
 
-fn link_event(stream: &str, revision: u64, target: &RecordedEvent) -> RecordedEvent {
+pub(crate) fn link_event(stream: &str, revision: u64, target: &RecordedEvent) -> RecordedEvent {
     RecordedEvent {
         stream: stream.to_string(),
         revision,

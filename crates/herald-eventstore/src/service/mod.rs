@@ -53,10 +53,10 @@ pub fn routes(
         node
     ))))
     .add_service(limited!(StreamsServer::new(streams::StreamsService::new(
-        broker
+        broker.clone()
     ))))
     .add_service(limited!(PersistentSubscriptionsServer::new(
-        persistent::PersistentSubscriptionsService
+        persistent::PersistentSubscriptionsService::new(broker.clone())
     )))
     .add_service(limited!(ProjectionsServer::new(
         projections::ProjectionsService

@@ -51,11 +51,14 @@ mod tests {
         assert!(answer.methods.iter().any(|m| {
             m.service_name == "event_store.client.streams.streams" && m.method_name == "batchappend"
         }));
+        assert!(answer.methods.iter().any(|m| {
+            m.service_name.ends_with(".persistentsubscriptions") && m.method_name == "replayparked"
+        }));
         assert!(
             !answer
                 .methods
                 .iter()
-                .any(|m| m.service_name.ends_with(".persistentsubscriptions"))
+                .any(|m| m.service_name.ends_with(".projections"))
         );
         assert_eq!(answer.event_store_server_version, SERVER_VERSION);
     }

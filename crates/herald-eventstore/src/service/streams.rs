@@ -70,7 +70,7 @@ impl StreamsService {
     }
 }
 
-fn stream_name(id: Option<&StreamIdentifier>) -> Result<String, Status> {
+pub(crate) fn stream_name(id: Option<&StreamIdentifier>) -> Result<String, Status> {
     let id = id.ok_or_else(|| Status::invalid_argument("stream_identifier is missing"))?;
     let name = String::from_utf8(id.stream_name.to_vec())
         .map_err(|_| Status::invalid_argument("the stream name is not UTF-8"))?;
@@ -78,7 +78,7 @@ fn stream_name(id: Option<&StreamIdentifier>) -> Result<String, Status> {
     Ok(name)
 }
 
-fn identifier(name: &str) -> StreamIdentifier {
+pub(crate) fn identifier(name: &str) -> StreamIdentifier {
     StreamIdentifier {
         stream_name: Bytes::from(name.to_string()),
     }
@@ -126,14 +126,14 @@ fn too_large(bytes: usize) -> Status {
     s
 }
 
-fn trailer(status: &mut Status, key: &'static str, value: &str) {
+pub(crate) fn trailer(status: &mut Status, key: &'static str, value: &str) {
     if let Ok(v) = MetadataValue::try_from(value) {
         status.metadata_mut().insert(key, v);
     }
 }
 
 /// The status for a broker refusal, with the trailers KurrentDB's clients read.
-fn status(e: &StreamError, stream: &str) -> Status {
+pub(crate) fn status(e: &StreamError, stream: &str) -> Status {
     match e {
         StreamError::Deleted(s) => {
             let mut st = Status::failed_precondition(e.to_string());
@@ -161,6 +161,31 @@ fn status(e: &StreamError, stream: &str) -> Status {
         }
         StreamError::BadRequest(m) => Status::invalid_argument(m.clone()),
         StreamError::TooLarge { bytes, .. } => too_large(*bytes),
+        StreamError::SubscriptionExists { stream, group } => {
+            let mut st = Status::already_exists(e.to_string());
+            trailer(&mut st, "exception", "persistent-subscription-exists");
+            trailer(&mut st, "stream-name", stream);
+            trailer(&mut st, "group-name", group);
+            st
+        }
+        StreamError::SubscriptionNotFound { stream, group } => {
+            let mut st = Status::not_found(e.to_string());
+            trailer(
+                &mut st,
+                "exception",
+                "persistent-subscription-does-not-exist",
+            );
+            trailer(&mut st, "stream-name", stream);
+            trailer(&mut st, "group-name", group);
+            st
+        }
+        StreamError::MaximumSubscribers { stream, group } => {
+            let mut st = Status::failed_precondition(e.to_string());
+            trailer(&mut st, "exception", "maximum-subscribers-reached");
+            trailer(&mut st, "stream-name", stream);
+            trailer(&mut st, "group-name", group);
+            st
+        }
         StreamError::Broker(BrokerError::ShuttingDown) => {
             Status::unavailable("the broker is shutting down")
         }
@@ -303,7 +328,10 @@ fn batch_error(e: &StreamError) -> rpc::Status {
                 &shared::BadRequest { message: m.clone() },
             )),
         ),
-        StreamError::Broker(_) => (
+        StreamError::SubscriptionExists { .. }
+        | StreamError::SubscriptionNotFound { .. }
+        | StreamError::MaximumSubscribers { .. }
+        | StreamError::Broker(_) => (
             rpc::Code::Internal,
             Some(any("event_store.client.Unknown", &shared::Unknown {})),
         ),
@@ -316,7 +344,7 @@ fn batch_error(e: &StreamError) -> rpc::Status {
 }
 
 /// .NET ticks (100 ns) since the Unix epoch, as KurrentDB's `created` metadata holds.
-fn ticks(ms: i64) -> String {
+pub(crate) fn ticks(ms: i64) -> String {
     (ms.saturating_mul(10_000)).to_string()
 }
 
