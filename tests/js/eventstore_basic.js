@@ -227,6 +227,19 @@ run(async () => {
     })
     out.readAfterDelete = await collect(client.readStream(stream, { deadline }))
 
+    // Stream metadata: written to `$$<stream>` as a $metadata event, read back by the
+    // client (backwards from the end of the metadata stream), $maxCount enforced on read.
+    stage = 'stream metadata'
+    const capped = `${tag}capped-1`
+    await client.appendToStream(capped, [0, 1, 2].map((n) => jsonEvent({ type: placed, data: { n } })), {
+      streamState: NO_STREAM,
+      deadline,
+    })
+    out.metadataBefore = await client.getStreamMetadata(capped, { deadline })
+    out.setMetadata = await client.setStreamMetadata(capped, { maxCount: 2, owner: 'billing' }, { deadline })
+    out.metadata = await client.getStreamMetadata(capped, { deadline })
+    out.readCapped = await collect(client.readStream(capped, { deadline }))
+
     stage = 'tombstone'
     out.tombstoned = await client.tombstoneStream(other, { deadline })
     out.readTombstoned = await failure(collect(client.readStream(other, { deadline })))

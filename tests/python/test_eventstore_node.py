@@ -128,6 +128,15 @@ def test_node_client_append_read_subscribe_delete(es):
     p_after = int(out["afterDelete"]["position"]["commit"])
     assert out["readAfterDelete"] == [ev(stream, 4, placed, 4, p_after)]
 
+    # Stream metadata: none at first, then what was set (custom fields kept), and a
+    # read of the stream honours $maxCount (the last two of three events).
+    capped = f"{tag}capped-1"
+    assert out["metadataBefore"] == {"streamName": capped}
+    assert (out["setMetadata"]["success"], out["setMetadata"]["nextExpectedRevision"]) == (True, "0")
+    assert out["metadata"]["streamName"] == capped
+    assert out["metadata"]["metadata"] == {"maxCount": 2, "owner": "billing"}
+    assert [(e["revision"], e["data"]) for e in out["readCapped"]] == [("1", {"n": 1}), ("2", {"n": 2})]
+
     # Tombstone: reads and appends are refused for good.
     assert int(out["tombstoned"]["position"]["commit"]) > p_after
     assert out["readTombstoned"]["name"] == "StreamDeletedError"
@@ -143,6 +152,7 @@ def test_node_client_append_read_subscribe_delete(es):
                 for e in client.read_all(filter_include=[f"{tag}.*"], filter_by_stream_name=False,
                                          timeout=CALL_TIMEOUT_S)]
         assert seen == [(e["stream"], int(e["revision"]), e["type"], int(e["position"]))
-                        for e in [*history, unrelated, live]] + [(stream, 4, placed, p_after)]
+                        for e in [*history, unrelated, live]] + [(stream, 4, placed, p_after)] + [
+                            (capped, r, placed, int(out["readCapped"][0]["position"]) - 1 + r) for r in range(3)]
     finally:
         client.close()
