@@ -19,6 +19,7 @@ mod records;
 mod routes;
 mod server;
 mod sniff;
+mod streams;
 mod tail;
 
 use std::future::Future;

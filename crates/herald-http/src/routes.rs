@@ -22,13 +22,13 @@ use crate::AppState;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::method_label;
-use crate::{queues, records};
+use crate::{queues, records, streams};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Herald HTTP API",
-        description = "Health, metrics, topics, records, work-queue subscriptions and consumer groups of a Herald broker."
+        description = "Health, metrics, topics, records, work-queue subscriptions, consumer groups and event store streams of a Herald broker."
     ),
     paths(
         health,
@@ -57,7 +57,15 @@ use crate::{queues, records};
         queues::redrive,
         crate::amqp::exchanges,
         crate::amqp::queues,
-        crate::amqp::bindings
+        crate::amqp::bindings,
+        streams::append,
+        streams::read,
+        streams::read_all,
+        streams::delete,
+        streams::get_metadata,
+        streams::put_metadata,
+        streams::subscribe::subscribe,
+        streams::subscribe::subscribe_all
     ),
     components(schemas(
         ErrorBody,
@@ -102,7 +110,18 @@ use crate::{queues, records};
         queues::RedriveResponse,
         crate::amqp::AmqpExchange,
         crate::amqp::AmqpQueue,
-        crate::amqp::AmqpBinding
+        crate::amqp::AmqpBinding,
+        streams::ConflictBody,
+        streams::EventJson,
+        streams::LinkJson,
+        streams::AppendRequest,
+        streams::NewEventJson,
+        streams::AppendResponse,
+        streams::Direction,
+        streams::StreamReadResponse,
+        streams::AllReadResponse,
+        streams::DeleteResponse,
+        streams::MetadataResponse
     ))
 )]
 pub struct ApiDoc;
@@ -162,6 +181,25 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         .route(
             "/topics/{topic}/subscriptions/{name}/redrive",
             post(queues::redrive),
+        )
+        .route("/streams/$all", get(streams::read_all))
+        .route(
+            "/streams/$all/subscribe",
+            get(streams::subscribe::subscribe_all),
+        )
+        .route(
+            "/streams/{stream}",
+            get(streams::read)
+                .post(streams::append)
+                .delete(streams::delete),
+        )
+        .route(
+            "/streams/{stream}/metadata",
+            get(streams::get_metadata).put(streams::put_metadata),
+        )
+        .route(
+            "/streams/{stream}/subscribe",
+            get(streams::subscribe::subscribe),
         )
         .route("/groups", get(list_groups))
         .route("/groups/{group_id}", get(describe_group))

@@ -1,5 +1,5 @@
 //! Client subcommands: the `herald` CLI talking to a broker over the Kafka protocol,
-//! like any other client (`queue` and `amqp` over the HTTP API). Each command lives in its own file; this one holds what
+//! like any other client (`queue`, `amqp` and `streams` over the HTTP API). Each command lives in its own file; this one holds what
 //! they share (the bootstrap address, argument parsers, table output).
 
 mod amqp;
@@ -8,6 +8,7 @@ mod consume;
 mod groups;
 mod produce;
 mod queue;
+mod streams;
 mod table;
 mod topics;
 
@@ -39,6 +40,10 @@ pub enum ClientCommand {
     /// AMQP 0-9-1 definitions: list exchanges, queues and bindings (over the HTTP API).
     #[command(subcommand)]
     Amqp(amqp::AmqpCommand),
+    /// The event store: append to, read, follow and delete streams, stream metadata
+    /// (over the HTTP API).
+    #[command(subcommand)]
+    Streams(streams::StreamsCommand),
 }
 
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
@@ -50,6 +55,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Bench(args) => bench::run(args).await,
         ClientCommand::Queue(command) => queue::run(command).await,
         ClientCommand::Amqp(command) => amqp::run(command).await,
+        ClientCommand::Streams(command) => streams::run(command).await,
     }
 }
 

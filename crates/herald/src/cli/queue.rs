@@ -203,11 +203,24 @@ impl Api {
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
+        // Compact JSON (ureq's send_json pretty-prints): an event's data is stored as
+        // the JSON text sent.
+        let json = |body: &Value| serde_json::to_vec(body);
+        const JSON: &str = "application/json";
         let sent = match (method, body) {
             ("GET", _) => self.agent.get(&url).call(),
             ("DELETE", _) => self.agent.delete(&url).call(),
-            ("POST", Some(body)) => self.agent.post(&url).send_json(body),
+            ("POST", Some(body)) => self
+                .agent
+                .post(&url)
+                .content_type(JSON)
+                .send(&json(body)?[..]),
             ("POST", None) => self.agent.post(&url).send_empty(),
+            ("PUT", Some(body)) => self
+                .agent
+                .put(&url)
+                .content_type(JSON)
+                .send(&json(body)?[..]),
             (other, _) => bail!("unsupported method {other}"),
         };
         let mut response = sent.with_context(|| format!("cannot reach the HTTP API at {url}"))?;
@@ -232,7 +245,7 @@ impl Api {
 }
 
 /// The API's base URL: `--http` may be a URL or a bare HOST:PORT (then http://).
-fn base_url(http: &str) -> String {
+pub(super) fn base_url(http: &str) -> String {
     let trimmed = http.trim_end_matches('/');
     if trimmed.contains("://") {
         trimmed.to_owned()
@@ -242,7 +255,7 @@ fn base_url(http: &str) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode(segment: &str) -> String {
+pub(super) fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
