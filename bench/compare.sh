@@ -105,7 +105,8 @@ if [[ -z "$only" ]]; then
 echo "== herald (flush=always, acks=all)" >&2
 port="$(free_port)"
 "$herald" serve --data-dir "$work/herald" --kafka-listen "127.0.0.1:$port" --flush always \
-    --amqp-listen off --http-listen "127.0.0.1:$(free_port)" >"$work/herald.log" 2>&1 &
+    --amqp-listen off --registry-listen off --eventstore-listen off \
+    --http-listen "127.0.0.1:$(free_port)" >"$work/herald.log" 2>&1 &
 pids+=($!)
 wait_port "$port"
 in_flight_requests=$(((in_flight * size + 65535) / 65536))
@@ -146,6 +147,7 @@ amqp_port="$(free_port)"
 herald_http="$(free_port)"
 "$herald" serve --data-dir "$work/herald-amqp" --kafka-listen "127.0.0.1:$(free_port)" \
     --amqp-listen "127.0.0.1:$amqp_port" --http-listen "127.0.0.1:$herald_http" --flush always \
+    --registry-listen off --eventstore-listen off \
     >"$work/herald-amqp.log" 2>&1 &
 herald_amqp_pid=$!
 pids+=("$herald_amqp_pid")

@@ -25,6 +25,7 @@ fi
 rm -rf "$data_dir"
 mkdir -p "$data_dir"
 "$herald" serve --data-dir "$data_dir/herald" --kafka-listen "127.0.0.1:$port" \
+    --registry-listen off --eventstore-listen off \
     --flush always >"$data_dir/herald.log" 2>&1 &
 broker_pid=$!
 trap 'kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true' EXIT

@@ -111,6 +111,12 @@ class Broker:
         self.registry_port = (free_port(avoid=(self.port, self.http_port, self.amqp_port or 0))
                               if registry_supported() and "--registry-listen" not in (extra_args or [])
                               else None)
+        # The event store listener (on by default in the broker): a free port too, unless
+        # the test passes its own --eventstore-listen.
+        self._eventstore_flag = "--eventstore-listen" not in (extra_args or [])
+        self.eventstore_port = (free_port(avoid=(self.port, self.http_port, self.amqp_port or 0,
+                                                 self.registry_port or 0))
+                                if self._eventstore_flag else None)
         self.extra_args = list(extra_args or [])
         self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
@@ -150,6 +156,7 @@ class Broker:
             *(["--http-listen", f"{self.host}:{self.http_port}"] if self.http else []),
             *(["--amqp-listen", f"{self.host}:{self.amqp_port}"] if self.amqp_port else []),
             *(["--registry-listen", f"{self.host}:{self.registry_port}"] if self.registry_port else []),
+            *(["--eventstore-listen", f"{self.host}:{self.eventstore_port}"] if self._eventstore_flag else []),
             *self.extra_args,
         ]
 

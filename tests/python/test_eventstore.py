@@ -75,9 +75,16 @@ def supported_methods_class():
         pool.FindMessageTypeByName("herald_test.server_features.SupportedMethods"))
 
 
-def test_the_listener_is_off_unless_asked_for(broker):
-    wait_until(lambda: "herald is ready" in broker.stderr_tail(), 10, "no ready line")
-    assert "eventstore=off" in broker.stderr_tail()
+def test_the_listener_is_on_2113_by_default_and_can_be_turned_off(broker_factory):
+    import subprocess
+
+    from conftest import HERALD_BIN
+    help_text = subprocess.run([str(HERALD_BIN), "serve", "--help"], capture_output=True, text=True,
+                               timeout=30).stdout
+    assert "[default: 127.0.0.1:2113]" in help_text
+    b = broker_factory(extra_args=["--eventstore-listen", "off"])
+    wait_until(lambda: "herald is ready" in b.stderr_tail(), 10, "no ready line")
+    assert "eventstore=off" in b.stderr_tail()
 
 
 @pytest.mark.parametrize("scheme", ["kurrentdb", "esdb", "kdb"])

@@ -11,9 +11,10 @@
 //! answers with), `uuid.rs` (KurrentDB's two UUID encodings), and `service/`, one file
 //! per gRPC service.
 //!
-//! In progress: only `Gossip` and `ServerFeatures` are real; every other service of the
-//! protos is served and answers `UNIMPLEMENTED` with a message naming it, so a client
-//! gets an error at once, never a hang.
+//! `Gossip`, `ServerFeatures`, `Streams` and `PersistentSubscriptions` are real; every
+//! other service of the protos (projections, operations, users, monitoring) is served
+//! and answers `UNIMPLEMENTED` with a message naming it, so a client gets an error at
+//! once, never a hang.
 
 pub mod caller;
 pub mod errors;
@@ -26,6 +27,10 @@ pub mod uuid;
 use std::net::SocketAddr;
 
 pub use server::EventStoreServer;
+
+/// Where `herald serve` listens for KurrentDB's clients unless told otherwise: its
+/// port, on loopback only.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:2113";
 
 /// Largest gRPC message read or written: gRPC's own default and what clients accept
 /// by default, and four times KurrentDB's default largest append (1 MiB).

@@ -117,7 +117,7 @@ pub struct ServeSettings {
     #[arg(long, env = "HERALD_AMQP_WRITE_QUEUE_BYTES")]
     pub amqp_write_queue_bytes: Option<usize>,
     /// Event store listener (KurrentDB/EventStoreDB gRPC clients) host:port, or `off`
-    /// [default: off, while the event store is being built]
+    /// [default: 127.0.0.1:2113]
     #[arg(long, env = "HERALD_EVENTSTORE_LISTEN")]
     pub eventstore_listen: Option<String>,
     /// Largest gRPC message the event store reads or writes, bytes [default: 4194304]
@@ -534,10 +534,12 @@ impl ServeSettings {
 
     /// The event store listener's settings, or `None` when it is turned off.
     pub fn eventstore_config(&self) -> anyhow::Result<Option<EventStoreConfig>> {
-        // Off by default while the event store is half built (only Gossip and
-        // ServerFeatures answer); the default becomes 127.0.0.1:2113, KurrentDB's port,
-        // when the Streams service lands.
-        let text = self.eventstore_listen.as_deref().unwrap_or("off").trim();
+        // KurrentDB's port by default, on loopback.
+        let text = self
+            .eventstore_listen
+            .as_deref()
+            .unwrap_or(herald_eventstore::LISTEN_DEFAULT)
+            .trim();
         if text.is_empty() || text.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
@@ -863,13 +865,17 @@ mod tests {
     }
 
     #[test]
-    fn eventstore_listener_is_off_by_default_and_checks_its_limits() {
-        assert!(
-            ServeSettings::default()
-                .eventstore_config()
-                .unwrap()
-                .is_none()
-        );
+    fn eventstore_listener_is_on_by_default_and_checks_its_limits() {
+        let default = ServeSettings::default()
+            .eventstore_config()
+            .unwrap()
+            .unwrap();
+        assert_eq!(default.listen.to_string(), "127.0.0.1:2113");
+        let off = ServeSettings {
+            eventstore_listen: Some("off".into()),
+            ..Default::default()
+        };
+        assert!(off.eventstore_config().unwrap().is_none());
         let on = ServeSettings {
             eventstore_listen: Some("127.0.0.1:2113".into()),
             ..Default::default()

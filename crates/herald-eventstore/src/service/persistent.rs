@@ -446,6 +446,8 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
         // hold up its own acks (each direction is bounded: the consumer's buffer out,
         // HTTP/2 flow control in).
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        // Set when the client closed its side: the subscription ends for it.
+        let (gone_tx, mut gone_rx) = tokio::sync::watch::channel(false);
         let acks = consumer.clone();
         tokio::spawn(async move {
             loop {
@@ -454,7 +456,10 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
                     m = inbound.message() => match m {
                         Ok(Some(req)) => handle(&acks, req).await,
                         // The client closed its side or the call broke.
-                        Ok(None) | Err(_) => return,
+                        Ok(None) | Err(_) => {
+                            let _ = gone_tx.send(true);
+                            return;
+                        }
                     },
                 }
             }
@@ -463,6 +468,7 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
             loop {
                 tokio::select! {
                     _ = tx.closed() => break,
+                    _ = gone_rx.changed() => break,
                     d = consumer.next() => match d {
                         Delivery::Event(e) => {
                             if tx.send(Ok(event_message(&e, structured))).await.is_err() {
