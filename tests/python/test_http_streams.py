@@ -19,6 +19,7 @@ import base64
 import datetime
 import json
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -555,6 +556,44 @@ def test_shutdown_ends_open_subscriptions(broker):
             sub.next()
     finally:
         sub.close()
+
+
+def rss_mb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_readers_that_stop_reading_cost_a_page_not_the_stream(broker):
+    """Subscribers that read nothing hold about one page (1 MiB) each, not the history
+    they were sent: before pages were sized in bytes, each such reader of this 42 MB
+    stream held ~70 MB in the broker."""
+    events, blob = 60, "x" * 700_000
+    with httpx.Client(base_url=broker.http_url, timeout=HTTP_TIMEOUT_S) as http:
+        for i in range(events):
+            appended(http, "big-1", [ev("Big", {"i": i, "blob": blob})])
+    time.sleep(0.5)
+    before = rss_mb(broker.pid)
+    stalled = []
+    try:
+        for _ in range(3):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((broker.host, broker.http_port))
+            s.sendall(b"GET /streams/big-1/subscribe HTTP/1.1\r\nHost: herald\r\nAccept: text/event-stream\r\n\r\n")
+            stalled.append(s)
+        time.sleep(3)
+        grown = rss_mb(broker.pid) - before
+        assert grown < 30, f"3 stalled subscribers grew the broker by {grown} MB"
+        # A reader that reads gets every event meanwhile.
+        with Sse(broker.http_url, "/streams/big-1/subscribe") as sub:
+            got = sub.until_caught_up()
+        assert [e["data"]["data"]["i"] for e in got] == list(range(events))
+    finally:
+        for s in stalled:
+            s.close()
 
 
 def test_openapi_documents_the_stream_routes(http):

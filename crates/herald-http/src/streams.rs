@@ -37,7 +37,7 @@ use crate::records::{bad_request, broker_error, path_rejection, query_rejection}
 pub const ALL_STREAM: &str = "$all";
 /// Events a read returns when it does not say (`count`).
 pub const READ_COUNT_DEFAULT: u64 = 100;
-/// Events asked of the broker per step of a read.
+/// Most events asked of the broker per step of a read.
 const READ_PAGE_EVENTS: u64 = 100;
 /// Events of `$all` one filtered read step looks at, so a filter that matches little
 /// still answers (with where to go on from) instead of scanning the whole log.
@@ -325,6 +325,21 @@ pub(crate) fn read_revision(e: &ReadEvent) -> u64 {
 /// Bytes an event costs a response (data and metadata, roughly twice that in base64).
 fn event_bytes(e: &RecordedEvent) -> usize {
     e.data.len() + e.custom_metadata.len()
+}
+
+/// How many events to ask the broker for next so that a page holds about `bytes` of
+/// event data. The broker hands back whole pages and an event may be megabytes, so a
+/// page is sized from the largest event of the last one; the first is one event.
+pub(crate) fn page_events(bytes: usize, largest: Option<usize>, max: u64) -> u64 {
+    match largest {
+        None => 1,
+        Some(largest) => (bytes / largest.max(1)).clamp(1, max.max(1) as usize) as u64,
+    }
+}
+
+/// The largest event of a page, for [`page_events`]; None for an empty page.
+pub(crate) fn largest_event<'a>(events: impl Iterator<Item = &'a RecordedEvent>) -> Option<usize> {
+    events.map(event_bytes).max()
 }
 
 /// `ms` since the Unix epoch as RFC 3339 in UTC, with milliseconds.
@@ -669,16 +684,16 @@ fn read_stream_json(
     let mut bytes = 0usize;
     // Where the next read would start; None once the end (or start) is reached.
     let mut next = None;
+    let mut largest = None;
     loop {
         let left = count - events.len() as u64;
-        let page = match broker.stream_read(
-            &who(),
-            &stream,
-            cursor,
-            forwards,
+        let asked = page_events(
+            bytes_max.saturating_sub(bytes).max(1),
+            largest,
             left.min(READ_PAGE_EVENTS),
-            resolve_links,
-        ) {
+        );
+        let page = match broker.stream_read(&who(), &stream, cursor, forwards, asked, resolve_links)
+        {
             Ok(StreamRead::Events(page)) => page,
             Ok(StreamRead::NotFound) if events.is_empty() => {
                 return Err(ApiError::not_found(
@@ -694,6 +709,7 @@ fn read_stream_json(
         let Some(last_read) = page.last().map(read_revision) else {
             break;
         };
+        largest = largest_event(page.iter().map(|e| &e.event)).or(largest);
         let mut full = false;
         for e in &page {
             if !events.is_empty() && (bytes >= bytes_max || events.len() as u64 >= count) {
@@ -860,18 +876,25 @@ fn read_all_json(state: &AppState, query: ReadAllQuery) -> Result<Json<AllReadRe
     let mut bytes = 0usize;
     let mut examined = 0usize;
     let mut end = false;
+    let mut largest = None;
     while events.len() < count && bytes < bytes_max && examined < ALL_EXAMINE_PER_REQUEST {
+        let asked = page_events(
+            bytes_max - bytes,
+            largest,
+            (count - events.len()).min(READ_PAGE_EVENTS as usize) as u64,
+        );
         let page = state
             .broker
             .read_all(
                 &who(),
                 position,
                 forwards,
-                count - events.len(),
+                asked as usize,
                 ALL_EXAMINE_PER_STEP.min(ALL_EXAMINE_PER_REQUEST - examined),
                 filter.as_ref(),
             )
             .map_err(stream_error)?;
+        largest = largest_event(page.events.iter()).or(largest);
         examined += ALL_EXAMINE_PER_STEP;
         let mut cut = None;
         for e in &page.events {
@@ -1091,6 +1114,16 @@ mod tests {
         assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339_ms(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
         assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn pages_hold_about_the_bytes_asked_for() {
+        assert_eq!(page_events(1 << 20, None, 100), 1);
+        assert_eq!(page_events(1 << 20, Some(100), 100), 100);
+        assert_eq!(page_events(1 << 20, Some(300_000), 100), 3);
+        assert_eq!(page_events(1 << 20, Some(4 << 20), 100), 1);
+        assert_eq!(page_events(1 << 20, Some(0), 7), 7);
+        assert_eq!(page_events(0, Some(10), 0), 1);
     }
 
     #[test]

@@ -31,15 +31,19 @@ use tokio::sync::watch;
 use utoipa::IntoParams;
 
 use super::{
-    ALL_STREAM, Point, Refusal, event_json, parse_from, read_event_json, read_revision,
-    stream_path, who,
+    ALL_STREAM, Point, Refusal, event_json, largest_event, page_events, parse_from,
+    read_event_json, read_revision, stream_path, who,
 };
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::records::{bad_request, query_rejection};
 
-/// Events one step of a subscription reads and holds before the connection takes them.
+/// Most events one step of a subscription reads and holds before the connection takes
+/// them.
 pub const SUBSCRIBE_PAGE_EVENTS: u64 = 100;
+/// About how many bytes of event data one step reads and holds (at least one event):
+/// what a reader that stops reading costs the broker, beyond the socket's buffers.
+pub const SUBSCRIBE_PAGE_BYTES: usize = 1 << 20;
 /// `$all` events one step of a filtered subscription looks at (so a filter that
 /// matches little does not hold the thread scanning the whole log in one go).
 const SUBSCRIBE_EXAMINE_PER_STEP: usize = 4_096;
@@ -85,6 +89,8 @@ struct Subscription {
     shutdown: watch::Receiver<bool>,
     caught_up: bool,
     done: bool,
+    /// The largest event of the last page read (sizes the next, see `page_events`).
+    largest: Option<usize>,
 }
 
 /// What one step read.
@@ -145,36 +151,50 @@ impl Subscription {
                 name,
                 resolve_links,
             } => {
+                // The head first: every revision up to it existed when the page was read.
+                let (last, _) = self.broker.stream_revision(name)?;
+                let asked = page_events(SUBSCRIBE_PAGE_BYTES, self.largest, SUBSCRIBE_PAGE_EVENTS);
                 let page = match self.broker.stream_read(
                     &who(),
                     name,
                     ReadFrom::Revision(self.next),
                     true,
-                    SUBSCRIBE_PAGE_EVENTS,
+                    asked,
                     *resolve_links,
                 )? {
                     StreamRead::Events(events) => events,
                     // Not written yet (or soft-deleted): its next events come later.
-                    StreamRead::NotFound => Vec::new(),
+                    StreamRead::NotFound => return Ok(Step { at_end: true }),
                 };
-                let at_end = (page.len() as u64) < SUBSCRIBE_PAGE_EVENTS;
+                self.largest = largest_event(page.iter().map(|e| &e.event)).or(self.largest);
+                if page.is_empty() {
+                    // Revisions the metadata hides ($maxAge, $tb): step over them, never
+                    // past the head (a revision after it may be appended any moment).
+                    if let Some(last) = last {
+                        self.next = self.next.saturating_add(asked).min(last + 1).max(self.next);
+                    }
+                }
                 for e in &page {
                     let revision = read_revision(e);
                     self.next = self.next.max(revision + 1);
                     let event = Event::default().event("event").id(revision.to_string());
                     self.push(event, &read_event_json(e));
                 }
-                Ok(Step { at_end })
+                Ok(Step {
+                    at_end: last.is_none_or(|l| self.next > l),
+                })
             }
             Target::All { filter } => {
+                let asked = page_events(SUBSCRIBE_PAGE_BYTES, self.largest, SUBSCRIBE_PAGE_EVENTS);
                 let page = self.broker.read_all(
                     &who(),
                     self.next,
                     true,
-                    SUBSCRIBE_PAGE_EVENTS as usize,
+                    asked as usize,
                     SUBSCRIBE_EXAMINE_PER_STEP,
                     filter.as_ref(),
                 )?;
+                self.largest = largest_event(page.events.iter()).or(self.largest);
                 let mut events = Vec::with_capacity(page.events.len());
                 for e in &page.events {
                     events.push((e.position, event_json(e, None)));
@@ -248,6 +268,7 @@ fn events(
         shutdown: state.shutdown.subscribe(),
         caught_up: false,
         done: false,
+        largest: None,
     };
     Sse::new(stream::unfold(subscription, Subscription::next_event))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(SUBSCRIBE_KEEP_ALIVE_SECS)))
