@@ -14,6 +14,7 @@ mod principal;
 pub mod producer;
 pub mod queue;
 pub mod records;
+pub mod schema_check;
 pub mod streams;
 #[cfg(test)]
 mod test_util;
@@ -111,6 +112,8 @@ pub struct Broker {
     memory: MemoryPools,
     /// How far batches may decompress; shared with every partition.
     record_bounds: Arc<records::RecordBounds>,
+    /// The schema registry's record validator, once it is up (see `schema_check.rs`).
+    validator: schema_check::ValidatorSlot,
     /// Held for the broker's lifetime: a second process on the same data directory
     /// would corrupt it.
     _data_dir_lock: std::fs::File,
@@ -182,6 +185,7 @@ impl Broker {
             eventstore: streams::EventStore::new(),
             memory,
             record_bounds,
+            validator: Default::default(),
             _data_dir_lock: data_dir_lock,
         });
         let started = std::time::Instant::now();
@@ -217,6 +221,12 @@ impl Broker {
             broker.config.retention_check_interval_ms,
         ));
         Ok(broker)
+    }
+
+    /// Give topics the schema registry's validator (once; later calls are ignored), so
+    /// topics with schema validation on can check what is produced to them.
+    pub fn set_record_validator(&self, validator: Arc<dyn schema_check::RecordValidator>) {
+        let _ = self.validator.set(validator);
     }
 
     /// One retention pass over every topic whose cleanup.policy includes `delete`.
@@ -301,6 +311,7 @@ impl Broker {
             id: topic.id,
             partitions: topic.partitions.clone(),
             configs,
+            validator: self.validator.clone(),
         });
         if validate_only {
             return Ok(updated);
@@ -343,6 +354,7 @@ impl Broker {
             id: uuid::Uuid::from_bytes(record.id),
             partitions,
             configs: record.configs.clone(),
+            validator: self.validator.clone(),
         }))
     }
 
@@ -465,6 +477,7 @@ impl Broker {
                 id: uuid::Uuid::from_bytes(record.id),
                 partitions: Vec::new(),
                 configs: record.configs,
+                validator: self.validator.clone(),
             }));
         }
         // Leftovers of a topic deleted before a crash must not leak into the new one.

@@ -160,6 +160,36 @@ pub const TOPIC_CONFIGS: &[ConfigSpec] = &[
         one_of(&["producer"])
     ),
     spec!(
+        "confluent.value.schema.validation",
+        "false",
+        "true: refuse records whose value is not in the schema registry's wire format with a schema id registered under the topic's subject",
+        crate::schema_check::check_bool
+    ),
+    spec!(
+        "confluent.key.schema.validation",
+        "false",
+        "true: the same for record keys",
+        crate::schema_check::check_bool
+    ),
+    spec!(
+        "confluent.value.subject.name.strategy",
+        "TopicNameStrategy",
+        "how a value's subject is named: TopicNameStrategy (<topic>-value), RecordNameStrategy (the record type's full name) or TopicRecordNameStrategy (<topic>-<type>)",
+        crate::schema_check::check_strategy
+    ),
+    spec!(
+        "confluent.key.subject.name.strategy",
+        "TopicNameStrategy",
+        "the same for keys (<topic>-key)",
+        crate::schema_check::check_strategy
+    ),
+    spec!(
+        "herald.schema.validation.level",
+        "id",
+        "with schema validation on: id (the schema id is registered under the subject) or payload (the payload is also decoded with that schema)",
+        crate::schema_check::check_level
+    ),
+    spec!(
         "min.insync.replicas",
         "1",
         "single node: always 1",
@@ -294,6 +324,8 @@ pub struct Topic {
     pub id: uuid::Uuid,
     pub partitions: Vec<Arc<Partition>>,
     pub configs: BTreeMap<String, String>,
+    /// The schema registry's validator, shared by every topic (see `schema_check.rs`).
+    pub validator: crate::schema_check::ValidatorSlot,
 }
 
 impl Topic {
@@ -405,6 +437,11 @@ impl Topic {
             herald_log::validate_batches(records)?;
             crate::records::check_produced(records, partition.bounds(), compacted)?;
         }
+        let rules = crate::schema_check::rules(|name| self.config(name));
+        if !rules.is_empty() {
+            herald_log::validate_batches(records)?;
+            crate::schema_check::check(&self.validator, &self.name, &rules, records)?;
+        }
         partition.append(
             records,
             self.log_append_time(),
@@ -515,6 +552,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            validator: Default::default(),
         }
     }
 

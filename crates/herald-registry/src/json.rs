@@ -218,6 +218,11 @@ impl ArrayNode {
 }
 
 impl JsonSchema {
+    /// The schema document as registered.
+    pub fn document(&self) -> &Value {
+        &self.json
+    }
+
     pub fn parse(
         text: &str,
         imports: &[(String, Arc<StoredSchema>)],

@@ -20,6 +20,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod server;
+pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;

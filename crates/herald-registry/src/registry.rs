@@ -578,6 +578,15 @@ impl Registry {
         Ok(compat::check(single, &candidate.parsed, &earlier))
     }
 
+    /// Schema `id` parsed (cached after the first call).
+    pub fn parsed_schema(&self, id: u32) -> Result<Arc<ParsedSchema>> {
+        let mut state = self.lock();
+        if !state.id_in_use(id) {
+            return Err(RegistryError::schema_id_not_found(id));
+        }
+        state.parsed_by_id(id)
+    }
+
     pub fn schema_by_id(&self, id: u32) -> Result<Arc<StoredSchema>> {
         let state = self.lock();
         if !state.id_in_use(id) {

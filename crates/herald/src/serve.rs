@@ -67,6 +67,13 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Topics with schema validation on ask the registry (see schema_check.rs).
+    let validator = registry
+        .as_ref()
+        .map(|r| std::sync::Arc::new(herald_registry::validate::Validator::new(r.registry())));
+    if let Some(v) = &validator {
+        broker.set_record_validator(v.clone());
+    }
     let registry_addr = match &registry {
         Some(r) => r
             .local_addr()
@@ -100,6 +107,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         metrics_hooks.push(std::sync::Arc::new(move |registry| {
             metrics.register(registry)
         }));
+    }
+    if let Some(v) = validator {
+        metrics_hooks.push(std::sync::Arc::new(move |registry| v.register(registry)));
     }
     let http = match &http_config {
         Some(config) => {
