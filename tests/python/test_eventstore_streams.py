@@ -468,6 +468,26 @@ def test_a_catch_up_subscription_to_a_stream_replays_then_goes_live(client):
         sub.stop()
 
 
+def test_a_catch_up_subscription_steps_over_more_than_a_page_hidden_by_max_age(client):
+    # 600 events older than $maxAge, then one that is not: the hidden ones fill more than
+    # a page of the server's reads, and the subscription must still reach the visible one.
+    stream = unique_stream("subage")
+    append(client, stream, [new("Old") for _ in range(600)], StreamState.NO_STREAM)
+    client.set_stream_metadata(stream, metadata={"$maxAge": 1})
+    time.sleep(1.5)
+    fresh = new("Fresh")
+    append(client, stream, fresh, 599)
+    assert [e.stream_position for e in read(client, stream)] == [600]
+    sub = client.subscribe_to_stream(stream, include_caught_up=True, timeout=SUBSCRIPTION_TIMEOUT_S)
+    try:
+        got = take(sub, 2)
+        assert describe(got)[1] == "CaughtUp", describe(got)
+        assert ids(got[:1]) == ids([fresh])
+        assert got[0].stream_position == 600
+    finally:
+        sub.stop()
+
+
 def test_a_stream_subscription_from_a_revision_starts_after_it(client):
     stream = unique_stream("subfrom")
     events = [new("From") for _ in range(3)]

@@ -577,6 +577,8 @@ async fn serve_stream(
         let mut live = false;
         loop {
             progress.borrow_and_update();
+            // The head first: every revision up to it existed when the page was read.
+            let head = broker.stream_revision(name).map_err(fail)?.0;
             let page = match broker.stream_read(
                 &plan.who,
                 name,
@@ -589,11 +591,19 @@ async fn serve_stream(
                 Ok(StreamRead::NotFound) => Vec::new(),
                 Err(e) => return Err(fail(e)),
             };
+            if page.is_empty()
+                && let Some(last) = head
+            {
+                // Revisions the metadata hides ($maxAge): step over them, never past
+                // the head (the next revision may be appended any moment).
+                next = next.saturating_add(READ_PAGE).min(last + 1).max(next);
+            }
             for e in &page {
                 next = next.max(e.link.as_ref().map_or(e.event.revision, |l| l.revision) + 1);
                 send(tx, read_event(e, plan.structured)).await?;
             }
-            if (page.len() as u64) < READ_PAGE {
+            let at_end = head.is_none_or(|last| next > last);
+            if at_end {
                 if !live {
                     live = true;
                     let revision = next.checked_sub(1).map(|r| r as i64);
@@ -608,6 +618,9 @@ async fn serve_stream(
     };
     let mut left = count;
     let mut cursor = from;
+    // The head when the read began: a forwards read steps over pages the metadata hides
+    // ($maxAge) up to it.
+    let head = broker.stream_revision(name).map_err(fail)?.0;
     while left > 0 {
         let page = match broker.stream_read(
             &plan.who,
@@ -633,7 +646,19 @@ async fn serve_stream(
             Ok(StreamRead::Events(events)) => events,
             Err(e) => return Err(fail(e)),
         };
-        let Some(last) = page.last() else { break };
+        let Some(last) = page.last() else {
+            match (plan.forwards, cursor, head) {
+                (true, ReadFrom::Revision(r), Some(h)) if r.saturating_add(READ_PAGE) <= h => {
+                    cursor = ReadFrom::Revision(r + READ_PAGE);
+                    continue;
+                }
+                (true, ReadFrom::Start, Some(h)) if READ_PAGE <= h => {
+                    cursor = ReadFrom::Revision(READ_PAGE);
+                    continue;
+                }
+                _ => break,
+            }
+        };
         let last = last
             .link
             .as_ref()
