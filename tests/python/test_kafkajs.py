@@ -70,3 +70,13 @@ def test_kafkajs_admin(broker):
     assert out["offsets"] == [
         {"partition": p, "low": "0", "high": str(p + 1), "offset": str(p + 1)} for p in range(3)
     ]
+
+
+def test_confluent_schema_registry_js_registers_encodes_and_decodes(broker):
+    """@kafkajs/confluent-schema-registry 3.9.0 against Herald's registry, with the topic
+    validating schemas on produce: the same id for the same schema, Avro records through
+    KafkaJS decoded back, a plain JSON value refused with INVALID_RECORD."""
+    out = run_node("schema_registry.js", broker, TOPIC=unique("js-sr"), REGISTRY_URL=broker.registry_url)
+    assert out["id"] == out["again"] == out["latest"]
+    assert out["decoded"] == [{"order_id": "ORD1", "amount": 10.5}, {"order_id": "ORD2", "amount": 20.25}]
+    assert out["refused"] == "INVALID_RECORD", out
