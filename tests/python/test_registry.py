@@ -7,6 +7,7 @@ Each test starts its own broker; the fixtures give it `--registry-listen` on a f
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -343,3 +344,42 @@ def test_ids_versions_configs_and_modes_survive_restart(registry, kill):
     registry.http.delete("/mode/r-value")
     # The id counter survived: a new schema gets a new id.
     assert client.register_schema("fresh-value", Schema(BAD, "AVRO")) == id2 + 1
+
+
+def test_the_schemas_cli_registers_checks_and_deletes(registry, tmp_path):
+    import subprocess
+
+    from conftest import HERALD_BIN
+    broker = registry.broker
+    subject = unique("cli") + "-value"
+    v1 = tmp_path / "v1.avsc"
+    v1.write_text('{"type":"record","name":"Order","fields":[{"name":"id","type":"string"}]}')
+    v2_ok = tmp_path / "v2.avsc"
+    v2_ok.write_text('{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},'
+                     '{"name":"note","type":"string","default":""}]}')
+    v2_bad = tmp_path / "bad.avsc"
+    v2_bad.write_text('{"type":"record","name":"Order","fields":[{"name":"id","type":"long"}]}')
+
+    def cli(*args, ok=True):
+        r = subprocess.run([str(HERALD_BIN), "schemas", *args, "--registry", broker.registry_url],
+                           capture_output=True, text=True, timeout=30)
+        if ok:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    first = cli("register", subject, "-f", str(v1)).stdout.strip()
+    assert first.isdigit()
+    assert cli("register", subject, "-f", str(v1)).stdout.strip() == first
+    assert subject in cli("list").stdout.split()
+    assert cli("list", subject).stdout.split() == ["1"]
+    assert json.loads(cli("get", subject).stdout)["id"] == int(first)
+    assert "Order" in json.loads(cli("get", "--id", first).stdout)["schema"]
+    assert cli("check", subject, "-f", str(v2_ok)).stdout.strip() == "compatible"
+    bad = cli("check", subject, "-f", str(v2_bad), ok=False)
+    assert bad.returncode == 1 and "incompatible" in bad.stderr, bad.stderr
+    assert cli("config", subject, "--set", "full_transitive").stdout.strip() == "FULL_TRANSITIVE"
+    assert cli("config", subject).stdout.strip() == "FULL_TRANSITIVE"
+    assert cli("delete", subject).stdout.split() == ["1"]
+    assert cli("delete", subject, "--permanent").stdout.split() == ["1"]
+    missing = cli("get", subject, ok=False)
+    assert missing.returncode != 0 and "not found" in missing.stderr.lower(), missing.stderr

@@ -8,6 +8,7 @@ mod consume;
 mod groups;
 mod produce;
 mod queue;
+mod schemas;
 mod streams;
 mod table;
 mod topics;
@@ -44,6 +45,10 @@ pub enum ClientCommand {
     /// (over the HTTP API).
     #[command(subcommand)]
     Streams(streams::StreamsCommand),
+    /// The schema registry: register, get, list, check compatibility, set the
+    /// compatibility level, delete (over the registry's REST API).
+    #[command(subcommand)]
+    Schemas(schemas::SchemasCommand),
 }
 
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
@@ -56,6 +61,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Queue(command) => queue::run(command).await,
         ClientCommand::Amqp(command) => amqp::run(command).await,
         ClientCommand::Streams(command) => streams::run(command).await,
+        ClientCommand::Schemas(command) => schemas::run(command).await,
     }
 }
 
