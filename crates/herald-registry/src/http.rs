@@ -49,6 +49,7 @@ pub fn router(registry: Arc<Registry>, request_bytes_max: usize) -> Router {
     let state = AppState { registry };
     Router::new()
         .route("/", get(root))
+        .route("/openapi.json", get(openapi))
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
         .route(
@@ -101,6 +102,18 @@ pub fn router(registry: Arc<Registry>, request_bytes_max: usize) -> Router {
         .layer(DefaultBodyLimit::max(request_bytes_max))
         .layer(middleware::from_fn(media_types))
         .with_state(state)
+}
+
+/// The API's OpenAPI 3 document (written by hand after Confluent's API; schemathesis
+/// runs against it in the test suite).
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// JSON `body` with `status`; the media type is set by `media_types` on the way out.
