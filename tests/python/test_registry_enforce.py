@@ -130,3 +130,26 @@ def test_http_produce_is_refused_the_same_way(broker):
                    json={"records": [{"value": "not avro"}]}, timeout=10)
     assert 400 <= r.status_code < 500, r.text
     assert "magic byte" in r.text
+
+
+def test_an_amqp_publish_to_a_validating_queue_is_nacked(broker):
+    import pika
+    from pika.exceptions import NackError
+
+    queue = unique("enforced-q")
+    conn = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2F"))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=True)
+        ch.confirm_delivery()
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        res = ConfigResource("topic", queue, set_config={"confluent.value.schema.validation": "true"})
+        for f in admin.alter_configs([res]).values():
+            f.result(timeout=20)
+        with pytest.raises(NackError):
+            ch.basic_publish("", queue, b"plain", pika.BasicProperties(delivery_mode=2))
+        good = avro_bytes(broker, queue, {"id": "o-1", "total": 1})
+        ch.basic_publish("", queue, good, pika.BasicProperties(delivery_mode=2))
+    finally:
+        conn.close()
+    assert refusals(broker, queue) == 1
