@@ -1,4 +1,5 @@
-//! Generates the gRPC server side from the vendored KurrentDB `.proto` files.
+//! Generates the gRPC server side, and the client side `herald bench eventstore` drives
+//! it with, from the vendored KurrentDB `.proto` files.
 //!
 //! `protox` parses and checks the files in Rust (so neither a developer nor CI needs a
 //! `protoc` binary) and hands the descriptor set to `tonic-prost-build`, which writes
@@ -26,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", vendor.display());
     let fds = protox::compile(PROTOS, [&vendor])?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .build_transport(false)
         // Event data and metadata are `Bytes`: slices of the request buffer, not copies.

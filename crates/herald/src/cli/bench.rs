@@ -4,8 +4,11 @@
 //! histogram; one consumer reading a topic from its start; or both at once with
 //! publish-to-delivery latency (`end-to-end`, in `bench/e2e.rs`). A progress bar runs
 //! on a terminal; `--broker-pid` samples the broker's memory (`bench/rss.rs`).
+//! `herald bench eventstore` measures the event store over its gRPC API instead
+//! (`bench/eventstore.rs`).
 
 mod e2e;
+mod eventstore;
 mod rss;
 
 use std::io::IsTerminal;
@@ -143,6 +146,10 @@ pub enum BenchMode {
     /// moment it was batched to the moment the consumer has it.
     #[value(name = "end-to-end", alias = "e2e")]
     EndToEnd,
+    /// The event store over gRPC (`--url`): appends with exact expected revisions,
+    /// whole-stream reads, a catch-up subscription to `$all`; or `--streams N` new
+    /// streams as a load.
+    Eventstore,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +223,8 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub eventstore: Box<eventstore::EventStoreArgs>,
 }
 
 /// The most records `--batch-size` may put in one batch.
@@ -391,6 +400,11 @@ impl Report {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.mode == BenchMode::Eventstore {
+        let stop = Stop::default();
+        stop_on_signals(&stop);
+        return eventstore::run(&args, &stop).await;
+    }
     let client = args.connect.connect().await?;
     let sampler = args.broker_pid.map(rss::Sampler::start).transpose()?;
     let progress = progress_bar(&args);
@@ -400,6 +414,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::Produce => produce(&client, &args, &progress, &stop).await,
         BenchMode::Consume => consume(&client, &args, &progress, &stop).await,
         BenchMode::EndToEnd => e2e::run(&client, &args, &progress, &stop).await,
+        // Returned above, before a Kafka connection is made.
+        BenchMode::Eventstore => bail!("the event store mode runs on its own"),
     };
     progress.finish_and_clear();
     let mut report = result?;
