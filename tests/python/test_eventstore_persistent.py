@@ -246,28 +246,40 @@ def test_a_filtered_subscription_to_all_from_start(client):
         r.stop()
 
 
-def test_a_category_subscription_resolves_links_and_pins_streams(client):
+@pytest.mark.parametrize("resolve", [True, False])
+def test_a_category_subscription_pins_streams(client, resolve):
     cat = tag()
-    streams = [f"{cat}-{i}" for i in range(4)]
-    client.create_subscription_to_stream("g", f"$ce-{cat}", resolve_links=True,
+    streams = [f"{cat}-{i}" for i in range(16)]
+    client.create_subscription_to_stream("g", f"$ce-{cat}", resolve_links=resolve,
                                          consumer_strategy="Pinned", timeout=CALL_TIMEOUT_S)
     readers = [Reader(read_sub(client, "g", f"$ce-{cat}"), auto_ack=True) for _ in range(2)]
     try:
         wait_connections(client, "g", f"$ce-{cat}", 2)
         for s in streams:
-            append_events(client, s, ["E"] * 6)
+            append_events(client, s, ["E"] * 2)
         got = []
         deadline = time.monotonic() + DELIVERY_TIMEOUT_S
-        while len(got) < 24 and time.monotonic() < deadline:
+        while len(got) < 32 and time.monotonic() < deadline:
             for i, r in enumerate(readers):
-                got.extend((i, e) for e in r.take(24, timeout=0.2))
-        assert len(got) == 24
-        assert sorted((e.stream_name, e.stream_position) for _, e in got) == sorted(
-            (s, p) for s in streams for p in range(6))
-        assert all(e.link is not None and e.link.stream_name == f"$ce-{cat}" for _, e in got)
+                got.extend((i, e) for e in r.take(32, timeout=0.2))
+        assert len(got) == 32
+        def origin(e):
+            # Unresolved, the event is the link: "<revision>@<stream>".
+            if resolve:
+                return (e.stream_name, e.stream_position)
+            revision, name = e.data.decode().split("@", 1)
+            return (name, int(revision))
+        assert sorted(origin(e) for _, e in got) == sorted((s, p) for s in streams for p in range(2))
+        if resolve:
+            assert all(e.link is not None and e.link.stream_name == f"$ce-{cat}" for _, e in got)
+        else:
+            assert all(e.type == "$>" and e.stream_name == f"$ce-{cat}" for _, e in got)
         owner = {}
         for i, e in got:
-            owner.setdefault(e.stream_name, set()).add(i)
+            owner.setdefault(origin(e)[0], set()).add(i)
+        assert len(owner) == 16
+        # Sixteen streams hashed over two consumers: both get some (all on one: 1 in 32,768).
+        assert {i for i, _ in got} == {0, 1}
         assert all(len(v) == 1 for v in owner.values()), owner
     finally:
         for r in readers:

@@ -608,12 +608,9 @@ impl Hub {
             Strategy::Pinned | Strategy::PinnedByCorrelation => {
                 let key = match strategy {
                     Strategy::PinnedByCorrelation => {
-                        correlation_id(&event.event).unwrap_or_else(|| event.event.stream.clone())
+                        correlation_id(&event.event).unwrap_or_else(|| origin_stream(&event.event))
                     }
-                    _ => event
-                        .link
-                        .as_ref()
-                        .map_or(event.event.stream.clone(), |_| event.event.stream.clone()),
+                    _ => origin_stream(&event.event),
                 };
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 key.hash(&mut h);
@@ -638,6 +635,18 @@ impl Hub {
             Some(receipt)
         }
     }
+}
+
+/// The stream an event was written to: for an unresolved link (`$>`, data
+/// `<revision>@<stream>`), the stream it points into, so pinning by stream keeps a
+/// category's streams apart whether links are resolved or not.
+fn origin_stream(e: &RecordedEvent) -> String {
+    if e.event_type == LINK_TYPE
+        && let Some((_, stream)) = parse_link(&e.data)
+    {
+        return stream;
+    }
+    e.stream.clone()
 }
 
 fn correlation_id(e: &RecordedEvent) -> Option<String> {
