@@ -69,6 +69,11 @@ pub trait RecordValidator: Send + Sync {
 /// The validator every topic asks, set once the registry is up.
 pub type ValidatorSlot = Arc<OnceLock<Arc<dyn RecordValidator>>>;
 
+/// Whether a topic's overrides set either validation config (their defaults are off).
+pub fn configured(overrides: &std::collections::BTreeMap<String, String>) -> bool {
+    overrides.contains_key(VALUE_VALIDATION) || overrides.contains_key(KEY_VALIDATION)
+}
+
 /// The rules a topic's configs ask for (none: nothing to check).
 pub fn rules(config: impl Fn(&str) -> Option<String>) -> Vec<Rule> {
     let on = |name: &str| config(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));

@@ -430,16 +430,23 @@ impl Topic {
     pub fn append(&self, partition: i32, records: &[u8], now_ms: i64) -> Result<PendingAppend> {
         let partition = self.partition(partition)?;
         let compacted = self.compacted();
-        if records.len() <= self.max_message_bytes()
-            && crate::records::needs_check(records, partition.bounds(), compacted)
-        {
+        let bounded = records.len() <= self.max_message_bytes()
+            && crate::records::needs_check(records, partition.bounds(), compacted);
+        // Schema validation is off unless a topic override turns it on (the defaults are
+        // false), so most appends skip even building the rules.
+        let rules = if crate::schema_check::configured(&self.configs) {
+            crate::schema_check::rules(|name| self.config(name))
+        } else {
+            Vec::new()
+        };
+        if bounded || !rules.is_empty() {
             // Validate first so a corrupt batch gets CORRUPT_MESSAGE, not a bound error.
             herald_log::validate_batches(records)?;
+        }
+        if bounded {
             crate::records::check_produced(records, partition.bounds(), compacted)?;
         }
-        let rules = crate::schema_check::rules(|name| self.config(name));
         if !rules.is_empty() {
-            herald_log::validate_batches(records)?;
             crate::schema_check::check(&self.validator, &self.name, &rules, records)?;
         }
         partition.append(

@@ -151,6 +151,14 @@ impl Default for PersistentSettings {
 }
 
 impl PersistentSettings {
+    /// The lease a delivery gets: the message timeout (0, none, is the longest lease).
+    fn lease_ms(&self) -> u64 {
+        match self.message_timeout_ms {
+            0 => LEASE_MS_MAX,
+            ms => ms,
+        }
+    }
+
     fn validate(&self) -> StreamResult<()> {
         let bad = |m: &str| Err(StreamError::BadRequest(m.to_string()));
         if self.live_buffer_size == 0 || self.read_batch_size == 0 || self.history_buffer_size == 0
@@ -246,10 +254,7 @@ impl PersistentDef {
 
     fn queue_settings(&self) -> StreamResult<SubscriptionSettings> {
         let s = &self.settings;
-        let lease_ms = match s.message_timeout_ms {
-            0 => LEASE_MS_MAX,
-            ms => ms,
-        };
+        let lease_ms = s.lease_ms();
         let window = (s.live_buffer_size as usize)
             .saturating_add(s.history_buffer_size as usize)
             .saturating_add(s.read_batch_size as usize)
@@ -496,7 +501,7 @@ impl PersistentConsumer {
             if let Some(slot) = state.consumers.iter_mut().find(|s| s.id == self.id) {
                 receipts.extend(ids.iter().filter_map(|id| slot.take(id)));
                 // Room for pinned events that waited for it.
-                let lease_ms = self.hub.lease_ms();
+                let (_, lease_ms) = self.hub.dealing();
                 while slot.in_flight_count < slot.capacity
                     && let Some((event, receipt)) = slot.pending.pop_front()
                 {
@@ -544,11 +549,11 @@ impl Hub {
         self.def.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn lease_ms(&self) -> u64 {
-        match self.def().settings.message_timeout_ms {
-            0 => LEASE_MS_MAX,
-            ms => ms,
-        }
+    /// The strategy and lease of its settings, without copying the definition (asked
+    /// per event dealt).
+    fn dealing(&self) -> (Strategy, u64) {
+        let def = self.def.lock().unwrap_or_else(|p| p.into_inner());
+        (def.settings.strategy, def.settings.lease_ms())
     }
 
     fn has_consumers(&self) -> bool {
@@ -593,8 +598,7 @@ impl Hub {
 
     /// Deal one event; returns its receipt back if no consumer could take it.
     fn deal(&self, event: PersistentEvent, receipt: String) -> Option<String> {
-        let strategy = self.def().settings.strategy;
-        let lease_ms = self.lease_ms();
+        let (strategy, lease_ms) = self.dealing();
         let mut state = self.lock();
         let n = state.consumers.len();
         if n == 0 {

@@ -2,7 +2,6 @@
 //! broker's persistent subscriptions (`herald_broker::streams::persistent`), which run
 //! on its work-queue engine.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use herald_broker::Broker;
@@ -16,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::streams::{identifier, status, stream_name, ticks, trailer};
+use super::streams::{event_metadata, identifier, status, stream_name, trailer};
 use crate::proto::persistent_subscriptions::{
     CreateReq, CreateResp, DeleteReq, DeleteResp, GetInfoReq, GetInfoResp, ListReq, ListResp,
     ReadReq, ReadResp, ReplayParkedReq, ReplayParkedResp, SubscriptionInfo, UpdateReq, UpdateResp,
@@ -112,6 +111,18 @@ macro_rules! settings_from {
             start: d.start,
         }
     }};
+}
+
+/// The source a Delete / GetInfo / Read / ReplayParked names: the stream option (a
+/// generated enum per message, all with `StreamIdentifier` and `All`), or a refusal.
+macro_rules! source_option {
+    ($option:expr, $enum:ident) => {
+        match &$option {
+            Some($enum::StreamIdentifier(id)) => source_of(Some(id), false)?,
+            Some($enum::All(_)) => ALL_SOURCE.to_string(),
+            None => return Err(Status::invalid_argument("stream_option is missing")),
+        }
+    };
 }
 
 /// The deprecated enum (0 DispatchToSingle, 1 RoundRobin, 2 Pinned).
@@ -219,11 +230,7 @@ fn info(i: &PersistentInfo) -> SubscriptionInfo {
 }
 
 fn proto_event(e: &RecordedEvent, structured: bool) -> read_resp::read_event::RecordedEvent {
-    let metadata = HashMap::from([
-        ("type".to_string(), e.event_type.clone()),
-        ("content-type".to_string(), e.content_type.clone()),
-        ("created".to_string(), ticks(e.created_ms)),
-    ]);
+    let metadata = event_metadata(e);
     read_resp::read_event::RecordedEvent {
         id: Some(crate::uuid::to_proto(e.id, structured)),
         stream_identifier: Some(identifier(&e.stream)),
@@ -373,11 +380,7 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
             .options
             .ok_or_else(|| Status::invalid_argument("options are missing"))?;
         let group = group_of(&options.group_name)?;
-        let source = match &options.stream_option {
-            Some(StreamOption::StreamIdentifier(id)) => source_of(Some(id), false)?,
-            Some(StreamOption::All(_)) => ALL_SOURCE.to_string(),
-            None => return Err(Status::invalid_argument("stream_option is missing")),
-        };
+        let source = source_option!(options.stream_option, StreamOption);
         self.broker
             .persistent_delete(&who, &source, &group)
             .await
@@ -406,11 +409,7 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
                 "the first message of a persistent subscription read must be its options",
             ));
         };
-        let source = match &options.stream_option {
-            Some(StreamOption::StreamIdentifier(id)) => source_of(Some(id), false)?,
-            Some(StreamOption::All(_)) => ALL_SOURCE.to_string(),
-            None => return Err(Status::invalid_argument("stream_option is missing")),
-        };
+        let source = source_option!(options.stream_option, StreamOption);
         let group = group_of(&options.group_name)?;
         let structured = matches!(
             options
@@ -498,11 +497,7 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
             .options
             .ok_or_else(|| Status::invalid_argument("options are missing"))?;
         let group = group_of(&options.group_name)?;
-        let source = match &options.stream_option {
-            Some(StreamOption::StreamIdentifier(id)) => source_of(Some(id), false)?,
-            Some(StreamOption::All(_)) => ALL_SOURCE.to_string(),
-            None => return Err(Status::invalid_argument("stream_option is missing")),
-        };
+        let source = source_option!(options.stream_option, StreamOption);
         let i = self
             .broker
             .persistent_info(&who, &source, &group)
@@ -525,11 +520,7 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
             .options
             .ok_or_else(|| Status::invalid_argument("options are missing"))?;
         let group = group_of(&options.group_name)?;
-        let source = match &options.stream_option {
-            Some(StreamOption::StreamIdentifier(id)) => source_of(Some(id), false)?,
-            Some(StreamOption::All(_)) => ALL_SOURCE.to_string(),
-            None => return Err(Status::invalid_argument("stream_option is missing")),
-        };
+        let source = source_option!(options.stream_option, StreamOption);
         let stop_at = match options.stop_at_option {
             Some(StopAtOption::StopAt(n)) => Some(
                 u64::try_from(n)

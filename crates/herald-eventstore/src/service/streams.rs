@@ -344,7 +344,7 @@ fn batch_error(e: &StreamError) -> rpc::Status {
 }
 
 /// .NET ticks (100 ns) since the Unix epoch, as KurrentDB's `created` metadata holds.
-pub(crate) fn ticks(ms: i64) -> String {
+fn ticks(ms: i64) -> String {
     (ms.saturating_mul(10_000)).to_string()
 }
 
@@ -356,12 +356,18 @@ fn timestamp_now() -> prost_types::Timestamp {
     }
 }
 
-fn proto_event(e: &RecordedEvent, structured: bool) -> read_resp::read_event::RecordedEvent {
-    let metadata = HashMap::from([
+/// The system metadata KurrentDB sends with every event it reads out (Streams and
+/// PersistentSubscriptions alike).
+pub(crate) fn event_metadata(e: &RecordedEvent) -> HashMap<String, String> {
+    HashMap::from([
         ("type".to_string(), e.event_type.clone()),
         ("content-type".to_string(), e.content_type.clone()),
         ("created".to_string(), ticks(e.created_ms)),
-    ]);
+    ])
+}
+
+fn proto_event(e: &RecordedEvent, structured: bool) -> read_resp::read_event::RecordedEvent {
+    let metadata = event_metadata(e);
     read_resp::read_event::RecordedEvent {
         id: Some(crate::uuid::to_proto(e.id, structured)),
         stream_identifier: Some(identifier(&e.stream)),
