@@ -82,6 +82,16 @@ pub struct BrokerConfig {
     pub batch_decompressed_bytes_max: usize,
     /// Most bytes one record may take (its length): produce refuses more.
     pub record_bytes_max: usize,
+    /// Longest transaction timeout a producer may ask for (Kafka's
+    /// `transaction.max.timeout.ms`); a transaction open longer than its own timeout is
+    /// aborted by the broker.
+    pub transaction_max_timeout_ms: i32,
+    /// How long a transactional id with no transaction open is remembered after its
+    /// last use (Kafka's `transactional.id.expiration.ms`).
+    pub transactional_id_expiration_ms: i64,
+    /// Most transactional ids kept at once: InitProducerId for a new one past it is
+    /// refused (POLICY_VIOLATION) until idle ones expire.
+    pub transactional_ids_max: usize,
 }
 
 impl BrokerConfig {
@@ -108,6 +118,9 @@ impl BrokerConfig {
             memory_budget_bytes: crate::limits::MEMORY_BUDGET_BYTES_DEFAULT,
             batch_decompressed_bytes_max: crate::records::BATCH_DECOMPRESSED_BYTES_MAX_DEFAULT,
             record_bytes_max: crate::records::RECORD_BYTES_MAX_DEFAULT,
+            transaction_max_timeout_ms: 900_000,
+            transactional_id_expiration_ms: 604_800_000,
+            transactional_ids_max: 100_000,
         }
     }
 

@@ -63,8 +63,35 @@ pub enum BrokerError {
         epoch: i16,
         current: i16,
     },
-    #[error("transactions are not supported yet")]
+    #[error(
+        "a transactional batch must come from a transactional producer through Kafka's Produce"
+    )]
     TransactionsUnsupported,
+    #[error(
+        "producer {producer_id} of transactional id {transactional_id:?} at epoch {epoch} is fenced: epoch {current} is current"
+    )]
+    ProducerFenced {
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
+    #[error("{0}")]
+    InvalidProducerIdMapping(String),
+    #[error(
+        "transaction timeout {timeout_ms} ms is not within 1..={max_ms} (transaction_max_timeout_ms)"
+    )]
+    InvalidTransactionTimeout { timeout_ms: i32, max_ms: i32 },
+    #[error("{0}: retry")]
+    ConcurrentTransactions(String),
+    #[error("transactional id {0:?} is not known")]
+    TransactionalIdNotFound(String),
+    #[error("{count} transactional ids are kept, the most transactional_ids_max allows")]
+    TooManyTransactionalIds { count: usize },
+    #[error("{0}")]
+    Group(#[from] crate::group::GroupError),
     #[error("storage error: {0}")]
     Storage(String),
     /// Stored data failed its checks on read (a CRC mismatch in a sealed segment): the

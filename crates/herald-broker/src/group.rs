@@ -839,6 +839,33 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// Check a transactional offset commit's generation and member (KIP-447), as a
+    /// plain commit's are checked.
+    pub fn check_txn_commit(
+        &self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+    ) -> Result<(), GroupError> {
+        self.check_commit(group_id, generation_id, member_id)
+    }
+
+    /// Show offsets a committed transaction stored (the meta store has them already).
+    pub fn show_offsets(&self, commits: Vec<(String, OffsetCommit)>) {
+        if commits.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut groups = self.lock();
+        for (group_id, c) in commits {
+            groups
+                .entry(group_id)
+                .or_insert_with(|| Group::new(now))
+                .offsets
+                .insert((c.topic, c.partition), c.record);
+        }
+    }
+
     /// Committed offsets of a group: for the given partitions, or all when `None`.
     pub fn committed(
         &self,

@@ -19,6 +19,7 @@ pub mod streams;
 #[cfg(test)]
 mod test_util;
 pub mod topic;
+pub mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -114,6 +115,8 @@ pub struct Broker {
     record_bounds: Arc<records::RecordBounds>,
     /// The schema registry's record validator, once it is up (see `schema_check.rs`).
     validator: schema_check::ValidatorSlot,
+    /// The transaction coordinator.
+    txn: txn::Transactions,
     /// Held for the broker's lifetime: a second process on the same data directory
     /// would corrupt it.
     _data_dir_lock: std::fs::File,
@@ -165,6 +168,7 @@ impl Broker {
                 .map_err(|e| BrokerError::Storage(e.to_string()))?,
         );
         let data_changed = Arc::new(watch::Sender::new(0u64));
+        let txn = txn::Transactions::open(meta.clone())?;
         let memory = MemoryPools::new(config.memory_budget_bytes);
         let record_bounds = Arc::new(records::RecordBounds::new(
             config.batch_decompressed_bytes_max,
@@ -186,6 +190,7 @@ impl Broker {
             memory,
             record_bounds,
             validator: Default::default(),
+            txn,
             _data_dir_lock: data_dir_lock,
         });
         let started = std::time::Instant::now();
@@ -210,6 +215,18 @@ impl Broker {
         });
         let _ = broker.eventstore.me.set(Arc::downgrade(&broker));
         broker.recover_stream_index()?;
+        // Transactions a crash interrupted are finished in the background (their
+        // markers are appends that wait for fsyncs); until then their partitions'
+        // last stable offsets stay where they are, and an InitProducerId for such an
+        // id finishes it itself.
+        let weak = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            let Some(broker) = weak.upgrade() else { return };
+            if let Err(e) = broker.recover_transactions().await {
+                tracing::error!(error = %e, "cannot finish interrupted transactions; retrying each tick");
+            }
+            txn::spawn_tick(Arc::downgrade(&broker));
+        });
         broker.load_subscriptions()?;
         broker.load_amqp()?;
         broker.release_persistent_leases();
@@ -312,6 +329,7 @@ impl Broker {
             partitions: topic.partitions.clone(),
             configs,
             validator: self.validator.clone(),
+            txns: self.txn.view.clone(),
         });
         if validate_only {
             return Ok(updated);
@@ -355,6 +373,7 @@ impl Broker {
             partitions,
             configs: record.configs.clone(),
             validator: self.validator.clone(),
+            txns: self.txn.view.clone(),
         }))
     }
 
@@ -478,6 +497,7 @@ impl Broker {
                 partitions: Vec::new(),
                 configs: record.configs,
                 validator: self.validator.clone(),
+                txns: self.txn.view.clone(),
             }));
         }
         // Leftovers of a topic deleted before a crash must not leak into the new one.

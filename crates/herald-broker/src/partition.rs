@@ -19,10 +19,12 @@ use crate::config::FlushPolicy;
 use crate::error::{BrokerError, Result};
 use crate::producer::{ProducerStates, SequenceCheck};
 use crate::records::{RecordBounds, StoredBatch};
+use crate::txn::partition::{AbortedTxn, PartitionTxns, control_kind, marker_batch};
 
 struct PartitionState {
     log: PartitionLog,
     producers: ProducerStates,
+    txns: PartitionTxns,
 }
 
 /// How far the partition is on disk, and how many fsyncs have failed so far.
@@ -148,7 +150,21 @@ pub struct SkippedRange {
 pub struct ReadResult {
     pub records: Bytes,
     pub high_watermark: i64,
+    /// Below the first open transaction (and the high watermark): what `read_committed`
+    /// readers may see.
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// For a `read_committed` read: the aborted transactions its records overlap.
+    pub aborted: Vec<AbortedTxn>,
+}
+
+/// What a reader may see of transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Everything below the high watermark, aborted transactions included.
+    ReadUncommitted,
+    /// Only below the last stable offset, with the aborted ranges listed.
+    ReadCommitted,
 }
 
 impl Partition {
@@ -168,15 +184,28 @@ impl Partition {
             log.flush()?;
         }
         let mut producers = ProducerStates::default();
+        let mut txns = PartitionTxns::default();
         for header in log.batch_headers()? {
             producers.record(&header, header.base_offset);
+            if header.is_transactional() {
+                let control = if header.is_control() {
+                    control_kind(&log.read(header.base_offset, 1)?)
+                } else {
+                    None
+                };
+                txns.note(&header, header.base_offset, control);
+            }
         }
         let next_offset = log.next_offset();
         let partition = Arc::new(Partition {
             topic,
             index,
             dir: dir.to_path_buf(),
-            state: RwLock::new(PartitionState { log, producers }),
+            state: RwLock::new(PartitionState {
+                log,
+                producers,
+                txns,
+            }),
             start_offset_moves: Mutex::new(()),
             flush,
             high_watermark: AtomicI64::new(next_offset),
@@ -207,12 +236,30 @@ impl Partition {
 
     /// Validate and append `records` (one or more RecordBatch v2, as a producer sent them).
     /// Returns once the batches are in the OS; `PendingAppend::durable` waits for the disk.
+    /// Transactional batches are refused (see [`Partition::append_with`]).
     pub fn append(
         &self,
         records: &[u8],
         log_append_time: bool,
         max_message_bytes: usize,
         now_ms: i64,
+    ) -> Result<PendingAppend> {
+        self.append_with(records, log_append_time, max_message_bytes, now_ms, &|_| {
+            Err(BrokerError::TransactionsUnsupported)
+        })
+    }
+
+    /// [`Partition::append`], with `verify_txn` deciding whether a transactional batch
+    /// may be appended (its producer's transaction is open, at this epoch, with this
+    /// partition added). It runs under the partition's write lock, so a marker that ends
+    /// the transaction (written under the same lock) comes after every batch it allowed.
+    pub fn append_with(
+        &self,
+        records: &[u8],
+        log_append_time: bool,
+        max_message_bytes: usize,
+        now_ms: i64,
+        verify_txn: &dyn Fn(&BatchHeader) -> Result<()>,
     ) -> Result<PendingAppend> {
         if records.len() > max_message_bytes {
             return Err(BrokerError::MessageTooLarge {
@@ -226,11 +273,19 @@ impl Partition {
                 "no record batch in the request".into(),
             ));
         }
+        if headers.iter().any(|h| h.is_control()) {
+            return Err(BrokerError::InvalidRecord(
+                "control batches are written by the transaction coordinator, not producers".into(),
+            ));
+        }
+        let transactional = headers[0].is_transactional();
         if headers
             .iter()
-            .any(|h| h.is_transactional() || h.is_control())
+            .any(|h| h.is_transactional() != transactional)
         {
-            return Err(BrokerError::TransactionsUnsupported);
+            return Err(BrokerError::InvalidRecord(
+                "transactional and non-transactional batches in one request".into(),
+            ));
         }
         // Stored as sent (the log writes the base offsets in front of each batch without
         // copying), unless LogAppendTime rewrites timestamps and CRCs in a copy.
@@ -254,6 +309,9 @@ impl Partition {
         if self.fenced.load(Ordering::Acquire) {
             return Err(fenced_error());
         }
+        if transactional {
+            verify_txn(&headers[0])?;
+        }
         match check_sequences(&state.producers, &headers)? {
             SequenceCheck::Duplicate { base_offset } => {
                 let log_start = state.log.log_start_offset();
@@ -267,6 +325,7 @@ impl Partition {
         let mut base = info.base_offset;
         for header in &headers {
             state.producers.record(header, base);
+            state.txns.note(header, base, None);
             base += i64::from(header.last_offset_delta) + 1;
         }
         let log_start = state.log.log_start_offset();
@@ -281,25 +340,84 @@ impl Partition {
         self.appended_records
             .fetch_add(appended_records, Ordering::Relaxed);
         let append_time = if log_append_time { now_ms } else { -1 };
+        Ok(self.appended(info.base_offset, info.last_offset, append_time, log_start))
+    }
+
+    /// After an append of offsets `base..=last`: the wait for it to be durable (or,
+    /// under a flush policy that does not wait, the high watermark moved now).
+    fn appended(&self, base: i64, last: i64, append_time: i64, log_start: i64) -> PendingAppend {
         match self.flush {
             FlushPolicy::Always => {
                 self.flush_wanted.notify_one();
-                Ok(self.pending(
-                    info.base_offset,
-                    append_time,
-                    log_start,
-                    info.last_offset + 1,
-                ))
+                self.pending(base, append_time, log_start, last + 1)
             }
             FlushPolicy::Interval { .. } | FlushPolicy::Os => {
-                self.advance_high_watermark(info.last_offset + 1);
-                Ok(PendingAppend::settled(
-                    info.base_offset,
-                    append_time,
-                    log_start,
-                ))
+                self.advance_high_watermark(last + 1);
+                PendingAppend::settled(base, append_time, log_start)
             }
         }
+    }
+
+    /// Append a transaction marker (commit or abort) for `producer_id` at `epoch`: it
+    /// ends that producer's open transaction here. Written by the transaction
+    /// coordinator only; a marker with nothing open is harmless (it ends nothing).
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        now_ms: i64,
+    ) -> Result<PendingAppend> {
+        let batch = marker_batch(producer_id, epoch, commit, now_ms);
+        let header = BatchHeader::parse(&batch)?;
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(fenced_error());
+        }
+        let info = state.log.append(&batch, now_ms)?;
+        state.producers.record(&header, info.base_offset);
+        state.txns.note(&header, info.base_offset, Some(commit));
+        let log_start = state.log.log_start_offset();
+        drop(state);
+        self.appended_bytes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(self.appended(info.base_offset, info.last_offset, -1, log_start))
+    }
+
+    /// The last stable offset: below the first open transaction and the high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        self.state
+            .read()
+            .ok()
+            .and_then(|s| s.txns.first_unstable_offset())
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// Producers with state in this partition: id, epoch, last sequence, and the first
+    /// offset of the transaction each has open here (-1 if none).
+    pub fn producers(&self) -> Vec<(i64, i16, i32, i64)> {
+        let Ok(state) = self.state.read() else {
+            return Vec::new();
+        };
+        let open: std::collections::HashMap<i64, i64> = state.txns.ongoing().collect();
+        state
+            .producers
+            .describe()
+            .into_iter()
+            .map(|(id, epoch, seq)| (id, epoch, seq, open.get(&id).copied().unwrap_or(-1)))
+            .collect()
+    }
+
+    /// Producer ids with a transaction open here, with its first offset.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.state
+            .read()
+            .map(|s| s.txns.ongoing().collect())
+            .unwrap_or_default()
     }
 
     fn pending(
@@ -334,8 +452,28 @@ impl Partition {
     /// Whole batches from the one containing `offset`, at most `max_bytes` after the first,
     /// and never past the high watermark.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        self.read_isolated(offset, max_bytes, Isolation::ReadUncommitted)
+    }
+
+    /// [`Partition::read`] as `isolation` allows: `ReadCommitted` stops at the last
+    /// stable offset and lists the aborted transactions the records overlap (the
+    /// client drops their records, as Kafka's clients do).
+    pub fn read_isolated(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadResult> {
         let state = self.state.read().map_err(|_| poisoned())?;
         let high_watermark = self.high_watermark();
+        let last_stable_offset = state
+            .txns
+            .first_unstable_offset()
+            .map_or(high_watermark, |f| f.min(high_watermark));
+        let limit = match isolation {
+            Isolation::ReadUncommitted => high_watermark,
+            Isolation::ReadCommitted => last_stable_offset,
+        };
         let log_start_offset = state.log.log_start_offset();
         let log_end = state.log.next_offset();
         if offset < log_start_offset || offset > log_end {
@@ -345,23 +483,31 @@ impl Partition {
                 log_end,
             });
         }
-        if offset >= high_watermark {
+        if offset >= limit {
             return Ok(ReadResult {
                 records: Bytes::new(),
                 high_watermark,
+                last_stable_offset,
                 log_start_offset,
+                aborted: Vec::new(),
             });
         }
         let mut bytes = state.log.read(offset, max_bytes)?;
+        let (records_read, end) = truncate_at_offset(&mut bytes, limit);
+        let aborted = match isolation {
+            Isolation::ReadCommitted if end > offset => state.txns.aborted_between(offset, end),
+            _ => Vec::new(),
+        };
         drop(state);
-        let records_read = truncate_at_offset(&mut bytes, high_watermark);
         self.read_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.read_records.fetch_add(records_read, Ordering::Relaxed);
         Ok(ReadResult {
             records: Bytes::from(bytes),
             high_watermark,
+            last_stable_offset,
             log_start_offset,
+            aborted,
         })
     }
 
@@ -389,7 +535,9 @@ impl Partition {
     }
 
     /// Up to `max_records` data records from offset `from`, none at or past
-    /// `high_watermark` (control records skipped), and the offset to read next. Each log
+    /// `high_watermark` or the last stable offset (control records and the records of
+    /// aborted transactions skipped: every face but Kafka's `read_uncommitted` sees
+    /// committed data only), and the offset to read next. Each log
     /// read takes at most `read_bytes_max` bytes of whole batches, decoded one batch at
     /// a time; a batch past the decompression bound is stepped over and reported in
     /// `skipped`. Every reader of records by offset (HTTP reads, AMQP streams) uses it.
@@ -406,6 +554,7 @@ impl Partition {
             next: from,
             skipped: Vec::new(),
         };
+        let high_watermark = high_watermark.min(self.last_stable_offset());
         // Whole batches come back; keep reading until enough records or the end.
         while out.records.len() < max_records && out.next < high_watermark {
             let before = out.next;
@@ -432,7 +581,13 @@ impl Partition {
                     }
                     StoredBatch::Decoded(decoded) => decoded,
                 };
+                let aborted = decoded.header.is_transactional()
+                    && !decoded.header.is_control()
+                    && self.is_aborted(decoded.header.producer_id, decoded.header.base_offset);
                 for view in decoded.records() {
+                    if aborted {
+                        break;
+                    }
                     let view = view?;
                     if view.offset < out.next || decoded.header.is_control() {
                         continue;
@@ -454,6 +609,13 @@ impl Partition {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the transactional batch of `producer_id` at `offset` was aborted.
+    pub fn is_aborted(&self, producer_id: i64, offset: i64) -> bool {
+        self.state
+            .read()
+            .is_ok_and(|s| s.txns.is_aborted(producer_id, offset))
     }
 
     /// Log and count a stored batch a reader steps over because it expands too far.
@@ -682,6 +844,7 @@ impl Partition {
         let persisted = PartitionLog::persist_start_offset(&self.dir, offset)?;
         let removed = {
             let mut state = self.state.write().map_err(|_| poisoned())?;
+            state.txns.forget_before(offset);
             state.log.advance_start_offset(persisted)?
         };
         let moved = StartOffsetMove {
@@ -792,10 +955,11 @@ fn check_sequences(producers: &ProducerStates, headers: &[BatchHeader]) -> Resul
 
 /// Drop whole batches at or past `limit` (not yet visible).
 /// Cuts `bytes` before the first batch at or past `limit`; returns the record count of
-/// the batches kept.
-fn truncate_at_offset(bytes: &mut Vec<u8>, limit: i64) -> u64 {
+/// the batches kept and the offset after the last of them.
+fn truncate_at_offset(bytes: &mut Vec<u8>, limit: i64) -> (u64, i64) {
     let mut position = 0;
     let mut records = 0u64;
+    let mut end = i64::MIN;
     while position + herald_log::BATCH_HEADER_BYTES <= bytes.len() {
         let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
             break;
@@ -805,9 +969,10 @@ fn truncate_at_offset(bytes: &mut Vec<u8>, limit: i64) -> u64 {
         }
         position += header.total_bytes();
         records += u64::try_from(header.records_count).unwrap_or(0);
+        end = header.last_offset().saturating_add(1);
     }
     bytes.truncate(position.min(bytes.len()));
-    records
+    (records, end)
 }
 
 /// Makes appended data durable: one fsync for everything appended since the last one.
@@ -872,12 +1037,12 @@ mod tests {
             bytes.extend_from_slice(&batch);
         }
         let mut copy = bytes.clone();
-        truncate_at_offset(&mut copy, 6);
+        let _ = truncate_at_offset(&mut copy, 6);
         assert_eq!(copy.len(), 140);
         let mut copy = bytes.clone();
-        truncate_at_offset(&mut copy, 100);
+        let _ = truncate_at_offset(&mut copy, 100);
         assert_eq!(copy.len(), 210);
-        truncate_at_offset(&mut bytes, 0);
+        let _ = truncate_at_offset(&mut bytes, 0);
         assert!(bytes.is_empty());
     }
 

@@ -120,6 +120,16 @@ impl ProducerStates {
             return;
         }
         let entry = self.producers.entry(header.producer_id).or_default();
+        if header.is_control() {
+            // A transaction marker has no sequence: the producer's next batch continues
+            // from its last data batch. A marker at a newer epoch (an abort that fenced
+            // the producer) makes that epoch current.
+            if header.producer_epoch > entry.epoch {
+                entry.epoch = header.producer_epoch;
+                entry.batches.clear();
+            }
+            return;
+        }
         if header.producer_epoch != entry.epoch {
             entry.epoch = header.producer_epoch;
             entry.batches.clear();
@@ -132,6 +142,18 @@ impl ProducerStates {
             last_seq: last_seq(header),
             base_offset,
         });
+    }
+
+    /// Every producer with state here: id, epoch and last sequence (-1 if none since
+    /// its epoch began).
+    pub fn describe(&self) -> Vec<(i64, i16, i32)> {
+        let mut out: Vec<(i64, i16, i32)> = self
+            .producers
+            .iter()
+            .map(|(id, e)| (*id, e.epoch, e.batches.back().map_or(-1, |b| b.last_seq)))
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     pub fn len(&self) -> usize {

@@ -326,6 +326,8 @@ pub struct Topic {
     pub configs: BTreeMap<String, String>,
     /// The schema registry's validator, shared by every topic (see `schema_check.rs`).
     pub validator: crate::schema_check::ValidatorSlot,
+    /// The transaction coordinator's states, for transactional produce checks.
+    pub txns: Arc<crate::txn::TxnView>,
 }
 
 impl Topic {
@@ -428,6 +430,7 @@ impl Topic {
     /// no record may pass `record_bytes_max`). The bounds are checked by streaming the
     /// records through a small buffer: compressed produce costs decompression CPU, no memory.
     pub fn append(&self, partition: i32, records: &[u8], now_ms: i64) -> Result<PendingAppend> {
+        let index = partition;
         let partition = self.partition(partition)?;
         let compacted = self.compacted();
         let bounded = records.len() <= self.max_message_bytes()
@@ -449,11 +452,12 @@ impl Topic {
         if !rules.is_empty() {
             crate::schema_check::check(&self.validator, &self.name, &rules, records)?;
         }
-        partition.append(
+        partition.append_with(
             records,
             self.log_append_time(),
             self.max_message_bytes(),
             now_ms,
+            &|header| self.txns.verify_produce(&self.name, index, header),
         )
     }
 }
@@ -552,6 +556,7 @@ mod tests {
 
     fn topic_with(configs: &[(&str, &str)]) -> Topic {
         Topic {
+            txns: Default::default(),
             name: Arc::from("t"),
             id: uuid::Uuid::nil(),
             partitions: Vec::new(),

@@ -123,6 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             broker: self.broker,
             config: self.config.clone(),
             peer,
+            who: herald_broker::Principal::anonymous(),
         };
         let reading = read_requests(&mut reader, &context, &tx, &in_flight, &self.metrics);
         let end = tokio::select! {

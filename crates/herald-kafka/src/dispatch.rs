@@ -20,6 +20,8 @@ pub struct Context {
     pub broker: Arc<Broker>,
     pub config: Arc<KafkaConfig>,
     pub peer: SocketAddr,
+    /// Who is calling (anonymous until the Kafka listener authenticates).
+    pub who: herald_broker::Principal,
 }
 
 const UNSUPPORTED_VERSION: i16 = 35;
@@ -83,6 +85,13 @@ requests! {
     DeleteRecords(DeleteRecordsRequest) => delete_records,
     AlterConfigs(AlterConfigsRequest) => alter_configs,
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest) => incremental_alter_configs,
+    AddPartitionsToTxn(AddPartitionsToTxnRequest) => add_partitions_to_txn,
+    AddOffsetsToTxn(AddOffsetsToTxnRequest) => add_offsets_to_txn,
+    EndTxn(EndTxnRequest) => end_txn,
+    TxnOffsetCommit(TxnOffsetCommitRequest) => txn_offset_commit,
+    DescribeTransactions(DescribeTransactionsRequest) => describe_transactions,
+    ListTransactions(ListTransactionsRequest) => list_transactions,
+    DescribeProducers(DescribeProducersRequest) => describe_producers,
 }
 
 /// Why a frame was not decoded, and what to send back.

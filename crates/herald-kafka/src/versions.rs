@@ -43,6 +43,15 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::DeleteRecords, 0, 2),
     api(ApiKey::AlterConfigs, 0, 2),
     api(ApiKey::IncrementalAlterConfigs, 0, 1),
+    // Transactions: AddPartitionsToTxn v4+ is the brokers' batched/verify-only form;
+    // v5 of EndTxn/TxnOffsetCommit is KIP-890 part 2 (an epoch bump per transaction).
+    api(ApiKey::AddPartitionsToTxn, 0, 3),
+    api(ApiKey::AddOffsetsToTxn, 0, 4),
+    api(ApiKey::EndTxn, 0, 4),
+    api(ApiKey::TxnOffsetCommit, 0, 4),
+    api(ApiKey::DescribeTransactions, 0, 0),
+    api(ApiKey::ListTransactions, 0, 1),
+    api(ApiKey::DescribeProducers, 0, 0),
 ];
 
 pub fn supported(key: ApiKey) -> Option<Supported> {

@@ -50,6 +50,10 @@ const REDRIVE_FLOORS: TableDefinition<(&str, u32), i64> = TableDefinition::new("
 const AMQP_DEFINITIONS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("amqp_definitions");
 
+/// Transactional id -> the transaction coordinator's state of it, bytes chosen by the
+/// broker.
+const TRANSACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("transactions");
+
 const CLUSTER_ID_KEY: &str = "cluster_id";
 const NEXT_PRODUCER_ID_KEY: &str = "next_producer_id";
 
@@ -142,6 +146,7 @@ impl MetaStore {
         txn.open_table(DEDUP)?;
         txn.open_table(DEDUP_BY_TIME)?;
         txn.open_table(AMQP_DEFINITIONS)?;
+        txn.open_table(TRANSACTIONS)?;
         streams::create_tables(&txn)?;
         txn.commit()?;
         Ok(MetaStore { db })
@@ -316,6 +321,55 @@ pub struct QueueStateWrite<'a> {
 }
 
 impl MetaStore {
+    /// Create or replace a transactional id's state.
+    pub fn put_transaction(&self, id: &str, state: &[u8]) -> Result<()> {
+        self.complete_transaction(id, Some(state), &[])
+    }
+
+    /// Write a transactional id's state (`None` forgets it) and the group offsets its
+    /// commit makes visible, in one transaction: a crash leaves both or neither.
+    pub fn complete_transaction(
+        &self,
+        id: &str,
+        state: Option<&[u8]>,
+        offsets: &[(String, String, u32, OffsetRecord)],
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(TRANSACTIONS)?;
+            match state {
+                Some(state) => {
+                    table.insert(id, state)?;
+                }
+                None => {
+                    table.remove(id)?;
+                }
+            }
+            let mut table = txn.open_table(OFFSETS)?;
+            for (group, topic, partition, record) in offsets {
+                let value = encode(record);
+                table.insert(
+                    (group.as_str(), topic.as_str(), *partition),
+                    value.as_slice(),
+                )?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every transactional id's state, for the coordinator at start-up.
+    pub fn transactions(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TRANSACTIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push((key.value().to_string(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Create or replace a subscription's settings.
     pub fn put_subscription(&self, topic: &str, name: &str, settings: &[u8]) -> Result<()> {
         let txn = self.db.begin_write()?;

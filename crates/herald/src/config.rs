@@ -63,6 +63,9 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_COMPACTION_MAP_BYTES_MAX",
     "HERALD_BATCH_DECOMPRESSED_BYTES_MAX",
     "HERALD_RECORD_BYTES_MAX",
+    "HERALD_TRANSACTION_MAX_TIMEOUT_MS",
+    "HERALD_TRANSACTIONAL_ID_EXPIRATION_MS",
+    "HERALD_TRANSACTIONAL_IDS_MAX",
     "HERALD_RETENTION_MS",
     "HERALD_RETENTION_BYTES",
     "HERALD_RETENTION_CHECK_INTERVAL_MS",
@@ -253,6 +256,17 @@ pub struct ServeSettings {
     /// Most bytes one record may take; produce refuses more [default: 33554432]
     #[arg(long, env = "HERALD_RECORD_BYTES_MAX")]
     pub record_bytes_max: Option<usize>,
+    /// Longest transaction timeout a producer may ask for, in ms (Kafka's
+    /// transaction.max.timeout.ms) [default: 900000]
+    #[arg(long, env = "HERALD_TRANSACTION_MAX_TIMEOUT_MS")]
+    pub transaction_max_timeout_ms: Option<i32>,
+    /// How long an idle transactional id is remembered, in ms (Kafka's
+    /// transactional.id.expiration.ms) [default: 604800000]
+    #[arg(long, env = "HERALD_TRANSACTIONAL_ID_EXPIRATION_MS")]
+    pub transactional_id_expiration_ms: Option<i64>,
+    /// Most transactional ids kept at once [default: 100000]
+    #[arg(long, env = "HERALD_TRANSACTIONAL_IDS_MAX")]
+    pub transactional_ids_max: Option<usize>,
     /// How long topics keep data, in ms; -1 keeps it forever (topic config retention.ms
     /// overrides) [default: 604800000]
     #[arg(long, env = "HERALD_RETENTION_MS", allow_hyphen_values = true)]
@@ -335,6 +349,9 @@ impl ServeSettings {
             compaction_map_bytes_max,
             batch_decompressed_bytes_max,
             record_bytes_max,
+            transaction_max_timeout_ms,
+            transactional_id_expiration_ms,
+            transactional_ids_max,
             retention_ms,
             retention_bytes,
             retention_check_interval_ms,
@@ -432,6 +449,21 @@ impl ServeSettings {
         }
         if let Some(v) = self.record_bytes_max {
             c.record_bytes_max = positive("record_bytes_max", v)?;
+        }
+        if let Some(v) = self.transaction_max_timeout_ms {
+            if v < 1 {
+                bail!("transaction_max_timeout_ms must be at least 1");
+            }
+            c.transaction_max_timeout_ms = v;
+        }
+        if let Some(v) = self.transactional_id_expiration_ms {
+            if v < 1 {
+                bail!("transactional_id_expiration_ms must be at least 1");
+            }
+            c.transactional_id_expiration_ms = v;
+        }
+        if let Some(v) = self.transactional_ids_max {
+            c.transactional_ids_max = positive("transactional_ids_max", v)?;
         }
         if c.group_session_timeout_min_ms > c.group_session_timeout_max_ms {
             bail!("group_session_timeout_min_ms is larger than group_session_timeout_max_ms");

@@ -1,11 +1,15 @@
 //! Fetch: stored batches, served as they are on disk. Long-polls until `min_bytes` are
 //! available or `max_wait_ms` passes; never answers early with less than `min_bytes`
 //! unless a partition has an error. Fetch sessions are not kept (session id 0), so every
-//! response lists every requested partition.
+//! response lists every requested partition. A `read_committed` fetch stops at the last
+//! stable offset and lists the aborted transactions its records overlap; the client
+//! drops those records (and every fetch gets the control batches, as from Kafka).
 
 use std::time::{Duration, Instant};
 
+use herald_broker::partition::Isolation;
 use herald_broker::{BrokerError, Reservation};
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader};
 
@@ -102,6 +106,11 @@ fn read_all(
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
+    let isolation = if request.isolation_level == super::list_offsets::READ_COMMITTED {
+        Isolation::ReadCommitted
+    } else {
+        Isolation::ReadUncommitted
+    };
     let mut responses = Vec::with_capacity(request.topics.len());
     for wanted in &request.topics {
         let topic = if version >= 13 {
@@ -139,31 +148,44 @@ fn read_all(
                     let read = if budget == 0 && total > 0 {
                         Ok(None)
                     } else {
-                        partition.read(p.fetch_offset, budget.max(1)).map(Some)
+                        partition
+                            .read_isolated(p.fetch_offset, budget.max(1), isolation)
+                            .map(Some)
                     };
                     match read {
                         Ok(Some(r)) => {
                             total += r.records.len();
+                            let aborted = (isolation == Isolation::ReadCommitted).then(|| {
+                                r.aborted
+                                    .iter()
+                                    .map(|a| {
+                                        AbortedTransaction::default()
+                                            .with_producer_id(kafka_protocol::messages::ProducerId(
+                                                a.producer_id,
+                                            ))
+                                            .with_first_offset(a.first_offset)
+                                    })
+                                    .collect()
+                            });
                             data = data
                                 .with_high_watermark(r.high_watermark)
-                                .with_last_stable_offset(r.high_watermark)
+                                .with_last_stable_offset(r.last_stable_offset)
                                 .with_log_start_offset(r.log_start_offset)
+                                .with_aborted_transactions(aborted.or(Some(Vec::new())))
                                 .with_records(Some(r.records));
                         }
                         Ok(None) => {
-                            let hw = partition.high_watermark();
                             data = data
-                                .with_high_watermark(hw)
-                                .with_last_stable_offset(hw)
+                                .with_high_watermark(partition.high_watermark())
+                                .with_last_stable_offset(partition.last_stable_offset())
                                 .with_log_start_offset(partition.log_start_offset());
                         }
                         Err(e) => {
                             any_error = true;
-                            let hw = partition.high_watermark();
                             data = data
                                 .with_error_code(broker_code(&e))
-                                .with_high_watermark(hw)
-                                .with_last_stable_offset(hw)
+                                .with_high_watermark(partition.high_watermark())
+                                .with_last_stable_offset(partition.last_stable_offset())
                                 .with_log_start_offset(partition.log_start_offset());
                         }
                     }

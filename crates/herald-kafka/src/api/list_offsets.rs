@@ -13,6 +13,7 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
+pub(crate) const READ_COMMITTED: i8 = 1;
 
 pub async fn handle(
     ctx: &Context,
@@ -20,6 +21,8 @@ pub async fn handle(
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let version = header.request_api_version;
+    // read_committed (v2+): "latest" is the last stable offset.
+    let committed = version >= 2 && request.isolation_level == READ_COMMITTED;
     let mut topics = Vec::with_capacity(request.topics.len());
     for wanted in request.topics {
         let topic = ctx.broker.topic(wanted.name.0.as_str());
@@ -33,7 +36,7 @@ pub async fn handle(
                 .as_ref()
                 .ok_or_else(|| BrokerError::UnknownTopic(wanted.name.0.to_string()))
                 .and_then(|t| t.partition(p.partition_index).cloned())
-                .and_then(|partition| lookup(&partition, p.timestamp));
+                .and_then(|partition| lookup(&partition, p.timestamp, committed));
             match found {
                 Ok(Some((offset, timestamp))) => {
                     response = response.with_offset(offset).with_timestamp(timestamp);
@@ -55,8 +58,13 @@ pub async fn handle(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-fn lookup(partition: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, BrokerError> {
+fn lookup(
+    partition: &Partition,
+    timestamp: i64,
+    committed: bool,
+) -> Result<Option<(i64, i64)>, BrokerError> {
     match timestamp {
+        LATEST if committed => Ok(Some((partition.last_stable_offset(), -1))),
         LATEST => Ok(Some((partition.high_watermark(), -1))),
         EARLIEST | EARLIEST_LOCAL => Ok(Some((partition.log_start_offset(), -1))),
         MAX_TIMESTAMP => partition.max_timestamp_offset(),

@@ -11,6 +11,8 @@ use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, RequestH
 use super::{str, topic_name};
 use crate::dispatch::Context;
 
+const UNSTABLE_OFFSET_COMMIT: i16 = kafka_protocol::ResponseError::UnstableOffsetCommit.code();
+
 type Committed = Vec<((String, i32), Option<OffsetRecord>)>;
 /// Committed offsets of one topic, by partition.
 type TopicOffsets = (String, Vec<(i32, Option<OffsetRecord>)>);
@@ -46,6 +48,16 @@ pub async fn handle(
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
     let version = header.request_api_version;
+    // With require_stable (v7+), a partition with offsets of an unfinished transaction
+    // answers UNSTABLE_OFFSET_COMMIT: the client retries until the transaction ends.
+    let require_stable = request.require_stable;
+    let unstable = |group: &str, topic: &str, partition: i32| {
+        require_stable
+            && ctx
+                .broker
+                .transactions()
+                .pending_offset(group, topic, partition)
+    };
     if version >= 8 {
         let groups = request
             .groups
@@ -56,7 +68,8 @@ pub async fn handle(
                         .map(|t| (t.name.0.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let topics = by_topic(lookup(ctx, g.group_id.0.as_str(), wanted))
+                let group = g.group_id.0.as_str();
+                let topics = by_topic(lookup(ctx, group, wanted))
                     .into_iter()
                     .map(|(topic, partitions)| {
                         OffsetFetchResponseTopics::default()
@@ -65,6 +78,12 @@ pub async fn handle(
                                 partitions
                                     .into_iter()
                                     .map(|(index, record)| {
+                                        if unstable(group, &topic, index) {
+                                            return OffsetFetchResponsePartitions::default()
+                                                .with_partition_index(index)
+                                                .with_committed_offset(-1)
+                                                .with_error_code(UNSTABLE_OFFSET_COMMIT);
+                                        }
                                         let (offset, epoch, metadata) = fields(record);
                                         OffsetFetchResponsePartitions::default()
                                             .with_partition_index(index)
@@ -88,7 +107,8 @@ pub async fn handle(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    let topics = by_topic(lookup(ctx, request.group_id.0.as_str(), wanted))
+    let group = request.group_id.0.as_str();
+    let topics = by_topic(lookup(ctx, group, wanted))
         .into_iter()
         .map(|(topic, partitions)| {
             OffsetFetchResponseTopic::default()
@@ -97,6 +117,12 @@ pub async fn handle(
                     partitions
                         .into_iter()
                         .map(|(index, record)| {
+                            if unstable(group, &topic, index) {
+                                return OffsetFetchResponsePartition::default()
+                                    .with_partition_index(index)
+                                    .with_committed_offset(-1)
+                                    .with_error_code(UNSTABLE_OFFSET_COMMIT);
+                            }
                             let (offset, epoch, metadata) = fields(record);
                             let mut p = OffsetFetchResponsePartition::default()
                                 .with_partition_index(index)

@@ -37,14 +37,7 @@ pub fn handle(ctx: &Context, header: RequestHeader, request: ProduceRequest) -> 
             .into_iter()
             .map(|p| PartitionOutcome {
                 index: p.index,
-                result: append(
-                    &topic,
-                    p.index,
-                    p.records.as_deref(),
-                    acks,
-                    request.transactional_id.is_some(),
-                    now,
-                ),
+                result: append(&topic, p.index, p.records.as_deref(), acks, now),
             })
             .collect();
         outcomes.push(TopicOutcome {
@@ -114,7 +107,6 @@ fn append(
     partition: i32,
     records: Option<&[u8]>,
     acks: i16,
-    transactional: bool,
     now: i64,
 ) -> Result<PendingAppend, BrokerError> {
     let topic = match topic {
@@ -134,9 +126,6 @@ fn append(
     };
     if !matches!(acks, -1..=1) {
         return Err(BrokerError::InvalidRequiredAcks(acks));
-    }
-    if transactional {
-        return Err(BrokerError::TransactionsUnsupported);
     }
     let records = records.ok_or_else(|| BrokerError::InvalidRecord("records are null".into()))?;
     topic.append(partition, records, now)
