@@ -209,3 +209,51 @@ def test_kafka_python_transactional_producer(broker):
     p.close()
     assert _consume_all(broker, topic, "read_committed", 1) == [b"kp-committed"]
     assert len(_consume_all(broker, topic, "read_uncommitted", 2)) == 2
+
+
+def test_other_faces_see_committed_records_only(broker):
+    """HTTP reads and work queues on a topic written by transactions: the committed
+    records, never an aborted one or a marker, and nothing of an open transaction."""
+    import httpx
+
+    topic = _topic(broker)
+    base = broker.http_url
+    r = httpx.post(f"{base}/topics/{topic}/subscriptions", json={"name": "workers"})
+    assert r.status_code == 201, r.text
+    p = _producer(broker, "tx-faces")
+    p.begin_transaction()
+    p.produce(topic, value=b"c1")
+    p.produce(topic, value=b"c2")
+    p.commit_transaction(20)
+    p.begin_transaction()
+    p.produce(topic, value=b"a1")
+    p.flush(10)
+    p.abort_transaction(20)
+    p.begin_transaction()
+    p.produce(topic, value=b"c3")
+    p.commit_transaction(20)
+    p.begin_transaction()
+    p.produce(topic, value=b"open")
+    p.flush(10)
+
+    read = httpx.get(f"{base}/topics/{topic}/partitions/0/records", params={"offset": 0}).json()
+    assert [x["value"] for x in read["records"]] == ["c1", "c2", "c3"]
+    got = []
+    deadline = time.monotonic() + 15
+    while len(got) < 3 and time.monotonic() < deadline:
+        body = httpx.post(f"{base}/topics/{topic}/subscriptions/workers/receive",
+                          json={"max_records": 10, "wait_ms": 500}).json()
+        got += body["records"]
+    assert [d["value"] for d in got] == ["c1", "c2", "c3"]
+    # Nothing else is work: not the abort, not the markers, not the open transaction.
+    body = httpx.post(f"{base}/topics/{topic}/subscriptions/workers/receive",
+                      json={"max_records": 10, "wait_ms": 300}).json()
+    assert body["records"] == []
+    p.commit_transaction(20)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        body = httpx.post(f"{base}/topics/{topic}/subscriptions/workers/receive",
+                          json={"max_records": 10, "wait_ms": 500}).json()
+        if body["records"]:
+            break
+    assert [d["value"] for d in body["records"]] == ["open"]

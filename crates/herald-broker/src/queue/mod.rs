@@ -1356,7 +1356,8 @@ fn fill_window(
     q: &mut PartitionQueue,
     policy: &state::Policy,
 ) -> Result<bool> {
-    let hw = partition.high_watermark();
+    // Committed data only: stop at the last stable offset (an open transaction).
+    let hw = partition.last_stable_offset();
     let filter = sub.filter.read().ok().and_then(|f| f.clone());
     let mut scanned = 0usize;
     while q.room(policy) > 0 && q.scan_next < hw {
@@ -1387,6 +1388,16 @@ fn fill_window(
                 }
                 StoredBatch::Decoded(decoded) => decoded,
             };
+            let h = &decoded.header;
+            if h.is_control()
+                || (h.is_transactional() && partition.is_aborted(h.producer_id, h.base_offset))
+            {
+                // A transaction marker, or an aborted transaction's records: not work.
+                if h.base_offset < hw && h.last_offset() >= q.scan_next {
+                    q.skip_to(h.last_offset().saturating_add(1));
+                }
+                continue;
+            }
             for view in decoded.records() {
                 let view = view?;
                 if view.offset < q.scan_next || view.offset >= hw {
