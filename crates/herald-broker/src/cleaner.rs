@@ -156,7 +156,7 @@ pub fn clean_partition(
     now_ms: i64,
     force: bool,
 ) -> Result<CleanStats> {
-    let (dir, sealed, active_base, index_interval_bytes) = partition.with_log(|log| {
+    let (dir, mut sealed, active_base, index_interval_bytes) = partition.with_log(|log| {
         (
             log.dir().to_path_buf(),
             log.sealed_segments(),
@@ -164,6 +164,16 @@ pub fn clean_partition(
             log.config().index_interval_bytes,
         )
     })?;
+    // Only below the last stable offset: an open transaction's records may still be
+    // aborted, so they neither enter the map nor are cleaned (Kafka's rule too).
+    let stable = partition.last_stable_offset();
+    let below_stable = (0..sealed.len())
+        .take_while(|&i| sealed.get(i + 1).map_or(active_base, |s| s.base_offset()) <= stable)
+        .count();
+    let active_base = sealed
+        .get(below_stable)
+        .map_or(active_base, |s| s.base_offset());
+    sealed.truncate(below_stable);
     let mut stats = CleanStats::default();
     let Some(first) = sealed.first() else {
         return Ok(stats);
@@ -191,12 +201,14 @@ pub fn clean_partition(
 
     let next_base = |i: usize| sealed.get(i + 1).map_or(active_base, |s| s.base_offset());
     let limit = partition.bounds().batch_decompressed_bytes_max;
+    let aborted = |h: &BatchHeader| aborted_batch(partition, h);
     let map = build_offset_map(
         &sealed,
         first_dirty,
         settings.map_bytes_max,
         limit,
         &next_base,
+        &aborted,
     )?;
     stats.map_full = map.full;
     if map.full && map.end_offset == first_dirty && dirty_bytes > 0 {
@@ -231,6 +243,13 @@ pub fn clean_partition(
     Ok(stats)
 }
 
+/// Whether `header` is a data batch of an aborted transaction.
+fn aborted_batch(partition: &Partition, header: &BatchHeader) -> bool {
+    header.is_transactional()
+        && !header.is_control()
+        && partition.is_aborted(header.producer_id, header.base_offset)
+}
+
 struct OffsetMap {
     latest: HashMap<Vec<u8>, i64>,
     /// Every record below this offset (from the first dirty one) is in the map.
@@ -248,6 +267,7 @@ fn build_offset_map(
     bytes_max: usize,
     batch_limit: usize,
     next_base: &dyn Fn(usize) -> i64,
+    aborted: &dyn Fn(&BatchHeader) -> bool,
 ) -> Result<OffsetMap> {
     let mut map = OffsetMap {
         latest: HashMap::new(),
@@ -260,7 +280,9 @@ fn build_offset_map(
             continue;
         }
         segment.for_each_batch(|header, batch| {
-            if header.is_control() {
+            // Markers have no key to keep; an aborted transaction's records never
+            // supersede a committed record of their key.
+            if header.is_control() || aborted(header) {
                 return Ok(true);
             }
             let decoded = match decode_records(batch, batch_limit) {
@@ -313,8 +335,9 @@ fn clean_segment(
     let mut segment_horizon: Option<i64> = None;
     let mut removed = 0usize;
     let limit = partition.bounds().batch_decompressed_bytes_max;
+    let aborted = |h: &BatchHeader| aborted_batch(partition, h);
     segment.for_each_batch(|header, batch| {
-        let filtered = filter_batch(header, batch, latest, settings, now_ms, limit)?;
+        let filtered = filter_batch(header, batch, latest, settings, now_ms, limit, &aborted)?;
         if let Some(reason) = &filtered.oversized {
             partition.note_oversized(header, reason, "cleaner");
         }
@@ -337,7 +360,7 @@ fn clean_segment(
 
     let mut rewriter = SegmentRewriter::create(dir, segment, index_interval_bytes)?;
     let written = segment.for_each_batch(|header, batch| {
-        match filter_batch(header, batch, latest, settings, now_ms, limit)?.outcome {
+        match filter_batch(header, batch, latest, settings, now_ms, limit, &aborted)?.outcome {
             Outcome::Keep => rewriter.push(batch)?,
             Outcome::Rewrite(bytes) => rewriter.push(&bytes)?,
             Outcome::Drop => {}
@@ -391,6 +414,7 @@ fn filter_batch(
     settings: &CleanerSettings,
     now_ms: i64,
     batch_limit: usize,
+    aborted: &dyn Fn(&BatchHeader) -> bool,
 ) -> Result<Filtered> {
     let keep_whole = |oversized| Filtered {
         outcome: Outcome::Keep,
@@ -398,8 +422,18 @@ fn filter_batch(
         tombstone_horizon_ms: None,
         oversized,
     };
+    // Markers stay (the aborted ranges they end are what read_committed readers need).
     if header.is_control() {
         return Ok(keep_whole(None));
+    }
+    // Nobody may read an aborted transaction's records: cleaning removes them.
+    if aborted(header) {
+        return Ok(Filtered {
+            outcome: Outcome::Drop,
+            removed: usize::try_from(header.records_count).unwrap_or(0),
+            tombstone_horizon_ms: None,
+            oversized: None,
+        });
     }
     let decoded = match decode_records(batch, batch_limit) {
         Err(e @ BrokerError::BatchDecompressedTooLarge { .. }) => {

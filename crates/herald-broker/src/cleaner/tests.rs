@@ -445,3 +445,80 @@ async fn reads_and_appends_during_cleaning_stay_correct() {
         assert_eq!(last.2.as_deref(), Some(format!("4-{}", 55 + k).as_str()));
     }
 }
+
+/// A transactional batch holding `records` from `pid`.
+fn txn_put(topic: &Topic, pid: i64, seq: i32, key: &str, value: &str) {
+    let r = Record {
+        producer_id: pid,
+        producer_epoch: 0,
+        transactional: true,
+        ..record(key, Some(value), 1_000)
+    };
+    topic
+        .append(
+            0,
+            &crate::test_util::batch(&[r], seq, Compression::None),
+            now_ms(),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn aborted_records_never_replace_committed_ones_and_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let topic = compact_topic(&broker, "t", 200);
+    let who = crate::Principal::anonymous();
+    let (pid, epoch) = broker
+        .init_transactional_producer(&who, "tx", 60_000, None)
+        .await
+        .unwrap();
+    let add = [("t".to_string(), 0)];
+    broker
+        .add_partitions_to_txn(&who, "tx", pid, epoch, &add)
+        .await
+        .unwrap();
+    txn_put(&topic, pid, 0, "k", "committed");
+    broker.end_txn(&who, "tx", pid, epoch, true).await.unwrap();
+    broker
+        .add_partitions_to_txn(&who, "tx", pid, epoch, &add)
+        .await
+        .unwrap();
+    txn_put(&topic, pid, 1, "k", "aborted");
+    broker.end_txn(&who, "tx", pid, epoch, false).await.unwrap();
+    // An open transaction past them: its record is above the LSO and stays as it is.
+    broker
+        .add_partitions_to_txn(&who, "tx", pid, epoch, &add)
+        .await
+        .unwrap();
+    txn_put(&topic, pid, 2, "k", "open");
+    for i in 0..20 {
+        put(&topic, &format!("filler{i}"), Some("x"), 1_000);
+    }
+    let p = topic.partition(0).unwrap();
+    assert_eq!(p.last_stable_offset(), 4);
+    let stats = clean(&topic, &settings(), now_ms());
+    assert!(stats.ran);
+    let seen: Vec<(i64, Option<String>)> = read_all(&topic)
+        .into_iter()
+        .filter(|(_, k, _, _)| k == "k")
+        .map(|(o, _, v, _)| (o, v))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (0, Some("committed".to_string())),
+            (4, Some("open".to_string()))
+        ],
+        "the aborted record is gone, the committed one stays, the open one is untouched"
+    );
+    // The markers stay: the control batches at 1 and 3 are still in the log.
+    let mut bytes = p.read(0, usize::MAX).unwrap().records;
+    let controls = RecordBatchDecoder::decode_all(&mut bytes)
+        .unwrap()
+        .into_iter()
+        .flat_map(|s| s.records)
+        .filter(|r| r.control)
+        .count();
+    assert_eq!(controls, 2);
+}
