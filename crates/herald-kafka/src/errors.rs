@@ -22,7 +22,7 @@ pub fn broker_code(error: &BrokerError) -> i16 {
         | BrokerError::RecordTooLarge { .. } => E::MessageTooLarge.code(),
         BrokerError::InvalidRequiredAcks(_) => E::InvalidRequiredAcks.code(),
         BrokerError::InvalidRequest(_) => E::InvalidRequest.code(),
-        BrokerError::InvalidRecord(_) => E::InvalidRecord.code(),
+        BrokerError::InvalidRecord(_) | BrokerError::InvalidRecords(_) => E::InvalidRecord.code(),
         BrokerError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),
         BrokerError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),
         BrokerError::TransactionsUnsupported => E::UnsupportedForMessageFormat.code(),
