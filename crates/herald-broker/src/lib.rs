@@ -14,6 +14,7 @@ mod principal;
 pub mod producer;
 pub mod queue;
 pub mod records;
+pub mod reencode;
 pub mod schema_check;
 pub mod streams;
 #[cfg(test)]

@@ -907,11 +907,11 @@ mod tests {
     fn one_record(value_bytes: u64) -> impl Read {
         let mut head = Vec::new();
         let mut fields = vec![0u8, 0, 0]; // attributes, timestamp delta, offset delta
-        crate::cleaner::put_varlong(&mut fields, 1);
+        crate::reencode::put_varlong(&mut fields, 1);
         fields.push(b'k');
-        crate::cleaner::put_varlong(&mut fields, value_bytes as i64);
+        crate::reencode::put_varlong(&mut fields, value_bytes as i64);
         let length = fields.len() as u64 + value_bytes + 1;
-        crate::cleaner::put_varlong(&mut head, length as i64);
+        crate::reencode::put_varlong(&mut head, length as i64);
         head.extend_from_slice(&fields);
         io::Cursor::new(head)
             .chain(zeros(value_bytes))
