@@ -68,6 +68,14 @@ pub enum BrokerError {
         "invalid partition count {count}: a topic has 1 to {max} partitions, the limit set by partitions_per_topic_max"
     )]
     InvalidPartitions { count: i64, max: u32 },
+    #[error(
+        "topic {topic:?} has {current} partitions; a new count must be larger, not {requested}"
+    )]
+    PartitionsNotIncreased {
+        topic: String,
+        current: usize,
+        requested: i64,
+    },
     #[error("invalid config {name}={value:?}: {reason}")]
     InvalidConfig {
         name: String,

@@ -2,6 +2,7 @@
 //! API that every protocol front end calls. It knows nothing of sockets or wire formats;
 //! it knows the log through `herald-log` and metadata through `herald-meta`.
 
+mod add_partitions;
 pub mod amqp;
 pub mod cleaner;
 pub mod config;
@@ -358,15 +359,7 @@ impl Broker {
         let log_config = self.log_config_for(&record.configs);
         let mut partitions = Vec::with_capacity(record.partitions as usize);
         for index in 0..record.partitions {
-            partitions.push(Partition::open(
-                name.clone(),
-                index as i32,
-                &self.partition_dir(&record.name, index),
-                log_config.clone(),
-                self.config.flush,
-                self.data_changed.clone(),
-                self.record_bounds.clone(),
-            )?);
+            partitions.push(self.open_partition(&name, index, &log_config)?);
         }
         Ok(Arc::new(Topic {
             name,
@@ -376,6 +369,23 @@ impl Broker {
             validator: self.validator.clone(),
             txns: self.txn.view.clone(),
         }))
+    }
+
+    fn open_partition(
+        &self,
+        topic: &Arc<str>,
+        index: u32,
+        log_config: &herald_log::LogConfig,
+    ) -> Result<Arc<Partition>> {
+        Partition::open(
+            topic.clone(),
+            index as i32,
+            &self.partition_dir(topic, index),
+            log_config.clone(),
+            self.config.flush,
+            self.data_changed.clone(),
+            self.record_bounds.clone(),
+        )
     }
 
     /// Open many topics at start-up. Recovery after a crash is mostly fsyncs and index

@@ -13,7 +13,9 @@ pub fn broker_code(error: &BrokerError) -> i16 {
         BrokerError::UnknownTopicId(_) => E::UnknownTopicId.code(),
         BrokerError::TopicExists(_) => E::TopicAlreadyExists.code(),
         BrokerError::InvalidTopic { .. } => E::InvalidTopicException.code(),
-        BrokerError::InvalidPartitions { .. } => E::InvalidPartitions.code(),
+        BrokerError::InvalidPartitions { .. } | BrokerError::PartitionsNotIncreased { .. } => {
+            E::InvalidPartitions.code()
+        }
         BrokerError::InvalidConfig { .. } => E::InvalidConfig.code(),
         BrokerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
         BrokerError::CorruptBatch(_) | BrokerError::CorruptLog(_) => E::CorruptMessage.code(),
