@@ -347,6 +347,11 @@ impl Broker {
         Ok(updated)
     }
 
+    /// The one log directory: every partition's directory is in it.
+    pub fn log_dir(&self) -> PathBuf {
+        self.config.data_dir.join("log")
+    }
+
     fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
         self.config
             .data_dir

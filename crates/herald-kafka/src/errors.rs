@@ -62,6 +62,7 @@ pub fn group_code(error: &GroupError) -> i16 {
         GroupError::GroupIdNotFound => E::GroupIdNotFound.code(),
         GroupError::FencedInstanceId => E::FencedInstanceId.code(),
         GroupError::CoordinatorNotAvailable => E::CoordinatorNotAvailable.code(),
+        GroupError::GroupSubscribedToTopic => E::GroupSubscribedToTopic.code(),
         GroupError::Storage(_) => E::CoordinatorNotAvailable.code(),
     }
 }

@@ -301,6 +301,19 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Forget some of a group's offsets (OffsetDelete), in one transaction.
+    pub fn delete_offsets(&self, group: &str, partitions: &[(String, u32)]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(OFFSETS)?;
+            for (topic, partition) in partitions {
+                table.remove((group, topic.as_str(), *partition))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Forget every offset of a group (DeleteGroups).
     pub fn delete_group(&self, group: &str) -> Result<()> {
         let txn = self.db.begin_write()?;
