@@ -532,3 +532,18 @@ def test_describe_topics_topic_partitions_and_log_dirs(broker):
         assert "LogDirNotFound" in str(moved) or str(LOG_DIR_NOT_FOUND) in str(moved), moved
     finally:
         kp.close()
+
+
+def test_kafkajs_create_partitions_and_group_offsets(broker):
+    from test_kafkajs import run_node
+
+    topic = unique("js-grow")
+    out = run_node("admin_more.js", broker, TOPIC=topic, GROUP=unique("js-g"))
+    assert out["partitions"] == [0, 1, 2, 3], out
+    assert out["refused"] == "INVALID_PARTITIONS", out
+    assert out["sent"] == [{"partition": 3, "error": 0, "offset": "0"}], out
+    fetched = {p["partition"]: p["offset"] for p in out["fetched"]}
+    assert fetched[3] == "1" and fetched[0] == "0", out
+    # resetOffsets earliest: KafkaJS commits its "earliest" marker (-2) for every
+    # partition, new ones included, and its consumers resolve it (as against Kafka).
+    assert {p["partition"]: p["offset"] for p in out["reset"]} == {0: "-2", 1: "-2", 2: "-2", 3: "-2"}, out
