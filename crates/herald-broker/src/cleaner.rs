@@ -44,16 +44,15 @@ use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
 use herald_log::{
     ATTR_DELETE_HORIZON, BatchHeader, CleanerCheckpoint, Replaced, SealedSegment, SegmentRewriter,
     encode_batch,
 };
-use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
 use crate::records::{DecodedBatch, RecordView, decode_records};
+use crate::reencode::put_varlong;
 use crate::{Broker, now_ms};
 
 /// What one offset-map entry costs beyond its key bytes: the Vec header, the offset
@@ -542,41 +541,8 @@ fn reencode(
     if set_horizon {
         header.attributes |= ATTR_DELETE_HORIZON;
     }
-    let body = compress(original.compression(), &plain)?;
+    let body = crate::reencode::compress(crate::reencode::Codec::of(original), &plain)?;
     Ok(encode_batch(&header, &body))
-}
-
-/// Kafka's zig-zag varint, as records use for lengths and deltas.
-pub(crate) fn put_varlong(out: &mut Vec<u8>, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    while raw >= 0x80 {
-        out.push((raw as u8 & 0x7f) | 0x80);
-        raw >>= 7;
-    }
-    out.push(raw as u8);
-}
-
-/// Compress a records body with the batch's own codec.
-fn compress(codec: u8, plain: &[u8]) -> Result<Vec<u8>> {
-    let mut out = BytesMut::new();
-    let fill = |b: &mut BytesMut| -> anyhow::Result<()> {
-        b.put_slice(plain);
-        Ok(())
-    };
-    let result = match codec {
-        0 => return Ok(plain.to_vec()),
-        1 => Gzip::compress(&mut out, fill),
-        2 => Snappy::compress(&mut out, fill),
-        3 => Lz4::compress(&mut out, fill),
-        4 => Zstd::compress(&mut out, fill),
-        other => {
-            return Err(BrokerError::Storage(format!(
-                "cannot re-encode a batch with unknown compression codec {other}"
-            )));
-        }
-    };
-    result.map_err(|e| BrokerError::Storage(format!("cannot compress a cleaned batch: {e}")))?;
-    Ok(out.to_vec())
 }
 
 #[cfg(test)]

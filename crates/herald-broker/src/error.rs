@@ -3,6 +3,55 @@
 
 use herald_log::{BatchError, LogError};
 
+/// Most refused records one error lists; past it the batch is still refused as a whole
+/// and the count says how many more there were (a client fails those records too,
+/// with its "another record in the batch" error). Bounds the response, not the check.
+pub const RECORD_ERRORS_MAX: usize = 1_000;
+
+/// How many listed errors the summary message repeats (Kafka shows three).
+const RECORD_ERRORS_SHOWN: usize = 3;
+
+/// The refused records of one batch: (index in the batch, why), at most
+/// `RECORD_ERRORS_MAX` of them, and how many there were in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordErrors {
+    pub records: Vec<(i32, String)>,
+    pub total: usize,
+}
+
+impl RecordErrors {
+    pub fn push(&mut self, batch_index: i32, reason: String) {
+        if self.records.len() < RECORD_ERRORS_MAX {
+            self.records.push((batch_index, reason));
+        }
+        self.total += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The batch-level message: how many records, and the first few reasons.
+    pub fn message(&self) -> String {
+        let shown: Vec<String> = self
+            .records
+            .iter()
+            .take(RECORD_ERRORS_SHOWN)
+            .map(|(i, why)| format!("record {i}: {why}"))
+            .collect();
+        let more = if self.total > shown.len() {
+            format!(" (and {} more)", self.total - shown.len())
+        } else {
+            String::new()
+        };
+        format!(
+            "{} record(s) refused: {}{more}",
+            self.total,
+            shown.join("; ")
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("topic {0:?} does not exist")]
@@ -19,6 +68,14 @@ pub enum BrokerError {
         "invalid partition count {count}: a topic has 1 to {max} partitions, the limit set by partitions_per_topic_max"
     )]
     InvalidPartitions { count: i64, max: u32 },
+    #[error(
+        "topic {topic:?} has {current} partitions; a new count must be larger, not {requested}"
+    )]
+    PartitionsNotIncreased {
+        topic: String,
+        current: usize,
+        requested: i64,
+    },
     #[error("invalid config {name}={value:?}: {reason}")]
     InvalidConfig {
         name: String,
@@ -35,6 +92,11 @@ pub enum BrokerError {
     CorruptBatch(#[from] BatchError),
     #[error("record batch rejected: {0}")]
     InvalidRecord(String),
+    /// Some records of a batch are refused (KIP-467): the whole batch is, and each
+    /// refused record is named by its index in the batch, so a client fails only those
+    /// records with the broker's reason (and the rest of the batch as collateral).
+    #[error("record batch rejected: {}", .0.message())]
+    InvalidRecords(RecordErrors),
     #[error("record batch of {bytes} bytes is larger than max.message.bytes {max}")]
     MessageTooLarge { bytes: usize, max: usize },
     /// A compressed batch that expands past the bound: refused at produce, stepped

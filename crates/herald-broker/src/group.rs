@@ -27,6 +27,8 @@ const PENDING_MEMBER_TTL: Duration = Duration::from_secs(300);
 /// How often deadlines (rebalance, session) are checked.
 pub const GROUP_TICK_MS: u64 = 100;
 
+mod delete_offsets;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GroupError {
     #[error("unknown member id")]
@@ -53,6 +55,8 @@ pub enum GroupError {
     FencedInstanceId,
     #[error("the broker is shutting down")]
     CoordinatorNotAvailable,
+    #[error("the group's members are subscribed to this topic")]
+    GroupSubscribedToTopic,
     #[error("storage error: {0}")]
     Storage(String),
 }

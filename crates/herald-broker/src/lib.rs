@@ -2,6 +2,7 @@
 //! API that every protocol front end calls. It knows nothing of sockets or wire formats;
 //! it knows the log through `herald-log` and metadata through `herald-meta`.
 
+mod add_partitions;
 pub mod amqp;
 pub mod cleaner;
 pub mod config;
@@ -14,6 +15,7 @@ mod principal;
 pub mod producer;
 pub mod queue;
 pub mod records;
+pub mod reencode;
 pub mod schema_check;
 pub mod streams;
 #[cfg(test)]
@@ -345,6 +347,11 @@ impl Broker {
         Ok(updated)
     }
 
+    /// The one log directory: every partition's directory is in it.
+    pub fn log_dir(&self) -> PathBuf {
+        self.config.data_dir.join("log")
+    }
+
     fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
         self.config
             .data_dir
@@ -357,15 +364,7 @@ impl Broker {
         let log_config = self.log_config_for(&record.configs);
         let mut partitions = Vec::with_capacity(record.partitions as usize);
         for index in 0..record.partitions {
-            partitions.push(Partition::open(
-                name.clone(),
-                index as i32,
-                &self.partition_dir(&record.name, index),
-                log_config.clone(),
-                self.config.flush,
-                self.data_changed.clone(),
-                self.record_bounds.clone(),
-            )?);
+            partitions.push(self.open_partition(&name, index, &log_config)?);
         }
         Ok(Arc::new(Topic {
             name,
@@ -375,6 +374,23 @@ impl Broker {
             validator: self.validator.clone(),
             txns: self.txn.view.clone(),
         }))
+    }
+
+    fn open_partition(
+        &self,
+        topic: &Arc<str>,
+        index: u32,
+        log_config: &herald_log::LogConfig,
+    ) -> Result<Arc<Partition>> {
+        Partition::open(
+            topic.clone(),
+            index as i32,
+            &self.partition_dir(topic, index),
+            log_config.clone(),
+            self.config.flush,
+            self.data_changed.clone(),
+            self.record_bounds.clone(),
+        )
     }
 
     /// Open many topics at start-up. Recovery after a crash is mostly fsyncs and index

@@ -377,6 +377,11 @@ pub fn needs_check(records: &[u8], bounds: &RecordBounds, keys_required: bool) -
 /// keyless record could never be superseded), a record without a key. Streams each
 /// batch through a fixed buffer and keeps none of it.
 pub fn check_produced(records: &[u8], bounds: &RecordBounds, keys_required: bool) -> Result<()> {
+    // Keyless records are listed one by one (KIP-467) so a client fails only those; a
+    // malformed or oversized record still refuses the batch at once.
+    let mut keyless = crate::error::RecordErrors::default();
+    // A record's index counts across the batches of one produce (one batch since v3).
+    let mut index = 0i32;
     let mut rest = records;
     while !rest.is_empty() {
         let header = BatchHeader::parse(rest)?;
@@ -393,7 +398,12 @@ pub fn check_produced(records: &[u8], bounds: &RecordBounds, keys_required: bool
                 bounds.batch_decompressed_bytes_max
             };
             let mut stream = PlainStream::new(plain_reader(codec, body, limit)?, limit);
-            let walked = stream.walk(bounds.record_bytes_max, keys_required);
+            let walked = stream.walk(
+                bounds.record_bytes_max,
+                keys_required,
+                &mut index,
+                &mut keyless,
+            );
             // Past the bound the walk sees a cut-off record: the bound is the reason.
             if stream.exceeded() {
                 return Err(too_large(limit));
@@ -402,8 +412,14 @@ pub fn check_produced(records: &[u8], bounds: &RecordBounds, keys_required: bool
         }
         rest = tail;
     }
+    if !keyless.is_empty() {
+        return Err(BrokerError::InvalidRecords(keyless));
+    }
     Ok(())
 }
+
+/// Why a compacted topic refuses a record (Kafka's words).
+pub const KEYLESS_ON_COMPACTED: &str = "Compacted topic cannot accept message without key";
 
 /// Decompress a records body of `codec`, at most `limit` bytes: a body that expands past
 /// it is `BatchDecompressedTooLarge`, and no buffer ever grows past `limit`. The first
@@ -685,7 +701,13 @@ impl<'a> PlainStream<'a> {
 
     /// Walk every record: its length against `record_bytes_max` before anything of it
     /// is read, and its key when `keys_required`; the rest is skipped.
-    fn walk(&mut self, record_bytes_max: usize, keys_required: bool) -> Result<()> {
+    fn walk(
+        &mut self,
+        record_bytes_max: usize,
+        keys_required: bool,
+        index: &mut i32,
+        keyless: &mut crate::error::RecordErrors,
+    ) -> Result<()> {
         while let Some(first) = self.byte()? {
             let mut ignored = 0;
             let length = self.varlong(first, &mut ignored)?;
@@ -707,11 +729,10 @@ impl<'a> PlainStream<'a> {
                     return Err(bad("record fields run past the record length"));
                 }
                 if key_length < 0 {
-                    return Err(BrokerError::InvalidRecord(
-                        "Compacted topic cannot accept message without key".into(),
-                    ));
+                    keyless.push(*index, KEYLESS_ON_COMPACTED.to_string());
                 }
             }
+            *index = index.saturating_add(1);
             let rest = length - used;
             let limit = self.limit;
             let skipped = io::copy(&mut (&mut self.inner).take(rest), &mut io::sink())
@@ -886,11 +907,11 @@ mod tests {
     fn one_record(value_bytes: u64) -> impl Read {
         let mut head = Vec::new();
         let mut fields = vec![0u8, 0, 0]; // attributes, timestamp delta, offset delta
-        crate::cleaner::put_varlong(&mut fields, 1);
+        crate::reencode::put_varlong(&mut fields, 1);
         fields.push(b'k');
-        crate::cleaner::put_varlong(&mut fields, value_bytes as i64);
+        crate::reencode::put_varlong(&mut fields, value_bytes as i64);
         let length = fields.len() as u64 + value_bytes + 1;
-        crate::cleaner::put_varlong(&mut head, length as i64);
+        crate::reencode::put_varlong(&mut head, length as i64);
         head.extend_from_slice(&fields);
         io::Cursor::new(head)
             .chain(zeros(value_bytes))
@@ -1113,7 +1134,7 @@ mod tests {
         assert!(check_produced(&keyless, &bounds, false).is_ok());
         assert!(matches!(
             check_produced(&keyless, &bounds, true),
-            Err(BrokerError::InvalidRecord(m)) if m.contains("without key")
+            Err(BrokerError::InvalidRecords(e)) if e.records == vec![(0, KEYLESS_ON_COMPACTED.to_string())]
         ));
     }
 

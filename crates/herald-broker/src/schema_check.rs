@@ -101,8 +101,8 @@ pub fn rules(config: impl Fn(&str) -> Option<String>) -> Vec<Rule> {
     out
 }
 
-/// Check every record of produced `batches` against `rules`; the first refusal is an
-/// `InvalidRecord` naming the record.
+/// Check every record of produced `batches` against `rules`; refused records are an
+/// `InvalidRecords` naming each (its index in the batch and why).
 pub fn check(slot: &ValidatorSlot, topic: &str, rules: &[Rule], batches: &[u8]) -> Result<()> {
     let Some(validator) = slot.get() else {
         return Err(BrokerError::InvalidRecord(format!(
@@ -113,18 +113,26 @@ pub fn check(slot: &ValidatorSlot, topic: &str, rules: &[Rule], batches: &[u8]) 
     let mut buf = Bytes::copy_from_slice(batches);
     let sets = RecordBatchDecoder::decode_all(&mut buf)
         .map_err(|e| BrokerError::InvalidRecord(format!("cannot decode the batch: {e}")))?;
+    // Every record is checked and each refused one listed (KIP-467), so a client fails
+    // only those; a record is listed once, for the first rule it breaks.
+    let mut refused = crate::error::RecordErrors::default();
     for (index, record) in sets.iter().flat_map(|s| s.records.iter()).enumerate() {
         for rule in rules {
             if let Err(why) = validator.validate(topic, rule, part(record, rule)) {
                 validator.refused(topic);
-                return Err(BrokerError::InvalidRecord(format!(
-                    "record {index} of the batch to {topic}: its {} {why}",
-                    if rule.is_key { "key" } else { "value" }
-                )));
+                refused.push(
+                    i32::try_from(index).unwrap_or(i32::MAX),
+                    format!("its {} {why}", if rule.is_key { "key" } else { "value" }),
+                );
+                break;
             }
         }
     }
-    Ok(())
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidRecords(refused))
+    }
 }
 
 fn part<'a>(record: &'a Record, rule: &Rule) -> Option<&'a [u8]> {

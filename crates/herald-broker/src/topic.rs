@@ -64,6 +64,39 @@ fn one_of(allowed: &'static [&'static str]) -> impl Fn(&str) -> std::result::Res
     }
 }
 
+/// A codec level: an integer in `levels`, or -1 (the codec's default) when `minus_one`.
+fn level_in(
+    v: &str,
+    levels: std::ops::RangeInclusive<i64>,
+    minus_one: bool,
+) -> std::result::Result<(), String> {
+    match v.parse::<i64>() {
+        Ok(n) if levels.contains(&n) || (minus_one && n == -1) => Ok(()),
+        _ => Err(format!(
+            "must be an integer from {} to {}{}",
+            levels.start(),
+            levels.end(),
+            if minus_one { ", or -1" } else { "" }
+        )),
+    }
+}
+
+/// A Kafka version as `message.format.version` takes it: `0.10.0`, `2.8`, `3.0-IV1`.
+fn check_version(v: &str) -> std::result::Result<(), String> {
+    let (numbers, iv) = match v.split_once("-IV") {
+        Some((n, iv)) => (n, Some(iv)),
+        None => (v, None),
+    };
+    let parts: Vec<&str> = numbers.split('.').collect();
+    let numeric = |p: &str| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit());
+    if (2..=4).contains(&parts.len()) && parts.iter().all(|p| numeric(p)) && iv.is_none_or(numeric)
+    {
+        Ok(())
+    } else {
+        Err("must be a Kafka version such as 2.8 or 3.0-IV1".to_string())
+    }
+}
+
 macro_rules! spec {
     ($name:expr, $default:expr, $doc:expr, $check:expr) => {
         ConfigSpec {
@@ -156,8 +189,32 @@ pub const TOPIC_CONFIGS: &[ConfigSpec] = &[
     spec!(
         "compression.type",
         "producer",
-        "stored batches keep the producer's codec (only 'producer' is supported)",
-        one_of(&["producer"])
+        "producer keeps each batch's codec; uncompressed, gzip, snappy, lz4 or zstd: a batch that arrives in another codec is recompressed into this one before it is stored",
+        one_of(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"])
+    ),
+    spec!(
+        "compression.gzip.level",
+        "-1",
+        "gzip level (1-9, -1: the default, 6) of batches recompressed into gzip",
+        |v: &str| level_in(v, crate::reencode::GZIP_LEVELS, true)
+    ),
+    spec!(
+        "compression.lz4.level",
+        "9",
+        "lz4 level (1-17) of batches recompressed into lz4",
+        |v: &str| level_in(v, crate::reencode::LZ4_LEVELS, false)
+    ),
+    spec!(
+        "compression.zstd.level",
+        "3",
+        "zstd level (-131072-22) of batches recompressed into zstd",
+        |v: &str| level_in(v, crate::reencode::ZSTD_LEVELS, false)
+    ),
+    spec!(
+        "message.format.version",
+        "3.0-IV1",
+        "accepted and ignored, as Kafka 3.x does: every batch is stored in message format v2 (v0/v1 are refused)",
+        check_version
     ),
     spec!(
         "confluent.value.schema.validation",
@@ -395,6 +452,26 @@ impl Topic {
         })
     }
 
+    /// The codec `compression.type` stores batches in, with its level; None for
+    /// `producer` (each batch keeps its own).
+    pub fn stored_codec(&self) -> Option<crate::reencode::Codec> {
+        let name = self.config("compression.type")?;
+        let level_config = match name.as_str() {
+            "gzip" => "compression.gzip.level",
+            "lz4" => "compression.lz4.level",
+            "zstd" => "compression.zstd.level",
+            _ => "",
+        };
+        // Validated when set; -1 (gzip's default) and anything unparsable mean the
+        // codec's default.
+        let level = self
+            .configs
+            .get(level_config)
+            .and_then(|v| v.parse::<i32>().ok())
+            .filter(|l| !(name == "gzip" && *l == -1));
+        crate::reencode::Codec::from_config(&name, level)
+    }
+
     pub fn log_append_time(&self) -> bool {
         self.config("message.timestamp.type").as_deref() == Some("LogAppendTime")
     }
@@ -442,7 +519,8 @@ impl Topic {
         } else {
             Vec::new()
         };
-        if bounded || !rules.is_empty() {
+        let validated = bounded || !rules.is_empty();
+        if validated {
             // Validate first so a corrupt batch gets CORRUPT_MESSAGE, not a bound error.
             herald_log::validate_batches(records)?;
         }
@@ -452,8 +530,24 @@ impl Topic {
         if !rules.is_empty() {
             crate::schema_check::check(&self.validator, &self.name, &rules, records)?;
         }
+        // A topic with its own codec stores batches in it (checked above as they came).
+        // A batch over max.message.bytes as it came is refused as it came (as Kafka
+        // does), not recompressed first.
+        let recompressed = match self.stored_codec() {
+            Some(codec) if records.len() <= self.max_message_bytes() => {
+                if !validated {
+                    herald_log::validate_batches(records)?;
+                }
+                crate::reencode::recompress(
+                    records,
+                    codec,
+                    partition.bounds().batch_decompressed_bytes_max,
+                )?
+            }
+            _ => None,
+        };
         partition.append_with(
-            records,
+            recompressed.as_deref().unwrap_or(records),
             self.log_append_time(),
             self.max_message_bytes(),
             now_ms,
@@ -494,6 +588,37 @@ mod tests {
         assert!(validate_configs(&bad).is_err());
         let bad = BTreeMap::from([("segment.bytes".to_string(), "10".to_string())]);
         assert!(validate_configs(&bad).is_err());
+    }
+
+    #[test]
+    fn codecs_levels_and_message_format_version_are_checked() {
+        let ok = |name: &str, value: &str| {
+            validate_configs(&BTreeMap::from([(name.to_string(), value.to_string())])).is_ok()
+        };
+        for codec in ["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"] {
+            assert!(ok("compression.type", codec), "{codec}");
+        }
+        assert!(!ok("compression.type", "brotli"));
+        assert!(ok("compression.gzip.level", "-1") && ok("compression.gzip.level", "9"));
+        assert!(!ok("compression.gzip.level", "0") && !ok("compression.gzip.level", "10"));
+        assert!(ok("compression.lz4.level", "17") && !ok("compression.lz4.level", "-1"));
+        assert!(ok("compression.zstd.level", "-131072") && ok("compression.zstd.level", "22"));
+        assert!(!ok("compression.zstd.level", "23"));
+        for v in ["0.10.0", "2.8", "3.0-IV1", "0.11.0.2"] {
+            assert!(ok("message.format.version", v), "{v}");
+        }
+        for v in ["", "3", "three", "3.0-IV", "1.2.3.4.5"] {
+            assert!(!ok("message.format.version", v), "{v}");
+        }
+        let gzip_default = topic_with(&[("compression.type", "gzip")]);
+        assert_eq!(
+            gzip_default.stored_codec(),
+            Some(crate::reencode::Codec {
+                id: crate::reencode::CODEC_GZIP,
+                level: None
+            })
+        );
+        assert_eq!(topic_with(&[]).stored_codec(), None);
     }
 
     fn set(name: &str, value: &str) -> (String, ConfigOp) {

@@ -235,6 +235,7 @@ pub fn broker_error(error: BrokerError) -> ApiError {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "records_too_large", message)
         }
         BrokerError::InvalidRecord(_)
+        | BrokerError::InvalidRecords(_)
         | BrokerError::CorruptBatch(_)
         | BrokerError::InvalidRequest(_) => bad_request("invalid_record", message),
         BrokerError::ShuttingDown => {

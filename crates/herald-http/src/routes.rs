@@ -396,7 +396,7 @@ fn topic_error(error: BrokerError) -> ApiError {
         BrokerError::InvalidTopic { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", message)
         }
-        BrokerError::InvalidPartitions { .. } => {
+        BrokerError::InvalidPartitions { .. } | BrokerError::PartitionsNotIncreased { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_partitions", message)
         }
         BrokerError::InvalidConfig { .. } => {

@@ -92,6 +92,12 @@ requests! {
     DescribeTransactions(DescribeTransactionsRequest) => describe_transactions,
     ListTransactions(ListTransactionsRequest) => list_transactions,
     DescribeProducers(DescribeProducersRequest) => describe_producers,
+    CreatePartitions(CreatePartitionsRequest) => create_partitions,
+    OffsetDelete(OffsetDeleteRequest) => offset_delete,
+    DescribeLogDirs(DescribeLogDirsRequest) => describe_log_dirs,
+    AlterReplicaLogDirs(AlterReplicaLogDirsRequest) => alter_replica_log_dirs,
+    ElectLeaders(ElectLeadersRequest) => elect_leaders,
+    DescribeTopicPartitions(DescribeTopicPartitionsRequest) => describe_topic_partitions,
 }
 
 /// Why a frame was not decoded, and what to send back.

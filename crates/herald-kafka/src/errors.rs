@@ -13,7 +13,9 @@ pub fn broker_code(error: &BrokerError) -> i16 {
         BrokerError::UnknownTopicId(_) => E::UnknownTopicId.code(),
         BrokerError::TopicExists(_) => E::TopicAlreadyExists.code(),
         BrokerError::InvalidTopic { .. } => E::InvalidTopicException.code(),
-        BrokerError::InvalidPartitions { .. } => E::InvalidPartitions.code(),
+        BrokerError::InvalidPartitions { .. } | BrokerError::PartitionsNotIncreased { .. } => {
+            E::InvalidPartitions.code()
+        }
         BrokerError::InvalidConfig { .. } => E::InvalidConfig.code(),
         BrokerError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
         BrokerError::CorruptBatch(_) | BrokerError::CorruptLog(_) => E::CorruptMessage.code(),
@@ -22,7 +24,7 @@ pub fn broker_code(error: &BrokerError) -> i16 {
         | BrokerError::RecordTooLarge { .. } => E::MessageTooLarge.code(),
         BrokerError::InvalidRequiredAcks(_) => E::InvalidRequiredAcks.code(),
         BrokerError::InvalidRequest(_) => E::InvalidRequest.code(),
-        BrokerError::InvalidRecord(_) => E::InvalidRecord.code(),
+        BrokerError::InvalidRecord(_) | BrokerError::InvalidRecords(_) => E::InvalidRecord.code(),
         BrokerError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),
         BrokerError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),
         BrokerError::TransactionsUnsupported => E::UnsupportedForMessageFormat.code(),
@@ -60,6 +62,7 @@ pub fn group_code(error: &GroupError) -> i16 {
         GroupError::GroupIdNotFound => E::GroupIdNotFound.code(),
         GroupError::FencedInstanceId => E::FencedInstanceId.code(),
         GroupError::CoordinatorNotAvailable => E::CoordinatorNotAvailable.code(),
+        GroupError::GroupSubscribedToTopic => E::GroupSubscribedToTopic.code(),
         GroupError::Storage(_) => E::CoordinatorNotAvailable.code(),
     }
 }

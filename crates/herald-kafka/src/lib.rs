@@ -26,6 +26,10 @@ pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
 /// How long a response may wait for a socket that does not drain.
 pub const SEND_TIMEOUT_MS_DEFAULT: u64 = herald_broker::limits::SEND_TIMEOUT_MS_DEFAULT;
 
+/// Kafka's `max.request.partition.size.limit`: most partitions one DescribeTopicPartitions
+/// answer lists (a client pages through the rest with its cursor).
+pub const DESCRIBE_TOPIC_PARTITIONS_MAX_DEFAULT: usize = 2_000;
+
 /// How long the bytes of one request may take to arrive.
 pub const REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
@@ -62,6 +66,9 @@ pub struct KafkaConfig {
     /// Where AMQP is served (host:port), named in the log line for an AMQP client
     /// that connects to the Kafka port; None when AMQP is off.
     pub amqp_address: Option<String>,
+    /// Most partitions one DescribeTopicPartitions answer lists, whatever the client
+    /// asks for (Kafka's `max.request.partition.size.limit`).
+    pub describe_topic_partitions_max: usize,
 }
 
 impl KafkaConfig {
@@ -81,6 +88,7 @@ impl KafkaConfig {
             request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
             http_address: None,
             amqp_address: None,
+            describe_topic_partitions_max: DESCRIBE_TOPIC_PARTITIONS_MAX_DEFAULT,
         }
     }
 }

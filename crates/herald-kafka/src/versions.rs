@@ -52,6 +52,12 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::DescribeTransactions, 0, 0),
     api(ApiKey::ListTransactions, 0, 1),
     api(ApiKey::DescribeProducers, 0, 0),
+    api(ApiKey::CreatePartitions, 0, 3),
+    api(ApiKey::OffsetDelete, 0, 0),
+    api(ApiKey::DescribeLogDirs, 1, 4),
+    api(ApiKey::AlterReplicaLogDirs, 1, 2),
+    api(ApiKey::ElectLeaders, 0, 2),
+    api(ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 pub fn supported(key: ApiKey) -> Option<Supported> {

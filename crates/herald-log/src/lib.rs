@@ -31,3 +31,13 @@ pub use error::LogError;
 pub use fault::FAULT_INJECT_ENV;
 pub use file_cache::{OPEN_SEALED_FILES_MAX_DEFAULT, open_sealed_files, set_open_sealed_files_max};
 pub use log::*;
+
+/// Bytes in all and bytes free to unprivileged writers on the file system holding
+/// `path` (what DescribeLogDirs reports as total and usable bytes).
+pub fn disk_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    let s = rustix::fs::statvfs(path)?;
+    Ok((
+        s.f_blocks.saturating_mul(s.f_frsize),
+        s.f_bavail.saturating_mul(s.f_frsize),
+    ))
+}

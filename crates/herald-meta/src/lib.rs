@@ -227,6 +227,28 @@ impl MetaStore {
         Ok(true)
     }
 
+    /// Set a topic's partition count (CreatePartitions), reading and writing the record
+    /// in one transaction like `update_topic_configs`. Returns false if the topic does
+    /// not exist.
+    pub fn update_topic_partitions(&self, name: &str, partitions: u32) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(TOPICS)?;
+            let existing = match table.get(name)? {
+                Some(value) => Some(decode::<TopicRecord>(name, value.value())?),
+                None => None,
+            };
+            let Some(mut record) = existing else {
+                return Ok(false);
+            };
+            record.partitions = partitions;
+            let value = encode(&record);
+            table.insert(name, value.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
     /// Delete a topic and everything kept about it, in one transaction: offsets any group
     /// committed for it, its subscriptions and their delivery state, its redrive floors (as
     /// a dead-letter topic) and its remembered message ids. A topic created later under the
@@ -273,6 +295,19 @@ impl MetaStore {
             for (topic, partition, record) in offsets {
                 let value = encode(record);
                 table.insert((group, topic.as_str(), *partition), value.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Forget some of a group's offsets (OffsetDelete), in one transaction.
+    pub fn delete_offsets(&self, group: &str, partitions: &[(String, u32)]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(OFFSETS)?;
+            for (topic, partition) in partitions {
+                table.remove((group, topic.as_str(), *partition))?;
             }
         }
         txn.commit()?;

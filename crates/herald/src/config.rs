@@ -227,6 +227,10 @@ pub struct ServeSettings {
     /// length [default: 30000]
     #[arg(long, env = "HERALD_REQUEST_READ_TIMEOUT_MS")]
     pub request_read_timeout_ms: Option<u64>,
+    /// Most partitions one Kafka DescribeTopicPartitions answer lists (clients page
+    /// through the rest) [default: 2000]
+    #[arg(long, env = "HERALD_DESCRIBE_TOPIC_PARTITIONS_MAX")]
+    pub describe_topic_partitions_max: Option<usize>,
     /// Most partitions in one topic [default: 10000]
     #[arg(long, env = "HERALD_PARTITIONS_PER_TOPIC_MAX")]
     pub partitions_per_topic_max: Option<u32>,
@@ -340,6 +344,7 @@ impl ServeSettings {
             connections_max_idle_ms,
             send_timeout_ms,
             request_read_timeout_ms,
+            describe_topic_partitions_max,
             partitions_per_topic_max,
             open_sealed_files_max,
             group_initial_rebalance_delay_ms,
@@ -717,6 +722,9 @@ impl ServeSettings {
         }
         if let Some(v) = self.request_read_timeout_ms {
             c.request_read_timeout_ms = positive("request_read_timeout_ms", v)?;
+        }
+        if let Some(v) = self.describe_topic_partitions_max {
+            c.describe_topic_partitions_max = positive("describe_topic_partitions_max", v)?;
         }
         Ok(c)
     }

@@ -347,7 +347,12 @@ async fn records_without_a_key_are_refused_on_compacted_topics_only() {
         Compression::Lz4,
     );
     match t.append(0, &mixed, now_ms()) {
-        Err(BrokerError::InvalidRecord(m)) => assert!(m.contains("without key"), "{m}"),
+        Err(BrokerError::InvalidRecords(e)) => {
+            // Only the keyless one (index 1) is named: the client fails just that record.
+            assert_eq!(e.total, 1);
+            assert_eq!(e.records[0].0, 1);
+            assert!(e.message().contains("without key"), "{}", e.message());
+        }
         other => panic!(
             "keyless record accepted: {:?}",
             other.map(|p| p.base_offset)

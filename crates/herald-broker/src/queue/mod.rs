@@ -133,7 +133,9 @@ pub(crate) struct Subscription {
     settings: RwLock<SubscriptionSettings>,
     /// The settings' filter, compiled (None: every record).
     filter: RwLock<Option<Arc<filter::CompiledFilter>>>,
-    partitions: Vec<Mutex<PartitionQueue>>,
+    /// One state per partition of the topic; grows (never shrinks) when CreatePartitions
+    /// adds partitions, so readers take a snapshot with `slots`.
+    partitions: RwLock<Vec<Arc<Mutex<PartitionQueue>>>>,
     /// Woken when records may have become ready (acks, releases, new data).
     changed: Notify,
 }
@@ -363,6 +365,46 @@ impl Broker {
         }
     }
 
+    /// Give every subscription of `topic` a state for each partition it lacks (those
+    /// CreatePartitions added), starting at the partition's log start: everything in a
+    /// new partition came after the subscription. Stored before it returns; a crash
+    /// before that is the same to `load_subscriptions`, which gives every partition of
+    /// the topic a state. Idempotent, so concurrent calls are harmless.
+    pub(crate) async fn grow_subscriptions(&self, topic: &crate::Topic) -> Result<()> {
+        let _admin = self.queues.admin.lock().await;
+        let subs: Vec<Arc<Subscription>> = self
+            .queues
+            .subs
+            .read()
+            .map(|s| {
+                s.iter()
+                    .filter(|((t, _), _)| **t == *topic.name)
+                    .map(|(_, sub)| sub.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut writes: Vec<commit::Write> = Vec::new();
+        for sub in subs {
+            let added = {
+                let mut slots = sub.partitions.write().map_err(|_| poisoned())?;
+                let before = slots.len();
+                for partition in topic.partitions.iter().skip(before) {
+                    let q = PartitionQueue::new(partition.log_start_offset());
+                    slots.push(Arc::new(Mutex::new(q)));
+                }
+                before..slots.len()
+            };
+            for index in added {
+                writes.push((sub.clone(), index as u32));
+            }
+            sub.changed.notify_waiters();
+        }
+        if !writes.is_empty() {
+            self.queues.commit.submit(writes).await?;
+        }
+        Ok(())
+    }
+
     /// Drop the subscriptions of a deleted topic from memory (`delete_topic` removed
     /// their stored state with the topic's); the committer skips them from now on.
     pub(crate) fn forget_subscriptions(&self, topic: &str) {
@@ -415,10 +457,12 @@ impl Broker {
             BrokerError::InvalidSubscription(format!("name {name:?}: use 1-249 of [a-zA-Z0-9._-]"))
         })?;
         settings.validate()?;
+        // The topic is read under the lock, so a CreatePartitions that grows the
+        // subscriptions (under the same lock) cannot slip between the two.
+        let _admin = self.queues.admin.lock().await;
         let t = self
             .topic(topic)
             .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
-        let _admin = self.queues.admin.lock().await;
         if self.subscription(topic, name).is_ok() {
             return Err(BrokerError::SubscriptionExists {
                 topic: topic.to_string(),
@@ -437,7 +481,7 @@ impl Broker {
             })
             .collect();
         let sub = new_subscription(topic.to_string(), name.to_string(), settings.clone(), parts);
-        let writes: Vec<commit::Write> = (0..sub.partitions.len())
+        let writes: Vec<commit::Write> = (0..sub.partition_count())
             .map(|i| (sub.clone(), i as u32))
             .collect();
         self.queues.commit.submit(writes).await?;
@@ -592,7 +636,10 @@ impl Broker {
         let mut dead: Vec<(i32, i64)> = Vec::new();
         // A filtered scan stopped with more of the log to look at.
         let mut more = false;
-        for (index, slot) in sub.partitions.iter().enumerate() {
+        // The topic is never behind the subscription (partitions are added to the topic
+        // first), but a topic read before a CreatePartitions may be.
+        let slots = sub.slots();
+        for (index, slot) in slots.iter().take(topic.partitions.len()).enumerate() {
             if out.len() >= max_records {
                 break;
             }
@@ -720,8 +767,9 @@ impl Broker {
             .topic(topic)
             .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
         let mut total = 0u64;
-        let mut high_watermarks = Vec::with_capacity(sub.partitions.len());
-        for (index, slot) in sub.partitions.iter().enumerate() {
+        let slots = sub.slots();
+        let mut high_watermarks = Vec::with_capacity(slots.len());
+        for (index, slot) in slots.iter().take(t.partitions.len()).enumerate() {
             let partition = t.partition(index as i32)?;
             let hw = partition.high_watermark();
             high_watermarks.push(hw);
@@ -762,10 +810,7 @@ impl Broker {
     async fn abandon(&self, sub: &Arc<Subscription>, offsets: &[(i32, i64)]) -> Result<()> {
         let mut writes = Vec::new();
         for &(p, o) in offsets {
-            sub.partitions[p as usize]
-                .lock()
-                .map_err(|_| poisoned())?
-                .abandon(o);
+            sub.slot(p)?.lock().map_err(|_| poisoned())?.abandon(o);
             tracing::warn!(
                 topic = sub.topic,
                 subscription = sub.name,
@@ -784,7 +829,7 @@ impl Broker {
     fn locate(&self, receipt: &str) -> Result<(Arc<Subscription>, Receipt)> {
         let r = Receipt::parse(receipt)?;
         let sub = self.subscription(&r.topic, &r.name)?;
-        if r.partition < 0 || r.partition as usize >= sub.partitions.len() {
+        if r.partition < 0 || r.partition as usize >= sub.partition_count() {
             return Err(BrokerError::InvalidReceipt(receipt.to_string()));
         }
         Ok((sub, r))
@@ -804,9 +849,8 @@ impl Broker {
     ) -> Result<(Arc<Subscription>, Receipt, T, commit::Wait)> {
         let (sub, r) = self.locate(receipt)?;
         let settings = sub.settings.read().map(|s| s.clone()).unwrap_or_default();
-        let mut q = sub.partitions[r.partition as usize]
-            .lock()
-            .map_err(|_| poisoned())?;
+        let slot = sub.slot(r.partition)?;
+        let mut q = slot.lock().map_err(|_| poisoned())?;
         let value = f(&mut q, &r, &settings).map_err(|e| refusal(e, receipt))?;
         // Queued under the partition lock so snapshots are written in order.
         let wait = self
@@ -897,7 +941,7 @@ impl Broker {
         let now = now_ms();
         let mut released = 0;
         let mut writes = Vec::new();
-        for (index, slot) in sub.partitions.iter().enumerate() {
+        for (index, slot) in sub.slots().iter().enumerate() {
             let mut q = slot.lock().map_err(|_| poisoned())?;
             let n = q.release_all(now);
             if n > 0 {
@@ -942,7 +986,7 @@ impl Broker {
         partition: i32,
         offset: i64,
     ) -> Result<()> {
-        let slot = &sub.partitions[partition as usize];
+        let slot = sub.slot(partition)?;
         let Some(entry) = slot
             .lock()
             .map_err(|_| poisoned())?
@@ -1027,9 +1071,8 @@ impl Broker {
         offset: i64,
     ) -> Result<()> {
         let wait = {
-            let mut q = sub.partitions[partition as usize]
-                .lock()
-                .map_err(|_| poisoned())?;
+            let slot = sub.slot(partition)?;
+            let mut q = slot.lock().map_err(|_| poisoned())?;
             q.dead_lettered(offset);
             self.queues
                 .commit
@@ -1056,9 +1099,8 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
         let start = t.partition(partition)?.log_start_offset();
         let slot = sub
-            .partitions
-            .get(partition as usize)
-            .ok_or_else(|| BrokerError::InvalidReceipt(format!("partition {partition}")))?;
+            .slot(partition)
+            .map_err(|_| BrokerError::InvalidReceipt(format!("partition {partition}")))?;
         let mut revived = 0;
         {
             let mut q = slot.lock().map_err(|_| poisoned())?;
@@ -1082,9 +1124,8 @@ impl Broker {
     pub fn subscription_floor(&self, topic: &str, name: &str, partition: i32) -> Result<i64> {
         let sub = self.subscription(topic, name)?;
         let slot = sub
-            .partitions
-            .get(partition as usize)
-            .ok_or_else(|| BrokerError::InvalidReceipt(format!("partition {partition}")))?;
+            .slot(partition)
+            .map_err(|_| BrokerError::InvalidReceipt(format!("partition {partition}")))?;
         Ok(slot.lock().map_err(|_| poisoned())?.floor)
     }
 
@@ -1098,7 +1139,7 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
         let mut purged = 0;
         let mut writes = Vec::new();
-        for (index, slot) in sub.partitions.iter().enumerate() {
+        for (index, slot) in sub.slots().iter().take(t.partitions.len()).enumerate() {
             let end = t.partition(index as i32)?.high_watermark();
             let mut q = slot.lock().map_err(|_| poisoned())?;
             purged += q.purge(end);
@@ -1114,7 +1155,7 @@ impl Broker {
         let t = self.topic(topic);
         let now = now_ms();
         let mut s = SubscriptionStats::default();
-        for (i, slot) in sub.partitions.iter().enumerate() {
+        for (i, slot) in sub.slots().iter().enumerate() {
             let q = slot.lock().map_err(|_| poisoned())?;
             let c = q.counts(now);
             let hw = t
@@ -1152,7 +1193,7 @@ impl Broker {
             // Records left half dead-lettered (a restart, a failed append) are looked for
             // only when flagged, not on every tick.
             let recover = sub.recover.swap(false, std::sync::atomic::Ordering::SeqCst);
-            for (i, slot) in sub.partitions.iter().enumerate() {
+            for (i, slot) in sub.slots().iter().enumerate() {
                 let mut q = slot.lock().map_err(|_| poisoned())?;
                 let expired_before = q.expired_leases;
                 let mut d = q.expire(now, &policy, |f| settings.retry_at_ms(now, f));
@@ -1497,12 +1538,35 @@ fn new_subscription(
         name,
         settings: RwLock::new(settings),
         filter: RwLock::new(compiled),
-        partitions: parts.into_iter().map(Mutex::new).collect(),
+        partitions: RwLock::new(parts.into_iter().map(|q| Arc::new(Mutex::new(q))).collect()),
         changed: Notify::new(),
     })
 }
 
 impl Subscription {
+    /// The partition states as they are now (CreatePartitions may add more later).
+    fn slots(&self) -> Vec<Arc<Mutex<PartitionQueue>>> {
+        self.partitions
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    fn partition_count(&self) -> usize {
+        self.partitions.read().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// One partition's state; `UnknownPartition` past the end.
+    fn slot(&self, partition: i32) -> Result<Arc<Mutex<PartitionQueue>>> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.partitions.read().ok()?.get(i).cloned())
+            .ok_or_else(|| BrokerError::UnknownPartition {
+                topic: self.topic.clone(),
+                partition,
+            })
+    }
+
     /// The partition's changes since the last snapshot (see `state::Changes`); None
     /// once deleted. Taken changes are given back with `unsnapshot` when their commit
     /// fails, so no change is lost from the store.
@@ -1510,7 +1574,7 @@ impl Subscription {
         if self.deleted.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(None);
         }
-        let Some(slot) = self.partitions.get(partition as usize) else {
+        let Ok(slot) = self.slot(partition as i32) else {
             return Ok(None);
         };
         let mut q = slot
@@ -1521,7 +1585,9 @@ impl Subscription {
 
     /// Changes from `snapshot` that were not stored.
     pub(crate) fn unsnapshot(&self, partition: u32, changes: &Changes) {
-        if let Some(Ok(mut q)) = self.partitions.get(partition as usize).map(|s| s.lock()) {
+        if let Ok(slot) = self.slot(partition as i32)
+            && let Ok(mut q) = slot.lock()
+        {
             q.untake_changes(changes);
         }
     }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use herald_broker::{BrokerError, PendingAppend, Topic, now_ms};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
@@ -154,8 +156,25 @@ fn partition_response(
                 .with_base_offset(-1);
             if version >= 8 {
                 r = r.with_error_message(Some(str(&e.to_string())));
+                if let BrokerError::InvalidRecords(refused) = &e {
+                    r = r.with_record_errors(record_errors(refused));
+                }
             }
             r
         }
     }
+}
+
+/// KIP-467's per-record errors: the client fails these records with the broker's
+/// reason and the rest of the batch with its own "another record" error.
+fn record_errors(refused: &herald_broker::error::RecordErrors) -> Vec<BatchIndexAndErrorMessage> {
+    refused
+        .records
+        .iter()
+        .map(|(index, why)| {
+            BatchIndexAndErrorMessage::default()
+                .with_batch_index(*index)
+                .with_batch_index_error_message(Some(str(why)))
+        })
+        .collect()
 }
