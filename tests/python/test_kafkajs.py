@@ -80,3 +80,12 @@ def test_confluent_schema_registry_js_registers_encodes_and_decodes(broker):
     assert out["id"] == out["again"] == out["latest"]
     assert out["decoded"] == [{"order_id": "ORD1", "amount": 10.5}, {"order_id": "ORD2", "amount": 20.25}]
     assert out["refused"] == "INVALID_RECORD", out
+
+
+def test_kafkajs_transactions_commit_abort_and_send_offsets(broker):
+    out = run_node("transactions.js", broker, TOPIC=unique("js-txn"), OUT=unique("js-txn-out"),
+                   GROUP=unique("js-txn-grp"))
+    assert out["committedView"] == ["committed-1", "committed-2"]
+    assert out["uncommittedView"] == ["aborted-1", "committed-1", "committed-2"]
+    assert out["outView"] == ["copied-1", "copied-2"]
+    assert out["groupOffset"] == "5"
