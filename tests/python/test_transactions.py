@@ -257,3 +257,51 @@ def test_other_faces_see_committed_records_only(broker):
         if body["records"]:
             break
     assert [d["value"] for d in body["records"]] == ["open"]
+
+
+def test_transaction_admin_calls_with_kafka_python(broker):
+    """What kafka-transactions.sh does (list, describe, describe-producers,
+    find-hanging, abort), through kafka-python's admin client."""
+    kafka = pytest.importorskip("kafka")
+    admin_mod = pytest.importorskip("kafka.admin")
+    admin = kafka.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    if not hasattr(admin, "list_transactions"):
+        admin.close()
+        pytest.skip("this kafka-python has no transaction admin calls")
+    topic = _topic(broker)
+    p = _producer(broker, "tx-admin")
+    p.begin_transaction()
+    p.produce(topic, value=b"open-one")
+    p.flush(10)
+
+    listed = [t for txns in admin.list_transactions().values() for t in txns]
+    assert [(t.transactional_id, t.state.value) for t in listed] == [("tx-admin", "Ongoing")]
+    ongoing = admin.list_transactions(state_filters=["Ongoing"])
+    assert sum(len(v) for v in ongoing.values()) == 1
+    assert sum(len(v) for v in admin.list_transactions(state_filters=["CompleteCommit"]).values()) == 0
+
+    described = admin.describe_transactions(["tx-admin"])["tx-admin"]
+    assert described.state.value == "Ongoing"
+    assert {(tp.topic, tp.partition) for tp in described.topic_partitions} == {(topic, 0)}
+    assert described.transaction_timeout_ms == 60000 and described.transaction_start_time_ms > 0
+
+    tp = kafka.TopicPartition(topic, 0)
+    producers = admin.describe_producers([tp])[tp].active_producers
+    assert len(producers) == 1
+    open_producer = producers[0]
+    assert open_producer.producer_id == described.producer_id
+    assert open_producer.current_transaction_start_offset == 0
+    assert admin.find_hanging_transactions() == []
+
+    # An administrator aborts the transaction in the partition: its record is never
+    # read as committed and the last stable offset moves on.
+    spec = admin_mod.AbortTransactionSpec(topic_partition=tp, producer_id=open_producer.producer_id,
+                                          producer_epoch=open_producer.producer_epoch)
+    admin.abort_transaction(spec)
+    after = admin.describe_producers([tp])[tp].active_producers
+    assert after[0].current_transaction_start_offset == -1
+    plain = Producer({"bootstrap.servers": broker.bootstrap})
+    plain.produce(topic, value=b"plain")
+    plain.flush(10)
+    assert _consume_all(broker, topic, "read_committed", 1) == [b"plain"]
+    admin.close()

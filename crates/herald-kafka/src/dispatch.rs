@@ -92,6 +92,7 @@ requests! {
     DescribeTransactions(DescribeTransactionsRequest) => describe_transactions,
     ListTransactions(ListTransactionsRequest) => list_transactions,
     DescribeProducers(DescribeProducersRequest) => describe_producers,
+    WriteTxnMarkers(WriteTxnMarkersRequest) => write_txn_markers,
     CreatePartitions(CreatePartitionsRequest) => create_partitions,
     OffsetDelete(OffsetDeleteRequest) => offset_delete,
     DescribeLogDirs(DescribeLogDirsRequest) => describe_log_dirs,

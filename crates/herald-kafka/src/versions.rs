@@ -52,6 +52,7 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::DescribeTransactions, 0, 0),
     api(ApiKey::ListTransactions, 0, 1),
     api(ApiKey::DescribeProducers, 0, 0),
+    api(ApiKey::WriteTxnMarkers, 1, 1),
     api(ApiKey::CreatePartitions, 0, 3),
     api(ApiKey::OffsetDelete, 0, 0),
     api(ApiKey::DescribeLogDirs, 1, 4),

@@ -706,6 +706,43 @@ impl Broker {
         }
     }
 
+    /// WriteTxnMarkers from an administrator (`kafka-transactions.sh abort`): end the
+    /// transaction `producer_id` has open in one partition, by writing its marker
+    /// there. For a hanging transaction, one no coordinator will end. An epoch older
+    /// than the partition's current one for that producer is refused.
+    pub async fn write_txn_marker(
+        &self,
+        _who: &Principal,
+        topic: &str,
+        partition: i32,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<()> {
+        let topic = self
+            .topic(topic)
+            .ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        let partition = topic.partition(partition)?;
+        if let Some((_, current, _, _)) = partition
+            .producers()
+            .into_iter()
+            .find(|(id, ..)| *id == producer_id)
+            && epoch < current
+        {
+            return Err(BrokerError::InvalidProducerEpoch {
+                producer_id,
+                epoch,
+                current,
+            });
+        }
+        tracing::warn!(topic = %topic.name, partition = partition.index, producer_id, epoch, commit, "transaction marker written by an administrator");
+        partition
+            .append_marker(producer_id, epoch, commit, now_ms())?
+            .durable()
+            .await?;
+        Ok(())
+    }
+
     /// At start-up, after the partitions are open: finish what a crash interrupted.
     /// Prepare states are completed; a partition with a transaction open for a
     /// producer whose transaction is not open any more (its marker was lost with an
