@@ -59,6 +59,13 @@ pub struct BrokerConfig {
     /// Sealed-segment files kept open at once (process-wide; more are opened on demand
     /// and the least recently used closed).
     pub open_sealed_files_max: usize,
+    /// Bytes of the meta store's page cache (redb's read and write cache; the stream
+    /// index is most of what it holds on an event store).
+    pub meta_cache_bytes: usize,
+    /// Most events the event store's index may be behind the appends answered: an
+    /// append past it waits for the indexer (it bounds the heads kept in memory for
+    /// unindexed appends and how long a read waits for the index).
+    pub eventstore_index_lag_max: u64,
     /// How often the cleaner looks for compacted partitions to clean (0: never).
     pub compaction_check_interval_ms: u64,
     /// Memory for the cleaner's key -> latest offset map; a dirty section with more
@@ -109,6 +116,8 @@ impl BrokerConfig {
             group_session_timeout_max_ms: 1_800_000,
             group_members_max: 1_000,
             open_sealed_files_max: herald_log::OPEN_SEALED_FILES_MAX_DEFAULT,
+            meta_cache_bytes: herald_meta::META_CACHE_BYTES_DEFAULT,
+            eventstore_index_lag_max: crate::streams::INDEX_LAG_EVENTS_MAX_DEFAULT,
             compaction_check_interval_ms: 15_000,
             compaction_map_bytes_max: 128 << 20,
             retention_ms: 604_800_000,

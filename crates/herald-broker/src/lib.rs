@@ -159,7 +159,10 @@ impl Broker {
             ))
         })?;
         herald_log::set_open_sealed_files_max(config.open_sealed_files_max);
-        let meta = Arc::new(MetaStore::open(&config.data_dir.join("meta.redb"))?);
+        let meta = Arc::new(MetaStore::open_with_cache(
+            &config.data_dir.join("meta.redb"),
+            config.meta_cache_bytes,
+        )?);
         let cluster_id = meta.cluster_id(|| {
             // Kafka cluster ids are 22-character URL-safe base64 of 16 random bytes.
             let id = uuid::Uuid::new_v4();

@@ -130,8 +130,8 @@ pub struct StartOffsetMove {
 
 /// What [`Partition::records_from`] got.
 #[derive(Debug)]
-pub struct RecordsRead {
-    pub records: Vec<kafka_protocol::records::Record>,
+pub struct RecordsRead<T = kafka_protocol::records::Record> {
+    pub records: Vec<T>,
     /// Where to read next.
     pub next: i64,
     pub skipped: Vec<SkippedRange>,
@@ -549,6 +549,27 @@ impl Partition {
         read_bytes_max: usize,
         reader: &'static str,
     ) -> Result<RecordsRead> {
+        self.records_from_as(
+            from,
+            high_watermark,
+            max_records,
+            read_bytes_max,
+            reader,
+            |decoded, view| decoded.record(view),
+        )
+    }
+
+    /// [`Partition::records_from`], each record made by `make` from its batch and its
+    /// place in it (a reader that needs a few fields skips building the whole record).
+    pub fn records_from_as<T>(
+        &self,
+        from: i64,
+        high_watermark: i64,
+        max_records: usize,
+        read_bytes_max: usize,
+        reader: &'static str,
+        mut make: impl FnMut(&crate::records::DecodedBatch, &crate::records::RecordView) -> Result<T>,
+    ) -> Result<RecordsRead<T>> {
         let mut out = RecordsRead {
             records: Vec::new(),
             next: from,
@@ -596,7 +617,7 @@ impl Partition {
                         break;
                     }
                     out.next = view.offset + 1;
-                    out.records.push(decoded.record(&view)?);
+                    out.records.push(make(&decoded, &view)?);
                 }
                 if out.records.len() < max_records {
                     // Past the whole batch, compaction gaps and all.

@@ -145,6 +145,30 @@ impl DecodedBatch {
         })
     }
 
+    /// Call `f` with each header's name and value range (into `plain`), in stored
+    /// order, without building the header map.
+    pub fn for_each_header(
+        &self,
+        view: &RecordView,
+        mut f: impl FnMut(&[u8], Option<Range<usize>>),
+    ) -> Result<()> {
+        let end = view.headers.end;
+        let mut cursor = Cursor {
+            bytes: &self.plain[..end],
+            position: view.headers.start,
+        };
+        let count = cursor.varint()?;
+        let count = usize::try_from(count).map_err(|_| bad("negative header count"))?;
+        for _ in 0..count {
+            let name = cursor
+                .bytes_field(end)?
+                .ok_or_else(|| bad("null header name"))?;
+            let value = cursor.bytes_field(end)?;
+            f(&self.plain[name], value);
+        }
+        Ok(())
+    }
+
     fn headers(&self, view: &RecordView) -> Result<IndexMap<StrBytes, Option<Bytes>>> {
         let end = view.headers.end;
         let mut cursor = Cursor {

@@ -549,6 +549,7 @@ pub async fn append(
         let (current, _) = state
             .broker
             .stream_revision(&stream)
+            .await
             .map_err(stream_error)?;
         return Ok((
             StatusCode::OK,
@@ -656,13 +657,15 @@ pub async fn read(
     let stream = stream_path(path)?;
     if stream == ALL_STREAM {
         let Query(query) = Query::try_from_uri(&uri).map_err(query_rejection)?;
-        return Ok(read_all_json(&state, query)?.into_response());
+        return Ok(read_all_json(&state, query).await?.into_response());
     }
     let Query(query) = Query::<ReadStreamQuery>::try_from_uri(&uri).map_err(query_rejection)?;
-    Ok(read_stream_json(&state, stream, query)?.into_response())
+    Ok(read_stream_json(&state, stream, query)
+        .await?
+        .into_response())
 }
 
-fn read_stream_json(
+async fn read_stream_json(
     state: &AppState,
     stream: String,
     query: ReadStreamQuery,
@@ -678,7 +681,10 @@ fn read_stream_json(
         Some(Point::At(r)) => ReadFrom::Revision(r),
     };
     let broker = &state.broker;
-    let (last, _) = broker.stream_revision(&stream).map_err(stream_error)?;
+    let (last, _) = broker
+        .stream_revision(&stream)
+        .await
+        .map_err(stream_error)?;
     let bytes_max = state.limits.read_bytes_max;
     let mut events = Vec::new();
     let mut bytes = 0usize;
@@ -692,7 +698,9 @@ fn read_stream_json(
             largest,
             left.min(READ_PAGE_EVENTS),
         );
-        let page = match broker.stream_read(&who(), &stream, cursor, forwards, asked, resolve_links)
+        let page = match broker
+            .stream_read(&who(), &stream, cursor, forwards, asked, resolve_links)
+            .await
         {
             Ok(StreamRead::Events(page)) => page,
             Ok(StreamRead::NotFound) if events.is_empty() => {
@@ -830,10 +838,13 @@ pub async fn read_all(
     query: Result<Query<ReadAllQuery>, QueryRejection>,
 ) -> Result<Json<AllReadResponse>, Refusal> {
     let Query(query) = query.map_err(query_rejection)?;
-    read_all_json(&state, query)
+    read_all_json(&state, query).await
 }
 
-fn read_all_json(state: &AppState, query: ReadAllQuery) -> Result<Json<AllReadResponse>, Refusal> {
+async fn read_all_json(
+    state: &AppState,
+    query: ReadAllQuery,
+) -> Result<Json<AllReadResponse>, Refusal> {
     let count = usize::try_from(check_count(state, query.count)?).unwrap_or(usize::MAX);
     let forwards = query.direction.unwrap_or_default() == Direction::Forwards;
     let filter = all_filter(
@@ -842,7 +853,12 @@ fn read_all_json(state: &AppState, query: ReadAllQuery) -> Result<Json<AllReadRe
         query.type_prefix.as_deref(),
         query.type_regex.as_deref(),
     )?;
-    let end_position = *state.broker.stream_index_progress().borrow() as u64 + 1;
+    let end_position = state
+        .broker
+        .stream_index_settled()
+        .await
+        .map_err(stream_error)? as u64
+        + 1;
     let from = parse_from("position", query.position.as_deref())?;
     let mut position = match (from, forwards) {
         (None | Some(Point::Start), true) => 0,
@@ -893,6 +909,7 @@ fn read_all_json(state: &AppState, query: ReadAllQuery) -> Result<Json<AllReadRe
                 ALL_EXAMINE_PER_STEP.min(ALL_EXAMINE_PER_REQUEST - examined),
                 filter.as_ref(),
             )
+            .await
             .map_err(stream_error)?;
         largest = largest_event(page.events.iter()).or(largest);
         examined += ALL_EXAMINE_PER_STEP;
@@ -1017,6 +1034,7 @@ pub async fn get_metadata(
     let read = state
         .broker
         .stream_read(&who(), &meta_stream, ReadFrom::End, false, 1, false)
+        .await
         .map_err(stream_error)?;
     let last = match read {
         StreamRead::Events(events) => events.into_iter().next(),

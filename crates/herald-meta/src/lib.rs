@@ -131,10 +131,23 @@ pub struct MetaStore {
     db: Database,
 }
 
+/// Default of `meta_cache_bytes`: redb's page cache. redb's own default (1 GiB) made
+/// the cache most of a loaded event store's memory; 256 MiB keeps the hot part of a
+/// million-stream index (heads and the newest leaves) while bounding the process.
+pub const META_CACHE_BYTES_DEFAULT: usize = 256 << 20;
+
 impl MetaStore {
-    /// Open (or create) the store at `path`, creating its tables so reads never miss one.
+    /// Open (or create) the store at `path` with the default page cache.
     pub fn open(path: &Path) -> Result<MetaStore> {
-        let db = Database::create(path)?;
+        MetaStore::open_with_cache(path, META_CACHE_BYTES_DEFAULT)
+    }
+
+    /// Open (or create) the store at `path` with a page cache of `cache_bytes`,
+    /// creating its tables so reads never miss one.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<MetaStore> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(TOPICS)?;
         txn.open_table(OFFSETS)?;

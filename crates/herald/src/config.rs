@@ -56,6 +56,8 @@ pub const KNOWN_ENV_VARS: &[&str] = &[
     "HERALD_REQUEST_READ_TIMEOUT_MS",
     "HERALD_PARTITIONS_PER_TOPIC_MAX",
     "HERALD_OPEN_SEALED_FILES_MAX",
+    "HERALD_META_CACHE_BYTES",
+    "HERALD_EVENTSTORE_INDEX_LAG_MAX",
     "HERALD_GROUP_INITIAL_REBALANCE_DELAY_MS",
     "HERALD_GROUP_SESSION_TIMEOUT_MIN_MS",
     "HERALD_GROUP_SESSION_TIMEOUT_MAX_MS",
@@ -237,6 +239,14 @@ pub struct ServeSettings {
     /// Sealed-segment files kept open at once; more are opened on demand [default: 4096]
     #[arg(long, env = "HERALD_OPEN_SEALED_FILES_MAX")]
     pub open_sealed_files_max: Option<usize>,
+    /// Memory for the meta store's page cache (topics, offsets, queue state and the
+    /// event store's stream index) [default: 268435456]
+    #[arg(long, env = "HERALD_META_CACHE_BYTES")]
+    pub meta_cache_bytes: Option<usize>,
+    /// Most events the event store's index may trail the appends answered; an append
+    /// past it waits for the indexer [default: 20000]
+    #[arg(long, env = "HERALD_EVENTSTORE_INDEX_LAG_MAX")]
+    pub eventstore_index_lag_max: Option<u64>,
     /// How long a new group waits for more members before its first rebalance [default: 3000]
     #[arg(long, env = "HERALD_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -347,6 +357,8 @@ impl ServeSettings {
             describe_topic_partitions_max,
             partitions_per_topic_max,
             open_sealed_files_max,
+            meta_cache_bytes,
+            eventstore_index_lag_max,
             group_initial_rebalance_delay_ms,
             group_session_timeout_min_ms,
             group_session_timeout_max_ms,
@@ -430,6 +442,12 @@ impl ServeSettings {
                 bail!("open_sealed_files_max must be at least 1");
             }
             c.open_sealed_files_max = v;
+        }
+        if let Some(v) = self.meta_cache_bytes {
+            c.meta_cache_bytes = positive("meta_cache_bytes", v)?;
+        }
+        if let Some(v) = self.eventstore_index_lag_max {
+            c.eventstore_index_lag_max = positive("eventstore_index_lag_max", v)?;
         }
         if let Some(v) = self.group_initial_rebalance_delay_ms {
             c.group_initial_rebalance_delay_ms = v;

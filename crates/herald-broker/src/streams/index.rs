@@ -355,6 +355,15 @@ async fn run(broker: Weak<Broker>) {
     let mut started = false;
     loop {
         let Some(b) = broker.upgrade() else { return };
+        #[cfg(test)]
+        if b.eventstore
+            .indexer_paused
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            drop(b);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
         let Some(topic) = b.topic(EVENTSTORE_TOPIC) else {
             b.eventstore
                 .started
@@ -384,6 +393,11 @@ async fn run(broker: Weak<Broker>) {
                     let to = b.index_range(partition, from, hw)?;
                     if to > from {
                         b.eventstore.indexed.send_replace(to);
+                        b.eventstore
+                            .unindexed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .forget_below(to);
                         moved = true;
                     }
                 }

@@ -11,18 +11,23 @@
 //! The index (`index.rs`: stream -> head, (stream, revision) -> offset, and the system
 //! streams `$ce-`, `$et-`, `$bc-`, `$streams`) is built by one task that reads the log
 //! behind the appends, in offset order, and writes the meta store without an fsync of
-//! its own; an append is answered once its events are durable in the log and indexed.
-//! At start-up the same task indexes whatever the log holds past the mark the meta
-//! store kept, so after a crash index and log agree again before anything is served.
+//! its own. An append is answered once its events are durable in the log, before they
+//! are indexed: until the indexer passes them, the heads they leave (`unindexed.rs`)
+//! answer the next append's expected-revision check, and every read first waits until
+//! the index covers the log's durable end as it was when the read began, so a read
+//! sees every append answered before it. At start-up the same task indexes whatever
+//! the log holds past the mark the meta store kept, so after a crash index and log
+//! agree again before anything is served.
 //!
 //! Appends to one stream are serialised by that stream's lock (held from the
-//! expected-revision check until the append is indexed, so the next append to the
-//! stream sees it); appends to different streams never wait for each other's lock and
-//! share fsyncs through the log's group commit.
+//! expected-revision check until the append is durable and its head is noted, so the
+//! next append to the stream sees it); appends to different streams never wait for
+//! each other's lock and share fsyncs through the log's group commit.
 
 mod index;
 pub mod persistent;
 mod read;
+mod unindexed;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -175,9 +180,15 @@ impl StreamMeta {
     }
 }
 
+/// Default of `eventstore_index_lag_max`: about one index write's worth of events
+/// (a read waits at most that long for the index).
+pub const INDEX_LAG_EVENTS_MAX_DEFAULT: u64 = 20_000;
+
 /// The event store's shared state: per-stream locks and the indexer's progress.
 pub(crate) struct EventStore {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Heads left by durable appends the indexer has not passed yet.
+    unindexed: Mutex<unindexed::Unindexed>,
     /// The offset below which the log is indexed (the indexer's progress).
     indexed: watch::Sender<i64>,
     /// The indexer task is running (it starts with the event store topic).
@@ -192,12 +203,16 @@ pub(crate) struct EventStore {
     persistent: Mutex<HashMap<(String, String), Arc<persistent::Hub>>>,
     /// Serialises create, update and delete of persistent subscriptions.
     persistent_admin: tokio::sync::Mutex<()>,
+    /// Tests hold the indexer back with this, to see appends answered before it ran.
+    #[cfg(test)]
+    pub(crate) indexer_paused: std::sync::atomic::AtomicBool,
 }
 
 impl EventStore {
     pub(crate) fn new() -> EventStore {
         EventStore {
             locks: Mutex::new(HashMap::new()),
+            unindexed: Mutex::new(unindexed::Unindexed::default()),
             indexed: watch::Sender::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
             create: Mutex::new(()),
@@ -205,6 +220,8 @@ impl EventStore {
             me: std::sync::OnceLock::new(),
             persistent: Mutex::new(HashMap::new()),
             persistent_admin: tokio::sync::Mutex::new(()),
+            #[cfg(test)]
+            indexer_paused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -238,8 +255,9 @@ pub fn described_stream(stream: &str) -> Option<&str> {
 
 impl Broker {
     /// Append `events` to `stream` if it is as `expected`. Answered once the events are
-    /// durable and indexed. A retry of an append that succeeded (the same event ids
-    /// where the first put them) succeeds again without a second copy.
+    /// durable (reads that start after the answer see them). A retry of an append that
+    /// succeeded (the same event ids where the first put them) succeeds again without
+    /// a second copy.
     pub async fn stream_append(
         &self,
         _who: &Principal,
@@ -274,12 +292,15 @@ impl Broker {
         let topic = self.eventstore_topic()?;
         let lock = self.stream_lock(stream);
         let guard = lock.lock().await;
-        let head = self.stream_head(stream)?;
+        let head = self.write_head(stream)?;
         if head.tombstoned {
             return Err(StreamError::Deleted(stream.to_string()));
         }
         let current = head.last;
-        if let Some(done) = self.already_appended(stream, &head, expected, &events)? {
+        if let Some(done) = self
+            .already_appended(stream, &head, expected, &events)
+            .await?
+        {
             return Ok(done);
         }
         let matches = match expected {
@@ -305,12 +326,14 @@ impl Broker {
         let now = now_ms();
         let first = current.map_or(0, |c| c + 1);
         let mut records = Vec::with_capacity(events.len() + 1);
+        let mut notes = Vec::with_capacity(2);
         let mut _meta_guard = None;
         if head.meta.soft_deleted() {
             // Undelete: the stream shows the events from this append on.
-            let (guard, record) = self.truncate_before_record(stream, first, now).await?;
+            let (guard, record, note) = self.truncate_before_record(stream, first, now).await?;
             _meta_guard = Some(guard);
             records.push(record);
+            notes.push(note);
         }
         for (i, e) in events.iter().enumerate() {
             records.push(event_record(stream, first + i as u64, e, now));
@@ -324,10 +347,27 @@ impl Broker {
                 max,
             });
         }
+        // What the described stream's metadata becomes (the last `$metadata` event of
+        // an append to `$$<stream>`), as the indexer will read it.
+        let described_meta = described_stream(stream).and_then(|d| {
+            events
+                .iter()
+                .rev()
+                .find(|e| e.event_type == METADATA_TYPE)
+                .map(|e| (d.to_string(), StreamMeta::parse(&e.data)))
+        });
+        notes.push(unindexed::Note::Events {
+            stream: stream.to_string(),
+            first,
+            count: events.len() as u32,
+            first_id: *events[0].id.as_bytes(),
+            described_meta,
+        });
         let append = topic.append(0, &batch, now)?;
         let last_offset = append.base_offset + count - 1;
+        self.note_unindexed(append.base_offset, notes);
         append.durable().await?;
-        self.wait_indexed(last_offset + 1).await?;
+        self.keep_index_near(last_offset + 1).await?;
         drop(guard);
         Ok(Appended {
             current_revision: first + events.len() as u64 - 1,
@@ -354,7 +394,7 @@ impl Broker {
         let topic = self.eventstore_topic()?;
         let lock = self.stream_lock(stream);
         let guard = lock.lock().await;
-        let head = self.stream_head(stream)?;
+        let head = self.write_head(stream)?;
         if head.tombstoned || (head.meta.soft_deleted() && expected == Expected::StreamExists) {
             return Err(StreamError::Deleted(stream.to_string()));
         }
@@ -375,8 +415,8 @@ impl Broker {
         }
         let now = now_ms();
         let mut _meta_guard = None;
-        let record = if tombstone {
-            event_record(
+        let (record, note) = if tombstone {
+            let record = event_record(
                 stream,
                 DELETED_TRUNCATE_BEFORE,
                 &NewEvent {
@@ -387,54 +427,73 @@ impl Broker {
                     data: Bytes::new(),
                 },
                 now,
-            )
+            );
+            let note = unindexed::Note::Tombstone {
+                stream: stream.to_string(),
+                last: head.last,
+                last_append: head.last_append,
+            };
+            (record, note)
         } else {
-            let (guard, record) = self
+            let (guard, record, note) = self
                 .truncate_before_record(stream, DELETED_TRUNCATE_BEFORE, now)
                 .await?;
             _meta_guard = Some(guard);
-            record
+            (record, note)
         };
         let batch = encode_one_batch(vec![record])?;
         let append = topic.append(0, &batch, now)?;
         let offset = append.base_offset;
+        self.note_unindexed(offset, vec![note]);
         append.durable().await?;
-        self.wait_indexed(offset + 1).await?;
+        self.keep_index_near(offset + 1).await?;
         drop(guard);
         Ok(offset as u64 + 1)
     }
 
     /// A `$metadata` event for `$$<stream>` that sets its `$tb` and keeps the rest of
     /// its metadata, with that metadata stream's lock: hold it until the record is
-    /// indexed, so no append to `$$<stream>` takes the same revision. (Locks are
-    /// always taken stream first, then its metadata stream.)
+    /// durable and noted, so no append to `$$<stream>` takes the same revision. (Locks
+    /// are always taken stream first, then its metadata stream.)
     async fn truncate_before_record(
         &self,
         stream: &str,
         truncate_before: u64,
         now: i64,
-    ) -> StreamResult<(tokio::sync::OwnedMutexGuard<()>, Record)> {
+    ) -> StreamResult<(tokio::sync::OwnedMutexGuard<()>, Record, unindexed::Note)> {
         let meta_stream = format!("$${stream}");
         let guard = self.stream_lock(&meta_stream).lock_owned().await;
+        // The metadata is read from the index: wait for it to hold the metadata
+        // stream's last append (rare: metadata changes seldom).
+        self.settle_stream(&meta_stream).await?;
         let mut meta = self.stream_metadata_json(stream)?;
         meta.insert("$tb".into(), serde_json::Value::from(truncate_before));
         let revision = self.stream_head(&meta_stream)?.last.map_or(0, |c| c + 1);
+        let data = Bytes::from(serde_json::Value::Object(meta).to_string());
+        let id = uuid::Uuid::new_v4();
+        let note = unindexed::Note::Events {
+            stream: meta_stream.clone(),
+            first: revision,
+            count: 1,
+            first_id: *id.as_bytes(),
+            described_meta: Some((stream.to_string(), StreamMeta::parse(&data))),
+        };
         let record = event_record(
             &meta_stream,
             revision,
             &NewEvent {
-                id: uuid::Uuid::new_v4(),
+                id,
                 event_type: METADATA_TYPE.into(),
                 content_type: "application/json".into(),
                 custom_metadata: Bytes::new(),
-                data: Bytes::from(serde_json::Value::Object(meta).to_string()),
+                data,
             },
             now,
         );
-        Ok((guard, record))
+        Ok((guard, record, note))
     }
 
-    /// Set `stream`'s `$tb` (keeping the rest of its metadata), durably and indexed.
+    /// Set `stream`'s `$tb` (keeping the rest of its metadata), durably.
     pub(crate) async fn set_truncate_before(
         &self,
         stream: &str,
@@ -442,13 +501,14 @@ impl Broker {
     ) -> StreamResult<()> {
         let topic = self.eventstore_topic()?;
         let now = now_ms();
-        let (guard, record) = self
+        let (guard, record, note) = self
             .truncate_before_record(stream, truncate_before, now)
             .await?;
         let append = topic.append(0, &encode_one_batch(vec![record])?, now)?;
         let offset = append.base_offset;
+        self.note_unindexed(offset, vec![note]);
         append.durable().await?;
-        self.wait_indexed(offset + 1).await?;
+        self.keep_index_near(offset + 1).await?;
         drop(guard);
         Ok(())
     }
@@ -472,7 +532,7 @@ impl Broker {
 
     /// The appended result if `events` were already appended by an earlier call
     /// (same ids where that call put them), else None.
-    fn already_appended(
+    async fn already_appended(
         &self,
         stream: &str,
         head: &index::Head,
@@ -502,6 +562,9 @@ impl Broker {
         if end > last {
             return Ok(None);
         }
+        // The stored events are read from the index: wait for it to hold this
+        // stream's appends (only retries get here).
+        self.settle_stream(stream).await?;
         let stored =
             self.read_stream_events(stream, ReadFrom::Revision(first), true, events.len() as u64)?;
         if stored.len() != events.len() || stored.iter().zip(events).any(|(s, e)| s.id != e.id) {
@@ -558,7 +621,7 @@ impl Broker {
     }
 
     /// Wait until the log is indexed up to `offset` (exclusive).
-    async fn wait_indexed(&self, offset: i64) -> StreamResult<()> {
+    pub(crate) async fn wait_indexed(&self, offset: i64) -> StreamResult<()> {
         let mut rx = self.eventstore.indexed.subscribe();
         rx.wait_for(|i| *i >= offset)
             .await

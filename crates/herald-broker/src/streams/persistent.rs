@@ -712,6 +712,8 @@ impl Broker {
         }
         settings.validate()?;
         let topic = self.eventstore_topic()?;
+        // A start at a revision is looked up in the index.
+        self.stream_index_settled().await?;
         let _admin = self.eventstore.persistent_admin.lock().await;
         if self.persistent_def(source, group).is_ok() {
             return Err(StreamError::SubscriptionExists {
@@ -819,22 +821,24 @@ impl Broker {
         Ok(())
     }
 
-    pub fn persistent_info(
+    pub async fn persistent_info(
         &self,
         _who: &Principal,
         source: &str,
         group: &str,
     ) -> StreamResult<PersistentInfo> {
+        self.stream_index_settled().await?;
         let def = self.persistent_def(source, group)?;
         self.info_of(def)
     }
 
     /// Every subscription, or those of one source.
-    pub fn persistent_list(
+    pub async fn persistent_list(
         &self,
         _who: &Principal,
         source: Option<&str>,
     ) -> StreamResult<Vec<PersistentInfo>> {
+        self.stream_index_settled().await?;
         self.persistent_defs()?
             .into_iter()
             .filter(|d| source.is_none_or(|s| d.source == s))
@@ -949,6 +953,7 @@ impl Broker {
         group: &str,
         stop_at: Option<u64>,
     ) -> StreamResult<u64> {
+        self.stream_index_settled().await?;
         let def = self.persistent_def(source, group)?;
         let parked = def.parked_stream();
         let head = self.stream_head(&parked)?;

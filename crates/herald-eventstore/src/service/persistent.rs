@@ -354,6 +354,7 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
         let current = self
             .broker
             .persistent_info(&who, &source, &group)
+            .await
             .map_err(|e| status(&e, &source))?;
         let settings = PersistentSettings {
             strategy: if current.def.settings.strategy == Strategy::PinnedByCorrelation
@@ -501,6 +502,7 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
         let i = self
             .broker
             .persistent_info(&who, &source, &group)
+            .await
             .map_err(|e| status(&e, &source))?;
         Ok(Response::new(GetInfoResp {
             subscription_info: Some(info(&i)),
@@ -554,6 +556,7 @@ impl PersistentSubscriptions for PersistentSubscriptionsService {
         let infos = self
             .broker
             .persistent_list(&who, source.as_deref())
+            .await
             .map_err(|e| status(&e, source.as_deref().unwrap_or(ALL_SOURCE)))?;
         if infos.is_empty() && source.is_some() {
             // KurrentDB answers a list for a stream without subscriptions so.

@@ -392,14 +392,34 @@ fn read_event(e: &ReadEvent, structured: bool) -> ReadResp {
     }
 }
 
-fn all_event(e: &RecordedEvent, structured: bool) -> ReadResp {
-    read_event(
-        &ReadEvent {
-            event: e.clone(),
+/// A `$all` event, taken by value: its strings and bytes move into the message
+/// instead of being copied (a catch-up sends hundreds of thousands a second).
+fn all_event(e: RecordedEvent, structured: bool) -> ReadResp {
+    let position = e.position;
+    let metadata = HashMap::from([
+        ("created".to_string(), ticks(e.created_ms)),
+        ("type".to_string(), e.event_type),
+        ("content-type".to_string(), e.content_type),
+    ]);
+    let event = read_resp::read_event::RecordedEvent {
+        id: Some(crate::uuid::to_proto(e.id, structured)),
+        stream_identifier: Some(StreamIdentifier {
+            stream_name: e.stream.into_bytes().into(),
+        }),
+        stream_revision: e.revision,
+        prepare_position: position,
+        commit_position: position,
+        metadata,
+        custom_metadata: e.custom_metadata,
+        data: e.data,
+    };
+    ReadResp {
+        content: Some(read_resp::Content::Event(read_resp::ReadEvent {
+            event: Some(event),
             link: None,
-        },
-        structured,
-    )
+            position: Some(read_resp::read_event::Position::CommitPosition(position)),
+        })),
+    }
 }
 
 fn checkpoint(p: u64) -> ReadResp {
@@ -576,6 +596,7 @@ async fn serve_stream(
             ReadFrom::Revision(r) => r.saturating_add(1),
             ReadFrom::End => broker
                 .stream_revision(name)
+                .await
                 .map_err(fail)?
                 .0
                 .map_or(0, |r| r + 1),
@@ -584,15 +605,18 @@ async fn serve_stream(
         loop {
             progress.borrow_and_update();
             // The head first: every revision up to it existed when the page was read.
-            let head = broker.stream_revision(name).map_err(fail)?.0;
-            let page = match broker.stream_read(
-                &plan.who,
-                name,
-                ReadFrom::Revision(next),
-                true,
-                READ_PAGE,
-                plan.resolve_links,
-            ) {
+            let head = broker.stream_revision(name).await.map_err(fail)?.0;
+            let page = match broker
+                .stream_read(
+                    &plan.who,
+                    name,
+                    ReadFrom::Revision(next),
+                    true,
+                    READ_PAGE,
+                    plan.resolve_links,
+                )
+                .await
+            {
                 Ok(StreamRead::Events(events)) => events,
                 Ok(StreamRead::NotFound) => Vec::new(),
                 Err(e) => return Err(fail(e)),
@@ -626,16 +650,19 @@ async fn serve_stream(
     let mut cursor = from;
     // The head when the read began: a forwards read steps over pages the metadata hides
     // ($maxAge) up to it.
-    let head = broker.stream_revision(name).map_err(fail)?.0;
+    let head = broker.stream_revision(name).await.map_err(fail)?.0;
     while left > 0 {
-        let page = match broker.stream_read(
-            &plan.who,
-            name,
-            cursor,
-            plan.forwards,
-            left.min(READ_PAGE),
-            plan.resolve_links,
-        ) {
+        let page = match broker
+            .stream_read(
+                &plan.who,
+                name,
+                cursor,
+                plan.forwards,
+                left.min(READ_PAGE),
+                plan.resolve_links,
+            )
+            .await
+        {
             Ok(StreamRead::NotFound) => {
                 return send(
                     tx,
@@ -707,7 +734,9 @@ async fn serve_all(broker: &Arc<Broker>, plan: &ReadPlan, from: AllFrom, tx: &Tx
         let mut next = match from {
             AllFrom::Start => 0,
             AllFrom::Position(p) => p.saturating_add(1),
-            AllFrom::End => (*progress.borrow() as u64).saturating_add(1),
+            AllFrom::End => {
+                (broker.stream_index_settled().await.map_err(fail)? as u64).saturating_add(1)
+            }
         };
         let checkpoint_every = plan.filter.as_ref().map(|(_, every)| *every);
         let mut since_checkpoint = 0u64;
@@ -723,9 +752,10 @@ async fn serve_all(broker: &Arc<Broker>, plan: &ReadPlan, from: AllFrom, tx: &Tx
                     EXAMINE_PER_STEP,
                     filter,
                 )
+                .await
                 .map_err(fail)?;
             let examined = page.next.saturating_sub(next);
-            for e in &page.events {
+            for e in page.events {
                 send(tx, all_event(e, plan.structured)).await?;
             }
             next = page.next.max(next);
@@ -766,11 +796,12 @@ async fn serve_all(broker: &Arc<Broker>, plan: &ReadPlan, from: AllFrom, tx: &Tx
                 EXAMINE_PER_STEP,
                 filter,
             )
+            .await
             .map_err(fail)?;
-        for e in &page.events {
+        left = left.saturating_sub(page.events.len());
+        for e in page.events {
             send(tx, all_event(e, plan.structured)).await?;
         }
-        left = left.saturating_sub(page.events.len());
         if page.end || page.next == position {
             break;
         }

@@ -112,7 +112,7 @@ impl Subscription {
             // Mark the progress seen before reading, so an append indexed during the
             // read wakes the wait below instead of being missed.
             self.progress.borrow_and_update();
-            let step = match self.step() {
+            let step = match self.step().await {
                 Ok(step) => step,
                 Err(e) => {
                     self.fail(e);
@@ -145,23 +145,27 @@ impl Subscription {
     }
 
     /// Read one page into `pending`.
-    fn step(&mut self) -> Result<Step, StreamError> {
+    async fn step(&mut self) -> Result<Step, StreamError> {
         match &self.target {
             Target::Stream {
                 name,
                 resolve_links,
             } => {
                 // The head first: every revision up to it existed when the page was read.
-                let (last, _) = self.broker.stream_revision(name)?;
+                let (last, _) = self.broker.stream_revision(name).await?;
                 let asked = page_events(SUBSCRIBE_PAGE_BYTES, self.largest, SUBSCRIBE_PAGE_EVENTS);
-                let page = match self.broker.stream_read(
-                    &who(),
-                    name,
-                    ReadFrom::Revision(self.next),
-                    true,
-                    asked,
-                    *resolve_links,
-                )? {
+                let page = match self
+                    .broker
+                    .stream_read(
+                        &who(),
+                        name,
+                        ReadFrom::Revision(self.next),
+                        true,
+                        asked,
+                        *resolve_links,
+                    )
+                    .await?
+                {
                     StreamRead::Events(events) => events,
                     // Not written yet (or soft-deleted): its next events come later.
                     StreamRead::NotFound => return Ok(Step { at_end: true }),
@@ -186,14 +190,17 @@ impl Subscription {
             }
             Target::All { filter } => {
                 let asked = page_events(SUBSCRIBE_PAGE_BYTES, self.largest, SUBSCRIBE_PAGE_EVENTS);
-                let page = self.broker.read_all(
-                    &who(),
-                    self.next,
-                    true,
-                    asked as usize,
-                    SUBSCRIBE_EXAMINE_PER_STEP,
-                    filter.as_ref(),
-                )?;
+                let page = self
+                    .broker
+                    .read_all(
+                        &who(),
+                        self.next,
+                        true,
+                        asked as usize,
+                        SUBSCRIBE_EXAMINE_PER_STEP,
+                        filter.as_ref(),
+                    )
+                    .await?;
                 self.largest = largest_event(page.events.iter()).or(self.largest);
                 let mut events = Vec::with_capacity(page.events.len());
                 for e in &page.events {
@@ -295,7 +302,7 @@ pub async fn subscribe(
     let stream = stream_path(path)?;
     if stream == ALL_STREAM {
         let Query(query) = Query::try_from_uri(&uri).map_err(query_rejection)?;
-        let (target, next) = all_target(&state, query, &headers)?;
+        let (target, next) = all_target(&state, query, &headers).await?;
         return Ok(events(&state, target, next));
     }
     let Query(query) = Query::<SubscribeQuery>::try_from_uri(&uri).map_err(query_rejection)?;
@@ -305,8 +312,12 @@ pub async fn subscribe(
     // A tombstoned stream is refused now, not as an event after a 200.
     let (last, _) = broker
         .stream_revision(&stream)
+        .await
         .map_err(super::stream_error)?;
-    if let Err(e) = broker.stream_read(&who(), &stream, ReadFrom::End, false, 1, false) {
+    if let Err(e) = broker
+        .stream_read(&who(), &stream, ReadFrom::End, false, 1, false)
+        .await
+    {
         return Err(super::stream_error(e));
     }
     let next = match (resume_after, from) {
@@ -338,12 +349,12 @@ pub async fn subscribe_all(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, Refusal> {
     let Query(query) = query.map_err(query_rejection)?;
-    let (target, next) = all_target(&state, query, &headers)?;
+    let (target, next) = all_target(&state, query, &headers).await?;
     Ok(events(&state, target, next))
 }
 
 /// What a `$all` subscription follows, and the position it starts at.
-fn all_target(
+async fn all_target(
     state: &AppState,
     query: SubscribeAllQuery,
     headers: &HeaderMap,
@@ -354,7 +365,12 @@ fn all_target(
         query.type_prefix.as_deref(),
         query.type_regex.as_deref(),
     )?;
-    let end = *state.broker.stream_index_progress().borrow() as u64 + 1;
+    let end = state
+        .broker
+        .stream_index_settled()
+        .await
+        .map_err(super::stream_error)? as u64
+        + 1;
     let next = match (
         last_event_id(headers)?,
         parse_from("position", query.position.as_deref())?,
