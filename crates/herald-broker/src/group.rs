@@ -855,18 +855,20 @@ impl GroupCoordinator {
     }
 
     /// Show offsets a committed transaction stored (the meta store has them already).
-    pub fn show_offsets(&self, commits: Vec<(String, OffsetCommit)>) {
-        if commits.is_empty() {
+    /// Rows are (group, topic, partition, offset), as the meta store took them.
+    pub fn show_offsets(&self, rows: &[(String, String, u32, OffsetRecord)]) {
+        if rows.is_empty() {
             return;
         }
         let now = Instant::now();
         let mut groups = self.lock();
-        for (group_id, c) in commits {
+        for (group_id, topic, partition, record) in rows {
+            let partition = i32::try_from(*partition).unwrap_or(i32::MAX);
             groups
-                .entry(group_id)
+                .entry(group_id.clone())
                 .or_insert_with(|| Group::new(now))
                 .offsets
-                .insert((c.topic, c.partition), c.record);
+                .insert((topic.clone(), partition), record.clone());
         }
     }
 

@@ -170,26 +170,14 @@ impl DecodedBatch {
     }
 
     fn headers(&self, view: &RecordView) -> Result<IndexMap<StrBytes, Option<Bytes>>> {
-        let end = view.headers.end;
-        let mut cursor = Cursor {
-            bytes: &self.plain[..end],
-            position: view.headers.start,
-        };
-        let count = cursor.varint()?;
-        let count = usize::try_from(count).map_err(|_| bad("negative header count"))?;
-        // Each header takes at least two bytes: never reserve by the count alone.
-        let mut headers = IndexMap::with_capacity(count.min((end - cursor.position) / 2));
-        for _ in 0..count {
-            let name = cursor
-                .bytes_field(end)?
-                .ok_or_else(|| bad("null header name"))?;
-            let value = cursor.bytes_field(end)?;
-            let name = String::from_utf8_lossy(&self.plain[name]).into_owned();
+        let mut headers = IndexMap::new();
+        self.for_each_header(view, |name, value| {
+            let name = String::from_utf8_lossy(name).into_owned();
             headers.insert(
                 StrBytes::from_string(name),
                 value.map(|r| self.plain.slice(r)),
             );
-        }
+        })?;
         Ok(headers)
     }
 }

@@ -214,36 +214,25 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Replace a topic's config overrides (AlterConfigs), reading and writing the record
-    /// in one transaction so that nothing else in it can be lost. Returns false if the
-    /// topic does not exist.
+    /// Replace a topic's config overrides (AlterConfigs). Returns false if the topic
+    /// does not exist.
     pub fn update_topic_configs(
         &self,
         name: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<bool> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(TOPICS)?;
-            let existing = match table.get(name)? {
-                Some(value) => Some(decode::<TopicRecord>(name, value.value())?),
-                None => None,
-            };
-            let Some(mut record) = existing else {
-                return Ok(false);
-            };
-            record.configs = configs.clone();
-            let value = encode(&record);
-            table.insert(name, value.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(true)
+        self.update_topic(name, |record| record.configs = configs.clone())
     }
 
-    /// Set a topic's partition count (CreatePartitions), reading and writing the record
-    /// in one transaction like `update_topic_configs`. Returns false if the topic does
-    /// not exist.
+    /// Set a topic's partition count (CreatePartitions). Returns false if the topic
+    /// does not exist.
     pub fn update_topic_partitions(&self, name: &str, partitions: u32) -> Result<bool> {
+        self.update_topic(name, |record| record.partitions = partitions)
+    }
+
+    /// Change a topic's record, reading and writing it in one transaction so that
+    /// nothing else in it can be lost. Returns false if the topic does not exist.
+    fn update_topic(&self, name: &str, change: impl FnOnce(&mut TopicRecord)) -> Result<bool> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(TOPICS)?;
@@ -254,7 +243,7 @@ impl MetaStore {
             let Some(mut record) = existing else {
                 return Ok(false);
             };
-            record.partitions = partitions;
+            change(&mut record);
             let value = encode(&record);
             table.insert(name, value.as_slice())?;
         }

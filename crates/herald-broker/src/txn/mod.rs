@@ -132,6 +132,25 @@ impl TxnState {
         }
     }
 
+    /// What the housekeeping tick must do with this state now, if anything.
+    fn housekeeping(&self, now: i64, expiration_ms: i64) -> Option<Housekeeping> {
+        match self.status {
+            TxnStatus::Ongoing
+                if now.saturating_sub(self.started_ms) > i64::from(self.timeout_ms) =>
+            {
+                Some(Housekeeping::TimeOut)
+            }
+            TxnStatus::PrepareCommit => Some(Housekeeping::Finish { commit: true }),
+            TxnStatus::PrepareAbort => Some(Housekeeping::Finish { commit: false }),
+            TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
+                if now.saturating_sub(self.updated_ms) > expiration_ms =>
+            {
+                Some(Housekeeping::Expire)
+            }
+            _ => None,
+        }
+    }
+
     /// The epoch that fences the current instance (its transaction is aborted at it).
     /// The producer id stays: the markers must carry the id the data was written with.
     fn fence(&mut self) {
@@ -153,6 +172,14 @@ impl TxnState {
         }
         Ok(())
     }
+}
+
+/// A housekeeping step for one transactional id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Housekeeping {
+    TimeOut,
+    Finish { commit: bool },
+    Expire,
 }
 
 /// The coordinator's states, for the partitions' produce checks and for readers.
@@ -252,6 +279,18 @@ impl TxnView {
     /// The transactional id a producer id belongs to.
     pub fn transactional_id(&self, producer_id: i64) -> Option<String> {
         self.lock().by_producer.get(&producer_id).cloned()
+    }
+
+    /// Ids the housekeeping tick has work for: open past their timeout, left in a
+    /// Prepare state, or idle past `expiration_ms`. Looked at under the lock, nothing
+    /// copied but the ids.
+    fn due(&self, now: i64, expiration_ms: i64) -> Vec<String> {
+        self.lock()
+            .by_id
+            .iter()
+            .filter(|(_, s)| s.housekeeping(now, expiration_ms).is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn count(&self) -> usize {
@@ -475,19 +514,6 @@ impl Broker {
         } else {
             Vec::new()
         };
-        let commits: Vec<(String, OffsetCommit)> = offsets
-            .iter()
-            .map(|(g, t, p, r)| {
-                (
-                    g.clone(),
-                    OffsetCommit {
-                        topic: t.clone(),
-                        partition: i32::try_from(*p).unwrap_or(0),
-                        record: r.clone(),
-                    },
-                )
-            })
-            .collect();
         state.status = if commit {
             TxnStatus::CompleteCommit
         } else {
@@ -497,8 +523,10 @@ impl Broker {
         state.groups.clear();
         state.partitions.clear();
         state.updated_ms = now;
-        self.txns().store(id, Some(state.clone()), offsets).await?;
-        self.groups.show_offsets(commits);
+        self.txns()
+            .store(id, Some(state.clone()), offsets.clone())
+            .await?;
+        self.groups.show_offsets(&offsets);
         Ok(state)
     }
 
@@ -659,46 +687,39 @@ impl Broker {
     pub(crate) async fn txn_tick(&self) {
         let now = now_ms();
         let expiration = self.config.transactional_id_expiration_ms;
-        for (id, state) in self.txns().view.all() {
-            let timed_out = state.status == TxnStatus::Ongoing
-                && now.saturating_sub(state.started_ms) > i64::from(state.timeout_ms);
-            let unfinished = state.status.preparing().is_some();
-            let expired = matches!(
-                state.status,
-                TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
-            ) && now.saturating_sub(state.updated_ms) > expiration;
-            if !(timed_out || unfinished || expired) {
-                continue;
-            }
+        for id in self.txns().view.due(now, expiration) {
             let lock = self.txns().lock_of(&id);
             // An operation under way on this id will move it on; look again next tick.
             let Ok(_serial) = lock.try_lock() else {
                 continue;
             };
-            // Read again under the lock: it may have moved since the listing.
+            // Read again under the lock: it may have moved since.
             let Some(mut state) = self.txns().view.get(&id) else {
                 continue;
             };
-            let result = if state.status == TxnStatus::Ongoing && timed_out {
-                tracing::info!(transactional_id = %id, producer_id = state.producer_id, timeout_ms = state.timeout_ms, "aborting a transaction past its timeout");
-                state.fence();
-                state.status = TxnStatus::PrepareAbort;
-                state.updated_ms = now;
-                match self
-                    .txns()
-                    .store(&id, Some(state.clone()), Vec::new())
-                    .await
-                {
-                    Ok(()) => self.complete(&id, state, false).await.map(|_| ()),
-                    Err(e) => Err(e),
+            let result = match state.housekeeping(now, expiration) {
+                None => Ok(()),
+                Some(Housekeeping::TimeOut) => {
+                    tracing::info!(transactional_id = %id, producer_id = state.producer_id, timeout_ms = state.timeout_ms, "aborting a transaction past its timeout");
+                    state.fence();
+                    state.status = TxnStatus::PrepareAbort;
+                    state.updated_ms = now;
+                    match self
+                        .txns()
+                        .store(&id, Some(state.clone()), Vec::new())
+                        .await
+                    {
+                        Ok(()) => self.complete(&id, state, false).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    }
                 }
-            } else if let Some(commit) = state.status.preparing() {
-                self.complete(&id, state, commit).await.map(|_| ())
-            } else if expired && now.saturating_sub(state.updated_ms) > expiration {
-                tracing::info!(transactional_id = %id, "transactional id expired");
-                self.txns().store(&id, None, Vec::new()).await
-            } else {
-                Ok(())
+                Some(Housekeeping::Finish { commit }) => {
+                    self.complete(&id, state, commit).await.map(|_| ())
+                }
+                Some(Housekeeping::Expire) => {
+                    tracing::info!(transactional_id = %id, "transactional id expired");
+                    self.txns().store(&id, None, Vec::new()).await
+                }
             };
             if let Err(e) = result {
                 tracing::warn!(transactional_id = %id, error = %e, "transaction housekeeping failed; retrying");

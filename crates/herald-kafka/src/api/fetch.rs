@@ -106,7 +106,7 @@ fn read_all(
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
-    let isolation = if request.isolation_level == super::list_offsets::READ_COMMITTED {
+    let isolation = if request.isolation_level == super::READ_COMMITTED {
         Isolation::ReadCommitted
     } else {
         Isolation::ReadUncommitted

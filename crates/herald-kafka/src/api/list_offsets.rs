@@ -6,6 +6,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, RequestHeader};
 
+use super::READ_COMMITTED;
 use crate::dispatch::Context;
 use crate::errors::broker_code;
 
@@ -13,7 +14,6 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
-pub(crate) const READ_COMMITTED: i8 = 1;
 
 pub async fn handle(
     ctx: &Context,

@@ -41,6 +41,9 @@ pub mod write_txn_markers;
 use kafka_protocol::messages::{BrokerId, GroupId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+/// `isolation_level` of Fetch and ListOffsets asking for committed data only.
+pub(crate) const READ_COMMITTED: i8 = 1;
+
 pub(crate) fn str(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
